@@ -1,0 +1,80 @@
+"""Atomic checkpoint files and RNG state capture.
+
+A checkpoint is written to a temporary file in the same directory, flushed
+to disk, then renamed over the target: a crash mid-write leaves the previous
+good checkpoint in place, never a truncated one. Files are read with
+``torch.load(weights_only=True)`` (no code runs on load).
+"""
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def save_atomic(payload: dict, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path: str, what: str = "checkpoint") -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{what} {path} is truncated or corrupt: {str(err).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{what} {path} is not a collm_faissret checkpoint (no 'model' entry)")
+    return payload
+
+
+def load_model_weights(model, state: dict, path: str) -> list:
+    """Copy ``state`` into ``model``; every key must exist with the same shape. Returns loaded keys."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise CheckpointError(f"{path}: parameter {key} does not exist in this model (another model shape or stage?)")
+        if own[key].shape != value.shape:
+            raise CheckpointError(f"{path}: parameter {key} has shape {tuple(value.shape)}, "
+                                  f"the model has {tuple(own[key].shape)} (another model shape?)")
+    model.load_state_dict(state, strict=False)
+    return list(state)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))

@@ -1,0 +1,162 @@
+"""Configuration: YAML + ``--options key=value`` overrides, validated against a schema.
+
+The schema is a set of dataclasses given to omegaconf as a structured config,
+so an unknown key, a value of the wrong type or a missing required key fails
+with the key's dotted path (``model.lora_config.r``) instead of surfacing as a
+crash deep inside training.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key or file."""
+
+
+@dataclass
+class LoraConfig:
+    use_lora: bool = True
+    r: int = 8
+    alpha: int = 16
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    dropout: float = 0.05
+
+
+@dataclass
+class RecConfig:
+    """Collaborative model settings (the keys of every CF model live here)."""
+    embedding_size: int = 64
+    pretrained_path: Optional[str] = None
+    # LightGCN
+    n_layers: int = 2
+    graph_edges: str = "positive"  # "positive" (label-1 edges) or "all"
+    # SASRec / DIN
+    max_len: int = 20
+    n_heads: int = 2
+    n_blocks: int = 2
+    dropout: float = 0.1
+    mlp_hidden: List[int] = field(default_factory=lambda: [80, 40])
+
+
+@dataclass
+class ModelConfig:
+    arch: str = MISSING
+    llama_model: Optional[str] = None
+    rec_model: str = "MF"
+    rec_config: RecConfig = field(default_factory=RecConfig)
+    lora_config: LoraConfig = field(default_factory=LoraConfig)
+    freeze_rec: bool = True
+    freeze_proj: bool = False
+    freeze_lora: bool = True
+    prompt_path: Optional[str] = None
+    proj_token_num: int = 1
+    proj_mid_times: int = 10
+    proj_drop: float = 0.0
+    max_txt_len: int = 1024
+    ckpt: Optional[str] = None
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    path: str = MISSING
+    max_his: int = 10
+    train_file: str = "train_ood2"
+    valid_file: str = "valid_ood2"
+    test_file: str = "test_ood2"
+
+
+@dataclass
+class RunConfig:
+    task: str = "rec"
+    runner: str = "runner_base"
+    output_dir: str = MISSING
+    optimizer: str = "adamw"  # adamw (decoupled decay) or adam (L2 penalty)
+    lr_sched: str = "linear_warmup_cosine_lr"
+    init_lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_epoch: int = 1
+    iters_per_epoch: Optional[int] = None  # None: one full pass over the training split
+    batch_size_train: int = 8
+    batch_size_eval: int = 64
+    accum_grad_iters: int = 1
+    num_workers: int = 0
+    seed: int = 42
+    amp: bool = True
+    device: str = "auto"  # auto / cuda / cpu
+    patience: int = 3
+    evaluate: bool = False
+    resume_ckpt_path: Optional[str] = None
+    log_freq: int = 50
+    length_bucketing: bool = True
+    valid_splits: List[str] = field(default_factory=lambda: ["valid"])
+    test_splits: List[str] = field(default_factory=lambda: ["test"])
+    max_eval_rows: Optional[int] = None  # cap on validation rows per epoch (first N rows); None: all
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _path_of(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    return key if key else "?"
+
+
+def parse_options(options: Optional[List[str]]) -> List[str]:
+    """Check ``key=value`` syntax of CLI overrides; return them unchanged."""
+    options = list(options or [])
+    for opt in options:
+        if "=" not in opt or opt.startswith("="):
+            raise ConfigError(f"bad --options entry {opt!r}: expected key=value, e.g. run.init_lr=3e-4")
+    return options
+
+
+def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfig:
+    """Load a YAML file, apply overrides, validate against the schema.
+
+    Relative paths inside the config stay relative to the working directory,
+    as in CoLLM; callers resolve them with :func:`resolve_path`.
+    """
+    if not os.path.isfile(cfg_path):
+        raise ConfigError(f"config file not found: {cfg_path}")
+    schema = OmegaConf.structured(Config)
+    try:
+        raw = OmegaConf.load(cfg_path)
+    except (OmegaConfBaseException, ValueError, OSError) as err:
+        raise ConfigError(f"{cfg_path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
+    overrides = OmegaConf.from_dotlist(parse_options(options))
+    for source, label in ((raw, cfg_path), (overrides, "--options")):
+        try:
+            schema = OmegaConf.merge(schema, source)
+        except OmegaConfBaseException as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(f"{label}: key {_path_of(err)}: {reason}") from None
+    missing = sorted(OmegaConf.missing_keys(schema))
+    if missing:
+        raise ConfigError(f"{cfg_path}: missing required key(s): {', '.join(missing)}")
+    OmegaConf.set_readonly(schema, True)
+    return schema
+
+
+def dataset_config(cfg: DictConfig):
+    """The single dataset entry: (registry name, its config)."""
+    if len(cfg.datasets) != 1:
+        raise ConfigError(f"datasets: expected exactly one dataset entry, found {len(cfg.datasets)}")
+    name = next(iter(cfg.datasets))
+    return name, cfg.datasets[name]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

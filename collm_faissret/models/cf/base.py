@@ -1,0 +1,67 @@
+"""The interface every collaborative (CF) model shares, and its weight files.
+
+user_embed(batch) -> [B, d]; item_embed(item_ids [N]) -> [N, d];
+score(batch) -> [B] logits; forward(batch) -> {"loss", "logits"} with BCE.
+``batch`` holds at least uid [B], iid [B], his [B, max_his] (0-padded left)
+and label [B] for the loss.
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CFWeightsError(ValueError):
+    """A pretrained CF weight file that does not fit the configured model."""
+
+
+class CFModel(nn.Module):
+    """Base class; subclasses set ``self.dim`` and implement the embeddings."""
+
+    name = "CF"
+
+    def __init__(self, n_users: int, n_items: int, rec_cfg):
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.dim = rec_cfg.embedding_size
+
+    def user_embed(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_embed(self, item_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, batch) -> torch.Tensor:
+        return (self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1)
+
+    def forward(self, batch):
+        logits = self.score(batch)
+        loss = None
+        if "label" in batch:
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+        return {"loss": loss, "logits": logits}
+
+    def weights_payload(self, config_yaml: str = "") -> dict:
+        """What baseline_train saves and stage 2 loads: weights + the facts to check them."""
+        return {"cf_model": self.name, "n_users": self.n_users, "n_items": self.n_items,
+                "dim": self.dim, "state_dict": self.state_dict(), "config": config_yaml}
+
+    def load_pretrained(self, path: str) -> None:
+        """Load a baseline_train weight file; refuse one made for another model or data."""
+        if not os.path.isfile(path):
+            raise CFWeightsError(f"rec_config.pretrained_path not found: {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise CFWeightsError(f"{path}: not a readable CF weight file ({str(err).splitlines()[0]})") from None
+        if not isinstance(payload, dict) or "cf_model" not in payload:
+            raise CFWeightsError(f"{path}: not a CF weight file written by baseline_train.py")
+        if payload["cf_model"] != self.name:
+            raise CFWeightsError(f"{path}: holds {payload['cf_model']} weights, but rec_model is {self.name}")
+        for key, mine in (("n_users", self.n_users), ("n_items", self.n_items), ("dim", self.dim)):
+            if payload[key] != mine:
+                raise CFWeightsError(f"{path}: {key}={payload[key]} but the data/config give {mine}")
+        missing, unexpected = self.load_state_dict(payload["state_dict"], strict=False)
+        if missing or unexpected:
+            raise CFWeightsError(f"{path}: weights do not match {self.name}: missing {missing}, unexpected {unexpected}")

@@ -1,0 +1,161 @@
+"""CoLLM: a causal LM that answers Yes/No, with collaborative embeddings as tokens.
+
+prompt ids -> input embeddings; the ID-slot positions get FECE projections of
+the CF model's user/item embeddings -> LM -> logit of the "Yes" token at the
+last (answer) position; BCE against the label.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..prompts import SLOT_ITEM, SLOT_USER
+from ..registry import register
+from .fece import Projector
+
+
+@register("model", "collm")
+class CoLLM(nn.Module):
+    """Parameter groups: "lora" (adapter), "fece" (projector), "rec" (CF model).
+
+    A stage is the set of groups left trainable; everything else is frozen.
+    """
+
+    def __init__(self, llm, tokenizer, cf_model=None, proj_token_num: int = 1, proj_mid_times: int = 10,
+                 proj_drop: float = 0.0, use_slots: bool = False):
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.use_slots = use_slots
+        self.cf = cf_model if use_slots else None
+        self.proj = None
+        if use_slots:
+            llm_dim = llm.get_input_embeddings().embedding_dim
+            self.proj = Projector(cf_model.dim, llm_dim, proj_token_num, proj_mid_times, proj_drop)
+        from .backbone import answer_token_id
+        self.yes_id = answer_token_id(tokenizer, "Yes")
+        self.no_id = answer_token_id(tokenizer, "No")
+
+    def param_groups(self):
+        """{"lora": [(name, param)], "fece": [...], "rec": [...]} — every tunable part by group."""
+        groups = {"lora": [], "fece": [], "rec": []}
+        for name, p in self.named_parameters():
+            if name.startswith("proj."):
+                groups["fece"].append((name, p))
+            elif name.startswith("cf."):
+                groups["rec"].append((name, p))
+            elif "lora_" in name:
+                groups["lora"].append((name, p))
+        return groups
+
+    def set_stage(self, train_lora: bool, train_proj: bool, train_rec: bool):
+        """Freeze everything, then unfreeze the chosen groups."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for group, on in (("lora", train_lora), ("fece", train_proj), ("rec", train_rec)):
+            for _, p in self.param_groups()[group]:
+                p.requires_grad_(on)
+
+    def saved_state_dict(self):
+        """The parameters a checkpoint keeps: adapter + projector always, CF weights when tuned.
+
+        The 7B backbone and a frozen pretrained CF model are never copied; a
+        stage-2 checkpoint still holds stage 1's LoRA, so it evaluates alone.
+        """
+        groups = self.param_groups()
+        keep = [n for n, _ in groups["lora"] + groups["fece"]]
+        keep += [n for n, p in groups["rec"] if p.requires_grad]
+        state = self.state_dict()
+        return {k: state[k].detach().cpu() for k in keep}
+
+    def inputs_embeds(self, batch):
+        """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs."""
+        emb_layer = self.llm.get_input_embeddings()
+        emb = emb_layer(batch["input_ids"])
+        if self.use_slots:
+            slot = batch["slot"]
+            user_tok = self.proj(self.cf.user_embed(batch)).to(emb.dtype)  # [B, k, H]
+            item_tok = self.proj(self.cf.item_embed(batch["iid"])).to(emb.dtype)  # [B, k, H]
+            # masked_scatter fills slot positions row by row, left to right: the
+            # k user tokens land on that row's k <UserID> positions in order.
+            emb = emb.masked_scatter((slot == SLOT_USER).unsqueeze(-1), user_tok)
+            emb = emb.masked_scatter((slot == SLOT_ITEM).unsqueeze(-1), item_tok)
+        return emb
+
+    def forward(self, batch):
+        """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
+
+        Returns {"loss": scalar or None, "logits": [B] float32 Yes-logits}.
+        """
+        mask = batch["attention_mask"]
+        # Left padding: positions count from each row's first real token, so a
+        # prompt gets the same result whatever batch it lands in.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm(inputs_embeds=self.inputs_embeds(batch), attention_mask=mask,
+                       position_ids=position_ids, use_cache=False, logits_to_keep=1)
+        logits = out.logits[:, -1, self.yes_id].float()
+        loss = None
+        if "label" in batch:
+            loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
+        return {"loss": loss, "logits": logits}
+
+
+class StageError(ValueError):
+    """Contradictory stage settings (nothing trainable, a projector with no slot, ...)."""
+
+
+def check_stage(mcfg, has_slots: bool, evaluate: bool):
+    """Which groups train: (lora, proj, rec). Raises StageError on contradictions."""
+    use_lora = mcfg.lora_config.use_lora
+    if not has_slots and not mcfg.freeze_proj:
+        raise StageError(f"model.freeze_proj is false but {mcfg.prompt_path} has no <UserID>/<TargetItemID> slot: "
+                         "the projector would get no input (use a stage-2 prompt or set freeze_proj: true)")
+    if not has_slots and not mcfg.freeze_rec:
+        raise StageError(f"model.freeze_rec is false but {mcfg.prompt_path} has no ID slot: the CF model is unused")
+    if not use_lora and not mcfg.freeze_lora:
+        raise StageError("model.freeze_lora is false but model.lora_config.use_lora is false: no LoRA to train")
+    if has_slots and mcfg.freeze_rec and not mcfg.rec_config.pretrained_path and not (evaluate and mcfg.ckpt):
+        raise StageError("the prompt has ID slots and model.freeze_rec is true, but model.rec_config.pretrained_path "
+                         "is not set: frozen random CF embeddings carry no signal (train them with baseline_train.py)")
+    stage = (use_lora and not mcfg.freeze_lora, has_slots and not mcfg.freeze_proj,
+             has_slots and not mcfg.freeze_rec)
+    if not any(stage) and not evaluate:
+        raise StageError("nothing is trainable: freeze_lora, freeze_proj and freeze_rec leave no parameter to tune")
+    return stage
+
+
+def build_collm(cfg, data, device):
+    """CoLLM from the config: backbone (+LoRA), CF model and projector for slot prompts, stage set."""
+    from .. import registry
+    from ..checkpoint import load, load_model_weights
+    from ..prompts import has_id_slots, load_template
+    from .backbone import attach_lora, load_backbone, resolve_dtype
+
+    m = cfg.model
+    if not m.llama_model:
+        raise StageError("model.llama_model is required for arch collm (a local save_pretrained directory)")
+    if not m.prompt_path:
+        raise StageError("model.prompt_path is required for arch collm")
+    template = load_template(m.prompt_path)
+    slots = has_id_slots(template)
+    stage = check_stage(m, slots, cfg.run.evaluate)
+    cf_cls = registry.get("cf_model", m.rec_model) if slots else None
+    llm, tok = load_backbone(m.llama_model, resolve_dtype(m.dtype, device), device)
+    if m.lora_config.use_lora:
+        llm = attach_lora(llm, m.lora_config)
+    cf = None
+    if slots:
+        cf = cf_cls(data.n_users, data.n_items, m.rec_config)
+        if m.rec_config.pretrained_path:
+            cf.load_pretrained(m.rec_config.pretrained_path)
+    model = CoLLM(llm, tok, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots)
+    model.template = template
+    model.to(device)
+    if m.ckpt:
+        load_model_weights(model, load(m.ckpt, "model.ckpt")["model"], m.ckpt)
+    model.set_stage(*stage)
+    if m.gradient_checkpointing:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+CoLLM.from_config = staticmethod(build_collm)

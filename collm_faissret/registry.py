@@ -1,0 +1,54 @@
+"""Name -> class registries, one per kind (model, cf_model, dataset, task, runner,
+lr_scheduler).
+
+A YAML file names components by string; the registry turns the string into the
+class. Lookups never return None: an unknown name raises with the valid names,
+and registering a name twice is an error (two classes silently sharing a name
+is how a config ends up running code nobody meant).
+"""
+from typing import Callable, Dict
+
+KINDS = ("model", "cf_model", "dataset", "task", "runner", "lr_scheduler")
+
+
+class RegistryError(KeyError):
+    """Unknown kind, unknown name, or a name registered twice."""
+
+    def __str__(self):  # KeyError quotes its message; keep it one readable line
+        return str(self.args[0])
+
+
+_REGISTRY: Dict[str, Dict[str, object]] = {kind: {} for kind in KINDS}
+
+
+def _table(kind: str) -> Dict[str, object]:
+    if kind not in _REGISTRY:
+        raise RegistryError(f"unknown registry kind {kind!r}; kinds: {', '.join(KINDS)}")
+    return _REGISTRY[kind]
+
+
+def register(kind: str, name: str) -> Callable:
+    """Class decorator: ``@register("cf_model", "MF")``."""
+    table = _table(kind)
+
+    def wrap(obj):
+        if name in table:
+            raise RegistryError(f"{kind} {name!r} is already registered (by {table[name]!r})")
+        table[name] = obj
+        return obj
+
+    return wrap
+
+
+def get(kind: str, name: str):
+    """Return the class registered as ``name``; raise listing the valid names otherwise."""
+    table = _table(kind)
+    if name not in table:
+        valid = ", ".join(sorted(table)) or "(none)"
+        raise RegistryError(f"unknown {kind} {name!r}; registered {kind}s: {valid}")
+    return table[name]
+
+
+def names(kind: str):
+    """Sorted registered names of one kind."""
+    return sorted(_table(kind))

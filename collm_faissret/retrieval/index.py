@@ -1,0 +1,383 @@
+"""Item index for maximum-inner-product search over item embeddings.
+
+``ItemIndex`` wraps a faiss index (IndexFlatIP, IndexIVFFlat or IndexIVFPQ, all
+with the inner-product metric) or an exact torch matmul + topk, and maps faiss's
+row positions back to the catalog's item ids. Saved indexes carry a
+``meta.json`` so that loading one built for other embeddings fails loudly
+instead of returning wrong items.
+
+Shapes: embeddings float32 [N, d], ids int64 [N], queries float32 [Q, d],
+results (scores float32 [Q, k], ids int64 [Q, k]).
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import faiss
+import numpy as np
+import torch
+
+INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "torch_exact")
+IVF_KINDS = ("ivf_flat", "ivf_pq")
+# faiss warns below 39 training points per centroid; the auto nlist stays above it.
+MIN_POINTS_PER_LIST = 39
+# Fixed so that a rebuilt index over the same embeddings trains on the same sample.
+TRAIN_SAMPLE_SEED = 0
+# faiss's GPU top-k kernels stop at k = 2048.
+GPU_MAX_K = 2048
+# torch_exact scores one query batch at a time: batch * N floats stay under this.
+TORCH_SCORE_ELEMENTS = 2 ** 27
+
+META_FILE = "meta.json"
+IDS_FILE = "ids.npy"
+FAISS_FILE = "index.faiss"
+EMB_FILE = "embeddings.npy"
+FORMAT_NAME = "collm_faissret.item_index"
+FORMAT_VERSION = 1
+
+
+class IndexMismatchError(ValueError):
+    """A saved index does not match the embeddings / catalog / model it is used with."""
+
+
+@dataclass
+class RetrievalConfig:
+    """How to build and search an ItemIndex.
+
+    index_type: "auto" (flat below ``flat_threshold`` items, IVF-Flat above; exact
+      torch on a CUDA machine without faiss-gpu), "flat", "ivf_flat", "ivf_pq",
+      "torch_exact".
+    nlist: IVF lists; 0 = about 4*sqrt(N) rounded to a power of two, capped so
+      each list has >= 39 training points.
+    nprobe: lists visited per query (IVF only).
+    pq_m, pq_nbits: IVF-PQ sub-quantizers and bits per code.
+    k: default number of results.
+    use_gpu: place the index on a GPU when one is usable (never required).
+    train_sample: 0 = all vectors train the IVF quantizer, else a seeded sample
+      of this many.
+    """
+
+    index_type: str = "auto"
+    nlist: int = 0
+    nprobe: int = 16
+    pq_m: int = 8
+    pq_nbits: int = 8
+    flat_threshold: int = 50000
+    k: int = 10
+    use_gpu: bool = True
+    train_sample: int = 0
+
+    def __post_init__(self):
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown index_type {self.index_type!r}; "
+                             f"choose one of {', '.join(INDEX_TYPES)}")
+        for name in ("nprobe", "pq_m", "pq_nbits", "k"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"RetrievalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("nlist", "flat_threshold", "train_sample"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"RetrievalConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def embedding_hash(array) -> str:
+    """Short sha256 (16 hex chars) of an array's float32 bytes, e.g. as a model_hash."""
+    data = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+
+
+def faiss_gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def auto_nlist(n_items: int, n_train: Optional[int] = None) -> int:
+    """About 4*sqrt(n_items) as a power of two, halved until each list gets
+    >= MIN_POINTS_PER_LIST of the n_train training points (default n_items)."""
+    n_train = n_items if n_train is None else n_train
+    nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n_items)))))
+    while nlist > 1 and nlist * MIN_POINTS_PER_LIST > n_train:
+        nlist //= 2
+    return nlist
+
+
+def _resolve_kind(cfg: RetrievalConfig, n_items: int) -> str:
+    if cfg.index_type != "auto":
+        return cfg.index_type
+    # Without faiss-gpu, an exact matmul on a CUDA device beats any CPU faiss index.
+    if cfg.use_gpu and torch.cuda.is_available() and not faiss_gpu_available():
+        return "torch_exact"
+    return "flat" if n_items < cfg.flat_threshold else "ivf_flat"
+
+
+def _as_embeddings(embeddings) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-d [N, d] array, got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"cannot build an index over embeddings of shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or inf values")
+    return x
+
+
+def _as_ids(ids, n_items: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.shape[0] != n_items:
+        raise ValueError(f"ids must be a 1-d array of {n_items} item ids, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if (ids < 0).any():
+        raise ValueError("ids must be >= 0 (-1 marks a missing result)")
+    if np.unique(ids).shape[0] != n_items:
+        raise ValueError("ids contain duplicates")
+    return ids
+
+
+def _train_rows(x: np.ndarray, train_sample: int) -> np.ndarray:
+    """Rows that train the IVF quantizer: all of x, or a seeded sample [train_sample, d]."""
+    if train_sample == 0 or train_sample >= x.shape[0]:
+        return x
+    rng = np.random.default_rng(TRAIN_SAMPLE_SEED)
+    rows = np.sort(rng.choice(x.shape[0], size=train_sample, replace=False))
+    return x[rows]
+
+
+def _build_faiss(kind: str, x: np.ndarray, cfg: RetrievalConfig) -> Tuple[faiss.Index, int]:
+    """Build and fill a CPU faiss index over x [N, d]; returns (index, nlist)."""
+    n, d = x.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+        return index, 0
+    train = _train_rows(x, cfg.train_sample)
+    nlist = cfg.nlist or auto_nlist(n, train.shape[0])
+    if nlist > train.shape[0]:
+        raise ValueError(f"nlist {nlist} needs at least {nlist} training vectors, "
+                         f"got {train.shape[0]}")
+    quantizer = faiss.IndexFlatIP(d)
+    if kind == "ivf_flat":
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        if d % cfg.pq_m != 0:
+            raise ValueError(f"ivf_pq needs pq_m to divide the dim: pq_m {cfg.pq_m}, dim {d}")
+        if train.shape[0] < 2 ** cfg.pq_nbits:
+            raise ValueError(f"ivf_pq with pq_nbits {cfg.pq_nbits} needs at least "
+                             f"{2 ** cfg.pq_nbits} training vectors, got {train.shape[0]}")
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_nbits,
+                                 faiss.METRIC_INNER_PRODUCT)
+    index.train(train)
+    index.add(x)
+    return index, nlist
+
+
+class ItemIndex:
+    """Inner-product top-k over an item catalog, returning item ids.
+
+    Build with ``ItemIndex.build`` or ``ItemIndex.load``; attributes: cfg, kind
+    ("flat" | "ivf_flat" | "ivf_pq" | "torch_exact"), dim, n_items, nlist (0
+    unless IVF), ids int64 [N], model_hash, device ("cpu" | "cuda").
+    """
+
+    def __init__(self, cfg: RetrievalConfig, kind: str, ids: np.ndarray, dim: int,
+                 model_hash: str = "", nlist: int = 0):
+        self.cfg = cfg
+        self.kind = kind
+        self.ids = ids
+        self.dim = dim
+        self.n_items = int(ids.shape[0])
+        self.model_hash = model_hash
+        self.nlist = nlist
+        self.device = "cpu"
+        self._index = None  # faiss index (CPU or GPU); None for torch_exact
+        self._gpu_res = None  # keeps the GPU resources alive as long as the GPU index
+        self._emb = None  # torch tensor [N, d] for torch_exact
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def build(cls, embeddings, ids, cfg: Optional[RetrievalConfig] = None,
+              model_hash: str = "") -> "ItemIndex":
+        """Index embeddings [N, d] (float32) under item ids [N] (int64, any unique values >= 0)."""
+        cfg = cfg or RetrievalConfig()
+        x = _as_embeddings(embeddings)
+        item_ids = _as_ids(ids, x.shape[0])
+        kind = _resolve_kind(cfg, x.shape[0])
+        if kind == "torch_exact":
+            self = cls(cfg, kind, item_ids, x.shape[1], model_hash)
+            self._place_torch(x)
+            return self
+        index, nlist = _build_faiss(kind, x, cfg)
+        self = cls(cfg, kind, item_ids, x.shape[1], model_hash, nlist)
+        self._place_faiss(index)
+        return self
+
+    def _place_torch(self, x: np.ndarray):
+        use_cuda = self.cfg.use_gpu and torch.cuda.is_available()
+        self.device = "cuda" if use_cuda else "cpu"
+        # copy=True: on the CPU the tensor would otherwise alias the caller's array.
+        self._emb = torch.from_numpy(x).to(self.device, copy=True)
+
+    def _place_faiss(self, index):
+        self._index = index
+        self.device = "cpu"
+        if self.cfg.use_gpu and faiss_gpu_available():
+            res = faiss.StandardGpuResources()
+            try:
+                self._index = faiss.index_cpu_to_gpu(res, 0, index)
+            except RuntimeError as err:
+                # Some settings (e.g. large pq_m) have no GPU kernel; CPU still works.
+                reason = (str(err).strip().splitlines() or ["unknown error"])[0]
+                warnings.warn(f"faiss {self.kind} index stays on the CPU, GPU copy failed: {reason}")
+            else:
+                self._gpu_res = res
+                self.device = "cuda"
+        self.set_nprobe(self.cfg.nprobe)
+
+    # ---- search -------------------------------------------------------
+    def set_nprobe(self, nprobe: int):
+        """Lists visited per query by an IVF index (clamped to nlist); no-op otherwise."""
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        self.cfg = dataclasses.replace(self.cfg, nprobe=int(nprobe))
+        if self.kind not in IVF_KINDS:
+            return
+        effective = min(int(nprobe), self.nlist)
+        if self._gpu_res is not None:
+            faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", effective)
+        else:
+            faiss.extract_index_ivf(self._index).nprobe = effective
+
+    def search(self, queries, k: Optional[int] = None,
+               batch_size: int = 16384) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k items by inner product for queries [Q, d].
+
+        Returns (scores float32 [Q, k], ids int64 [Q, k]), best first; where fewer
+        than k items are found the id is -1 and the score -inf.
+        """
+        k = self.cfg.k if k is None else int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.device == "cuda" and self._index is not None and k > GPU_MAX_K:
+            raise ValueError(f"k {k} exceeds faiss's GPU limit of {GPU_MAX_K}")
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape [Q, {self.dim}], got {q.shape}")
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        rows = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if self._emb is not None:
+            # A [batch, N] score matrix is the peak memory; bound it, not the query count.
+            batch_size = max(1, min(batch_size, TORCH_SCORE_ELEMENTS // self.n_items))
+        for start in range(0, q.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            s, r = self._search_rows(q[part], k)
+            scores[part, :s.shape[1]] = s
+            rows[part, :r.shape[1]] = r
+        found = rows >= 0
+        scores[~found] = -np.inf
+        item_ids = np.where(found, self.ids[np.where(found, rows, 0)], -1)
+        return scores, item_ids
+
+    def _search_rows(self, q: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Search one batch q [B, d]; returns (scores [B, k'], row positions [B, k'])."""
+        if self._emb is None:
+            return self._index.search(q, k)
+        k_eff = min(k, self.n_items)
+        with torch.no_grad():
+            qt = torch.from_numpy(q).to(self.device)
+            vals, rows = torch.topk(qt @ self._emb.T, k_eff, dim=1)
+        return vals.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+
+    # ---- persistence --------------------------------------------------
+    def save(self, path_dir: str):
+        """Write index.faiss (or embeddings.npy for torch_exact), ids.npy and meta.json."""
+        os.makedirs(path_dir, exist_ok=True)
+        if self._emb is not None:
+            np.save(os.path.join(path_dir, EMB_FILE), self._emb.cpu().numpy())
+        else:
+            cpu_index = faiss.index_gpu_to_cpu(self._index) if self._gpu_res is not None else self._index
+            faiss.write_index(cpu_index, os.path.join(path_dir, FAISS_FILE))
+        np.save(os.path.join(path_dir, IDS_FILE), self.ids)
+        meta = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,
+                    config=dataclasses.asdict(self.cfg), index_kind=self.kind, nlist=self.nlist,
+                    dim=self.dim, n_items=self.n_items, model_hash=self.model_hash,
+                    metric="inner_product", faiss_version=faiss.__version__)
+        with open(os.path.join(path_dir, META_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+
+    @classmethod
+    def load(cls, path_dir: str, expected_dim: Optional[int] = None,
+             expected_n_items: Optional[int] = None,
+             expected_model_hash: Optional[str] = None,
+             use_gpu: Optional[bool] = None) -> "ItemIndex":
+        """Load a saved index; raise IndexMismatchError if an expected value differs.
+
+        use_gpu: None keeps the saved config's choice.
+        """
+        meta = _read_meta(path_dir)
+        _check_expected(path_dir, meta, expected_dim, expected_n_items, expected_model_hash)
+        cfg = RetrievalConfig(**meta["config"])
+        if use_gpu is not None:
+            cfg = dataclasses.replace(cfg, use_gpu=use_gpu)
+        ids = np.load(_existing(path_dir, IDS_FILE))
+        _check_size(path_dir, IDS_FILE, ids.shape[0], meta["n_items"])
+        self = cls(cfg, meta["index_kind"], ids.astype(np.int64), int(meta["dim"]),
+                   meta["model_hash"], int(meta["nlist"]))
+        if self.kind == "torch_exact":
+            emb = np.load(_existing(path_dir, EMB_FILE))
+            _check_size(path_dir, EMB_FILE, emb.shape[0], meta["n_items"])
+            self._place_torch(np.ascontiguousarray(emb, dtype=np.float32))
+        else:
+            index = faiss.read_index(_existing(path_dir, FAISS_FILE))
+            _check_size(path_dir, FAISS_FILE, index.ntotal, meta["n_items"])
+            self._place_faiss(index)
+        return self
+
+    def __repr__(self):
+        return (f"ItemIndex(kind={self.kind!r}, n_items={self.n_items}, dim={self.dim}, "
+                f"nlist={self.nlist}, nprobe={self.cfg.nprobe}, device={self.device!r})")
+
+
+def _existing(path_dir: str, name: str) -> str:
+    path = os.path.join(path_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"item index file {path} is missing")
+    return path
+
+
+def _read_meta(path_dir: str) -> dict:
+    path = _existing(path_dir, META_FILE)
+    with open(path) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not an item index meta file (format {meta.get('format')!r})")
+    missing = [key for key in ("config", "index_kind", "nlist", "dim", "n_items", "model_hash")
+               if key not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks the field(s) {', '.join(missing)}")
+    return meta
+
+
+def _check_expected(path_dir, meta, dim, n_items, model_hash):
+    if dim is not None and int(dim) != meta["dim"]:
+        raise IndexMismatchError(f"index at {path_dir} was built for dim {meta['dim']}, "
+                                 f"the embeddings have dim {dim}")
+    if n_items is not None and int(n_items) != meta["n_items"]:
+        raise IndexMismatchError(f"index at {path_dir} was built for n_items {meta['n_items']}, "
+                                 f"the catalog has n_items {n_items}")
+    if model_hash is not None and model_hash != meta["model_hash"]:
+        raise IndexMismatchError(f"index at {path_dir} was built for model_hash "
+                                 f"{meta['model_hash']!r}, expected model_hash {model_hash!r}")
+
+
+def _check_size(path_dir, name, found, n_items):
+    if found != n_items:
+        raise ValueError(f"index at {path_dir} is inconsistent: meta.json says {n_items} items, "
+                         f"{name} holds {found}")
