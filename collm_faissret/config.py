@@ -40,6 +40,13 @@ class RecConfig:
     n_blocks: int = 2
     dropout: float = 0.1
     mlp_hidden: List[int] = field(default_factory=lambda: [80, 40])
+    # DIN: hidden sizes of the attention MLP over [h, t, h-t, h*t]
+    attn_hidden: List[int] = field(default_factory=lambda: [80, 40])
+    # SASRec / DIN: add a user-ID embedding (zero-initialised, so users unseen
+    # in training add nothing) to the history-based user representation
+    user_id: bool = False
+    # LightGCN / SASRec / DIN: a learned per-item bias added to the logit
+    item_bias: bool = False
 
 
 @dataclass

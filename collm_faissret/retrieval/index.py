@@ -232,7 +232,8 @@ class ItemIndex:
             except RuntimeError as err:
                 # Some settings (e.g. large pq_m) have no GPU kernel; CPU still works.
                 reason = (str(err).strip().splitlines() or ["unknown error"])[0]
-                warnings.warn(f"faiss {self.kind} index stays on the CPU, GPU copy failed: {reason}")
+                warnings.warn(f"faiss {self.kind} index stays on the CPU, "
+                              f"GPU copy failed: {reason}")
             else:
                 self._gpu_res = res
                 self.device = "cuda"
@@ -299,7 +300,9 @@ class ItemIndex:
         if self._emb is not None:
             np.save(os.path.join(path_dir, EMB_FILE), self._emb.cpu().numpy())
         else:
-            cpu_index = faiss.index_gpu_to_cpu(self._index) if self._gpu_res is not None else self._index
+            cpu_index = self._index
+            if self._gpu_res is not None:
+                cpu_index = faiss.index_gpu_to_cpu(self._index)
             faiss.write_index(cpu_index, os.path.join(path_dir, FAISS_FILE))
         np.save(os.path.join(path_dir, IDS_FILE), self.ids)
         meta = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,

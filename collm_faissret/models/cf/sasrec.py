@@ -1,0 +1,100 @@
+"""SASRec (Kang & McAuley, 2018): causal self-attention over the liked-item history.
+
+The user is the encoding of the last ``max_len`` history items at the last
+(most recent) position; the logit is its dot product with the target item's
+embedding from the same item table. Trained pointwise with BCE on CoLLM's
+rows, like every CF model here.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...registry import register
+from .base import CFModel
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"rec_config.embedding_size {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.ln_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ln_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
+        self.p_attn = dropout
+
+    def forward(self, x, allowed):
+        """x [B, L, d]; allowed [B, 1, L, L] bool (query row may read key column) -> [B, L, d]"""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln_attn(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                             dropout_p=self.p_attn if self.training else 0.0)  # [B, h, L, d/h]
+        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop(self.ffn(self.ln_ffn(x)))
+
+
+@register("cf_model", "SASRec")
+class SASRec(CFModel):
+    name = "SASRec"
+
+    def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
+        super().__init__(n_users, n_items, rec_cfg)
+        self.max_len = rec_cfg.max_len
+        self.item = nn.Embedding(n_items, self.dim, padding_idx=0)
+        nn.init.normal_(self.item.weight, std=init_std)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+        self.pos = nn.Embedding(self.max_len, self.dim)
+        nn.init.normal_(self.pos.weight, std=init_std)
+        self.drop = nn.Dropout(rec_cfg.dropout)
+        self.blocks = nn.ModuleList(Block(self.dim, rec_cfg.n_heads, rec_cfg.dropout) for _ in range(rec_cfg.n_blocks))
+        self.ln_final = nn.LayerNorm(self.dim)
+        self.user = None
+        if rec_cfg.user_id:
+            # Zero start: a user never seen in training keeps a zero offset.
+            self.user = nn.Embedding(n_users, self.dim)
+            nn.init.zeros_(self.user.weight)
+        self.bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
+
+    def encode(self, his):
+        """his [B, H] item ids, oldest first, 0-padded on the left -> [B, L, d], L = min(H, max_len)."""
+        his = his[:, -self.max_len:]
+        n = his.shape[1]
+        valid = his != 0  # [B, L]
+        x = self.item(his) * math.sqrt(self.dim) + self.pos.weight[self.max_len - n:]  # right-aligned positions
+        x = self.drop(x)
+        causal = torch.ones(n, n, dtype=torch.bool, device=his.device).tril()
+        # A query reads earlier real items; every position also reads itself, so
+        # padding rows (and a fully empty history) never have all keys masked.
+        own = torch.eye(n, dtype=torch.bool, device=his.device)
+        allowed = (causal & valid[:, None, :]) | own  # [B, L, L]
+        allowed = allowed[:, None]  # [B, 1, L, L]: broadcast over heads
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.ln_final(x)
+
+    def user_embed(self, batch):
+        """his [B, H] (+ uid [B]) -> [B, d]: the encoding at the most recent position."""
+        rep = self.encode(batch["his"])[:, -1]
+        if self.user is not None:
+            rep = rep + self.user(batch["uid"])
+        return rep
+
+    def item_embed(self, item_ids):
+        """[N] iid -> [N, d]"""
+        return self.item(item_ids)
+
+    def score(self, batch):
+        """[B] logits: <user, target> (+ item bias)."""
+        logits = super().score(batch)
+        if self.bias is not None:
+            logits = logits + self.bias[batch["iid"]]
+        return logits
