@@ -3,18 +3,36 @@
 A checkpoint is written to a temporary file in the same directory, flushed
 to disk, then renamed over the target: a crash mid-write leaves the previous
 good checkpoint in place, never a truncated one. Files are read with
-``torch.load(weights_only=True)`` (no code runs on load).
+``torch.load(weights_only=True)`` (no code runs on load) and their content
+digest is checked (see digest.py).
 """
 import os
+import pickle
 import random
 import tempfile
 
 import numpy as np
 import torch
 
+from .digest import digest_ok, with_digest
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+# What torch.load raises on a damaged file: a truncated zip (RuntimeError,
+# OSError), bytes that are no zip (an UnpicklingError, or KeyError/IndexError
+# from the legacy-format reader), a bad string (UnicodeDecodeError, a ValueError).
+LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, KeyError, IndexError)
+
+
+def load_error_reason(err: BaseException) -> str:
+    """One short line for a LOAD_ERRORS exception (torch's own texts run to paragraphs)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "not a torch.save file (unpickling failed)"
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def save_atomic(payload: dict, path: str) -> None:
@@ -23,7 +41,7 @@ def save_atomic(payload: dict, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            torch.save(with_digest(payload), fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -36,12 +54,16 @@ def save_atomic(payload: dict, path: str) -> None:
 def load(path: str, what: str = "checkpoint") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{what} {path} is truncated or corrupt: the file is empty")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{what} {path} is truncated or corrupt: {str(err).splitlines()[0]}") from None
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"{what} {path} is truncated or corrupt: {load_error_reason(err)}") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{what} {path} is not a collm_faissret checkpoint (no 'model' entry)")
+    if not digest_ok(payload):
+        raise CheckpointError(f"{what} {path} is corrupt: its content does not match the digest stored at save")
     return payload
 
 

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -50,6 +51,31 @@ class RecConfig:
 
 
 @dataclass
+class ColdStartConfig:
+    """Embeddings for users/items unseen in training, borrowed from warm ones.
+
+    "Warm" means occurring in the training split. A cold user's vector mixes
+    (weights normalised to sum 1): the similarity-weighted mean of its
+    ``n_neighbors`` nearest warm users (neighbors_weight), the mean embedding of
+    its history items (history_weight) and the mean warm user (global_weight).
+    Warm users may be blended with their history mean: (1-warm_alpha)*own +
+    warm_alpha*history. Cold items borrow from their nearest warm items by
+    title text. Applies to CF models whose user is a per-uid table (MF, LightGCN).
+    """
+    enabled: bool = False
+    neighbors_weight: float = 1.0
+    history_weight: float = 0.0
+    global_weight: float = 0.0
+    user_repr: str = "tfidf"  # how histories are compared: tfidf (of item ids) or item_mean (of CF embeddings)
+    n_neighbors: int = 50
+    history_len: int = 50  # most recent history items read per row
+    warm_alpha: float = 0.0
+    cold_items: bool = True
+    item_neighbors: int = 10
+    title_dim: int = 128  # TF-IDF title vectors reduced to this many SVD components (0: keep all)
+
+
+@dataclass
 class ModelConfig:
     arch: str = MISSING
     llama_model: Optional[str] = None
@@ -67,6 +93,7 @@ class ModelConfig:
     ckpt: Optional[str] = None
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     gradient_checkpointing: bool = False
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 
 @dataclass
@@ -107,6 +134,34 @@ class RunConfig:
     valid_splits: List[str] = field(default_factory=lambda: ["valid"])
     test_splits: List[str] = field(default_factory=lambda: ["test"])
     max_eval_rows: Optional[int] = None  # cap on validation rows per epoch (first N rows); None: all
+    # checkpoint_last.pth also every N micro-steps (at the next optimizer-step boundary); 0: epoch ends only
+    save_every_n_steps: int = 0
+    nonfinite: str = "stop"  # a non-finite training loss: stop (error, last good checkpoint kept) or skip the update
+    dist_timeout_s: int = 600  # torch.distributed collectives give up after this long (a dead peer)
+    tensorboard: bool = True  # scalars (loss, lr, samples/s, valid AUC/UAUC) in <output_dir>/tensorboard/
+
+
+@dataclass
+class RetrievalSection:
+    """Retrieve-then-rank (task retrieve_rank): Faiss index settings and the candidate list.
+
+    Index keys mean what they mean in retrieval.index.RetrievalConfig. k:
+    candidates retrieved per user, each one an LLM call; metric_ks: cut-offs
+    for Recall/NDCG/HitRate (empty: just k); embeddings: "cf" (the CF model's
+    user/item vectors) or "fece" (their flattened projector outputs);
+    exclude_seen: drop items the user already interacted with before the split.
+    """
+    index_type: str = "auto"
+    nlist: int = 0
+    nprobe: int = 16
+    pq_m: int = 8
+    pq_nbits: int = 8
+    flat_threshold: int = 50000
+    use_gpu: bool = True
+    k: int = 10
+    metric_ks: List[int] = field(default_factory=list)
+    embeddings: str = "cf"
+    exclude_seen: bool = True
 
 
 @dataclass
@@ -114,6 +169,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
     run: RunConfig = field(default_factory=RunConfig)
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
 
 
 def _path_of(err: OmegaConfBaseException) -> str:
@@ -130,6 +186,24 @@ def parse_options(options: Optional[List[str]]) -> List[str]:
     return options
 
 
+NONFINITE_MODES = ("stop", "skip")
+# run.<key> -> smallest valid value; None stays valid where the schema allows it.
+_RUN_MINIMUMS = {"batch_size_train": 1, "batch_size_eval": 1, "accum_grad_iters": 1, "max_epoch": 1,
+                 "iters_per_epoch": 1, "log_freq": 1, "patience": 1, "num_workers": 0, "max_eval_rows": 1,
+                 "save_every_n_steps": 0, "dist_timeout_s": 1}
+
+
+def check_run_values(run, label: str) -> None:
+    """Range checks the schema's types cannot express (a zero batch size would
+    otherwise surface as a ZeroDivisionError deep inside the sampler)."""
+    for key, low in _RUN_MINIMUMS.items():
+        value = run.get(key)
+        if value is not None and value < low:
+            raise ConfigError(f"{label}: run.{key} must be >= {low}, got {value}")
+    if run.nonfinite not in NONFINITE_MODES:
+        raise ConfigError(f"{label}: run.nonfinite {run.nonfinite!r} unknown; use {' or '.join(NONFINITE_MODES)}")
+
+
 def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfig:
     """Load a YAML file, apply overrides, validate against the schema.
 
@@ -141,7 +215,7 @@ def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfi
     schema = OmegaConf.structured(Config)
     try:
         raw = OmegaConf.load(cfg_path)
-    except (OmegaConfBaseException, ValueError, OSError) as err:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
         raise ConfigError(f"{cfg_path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
     overrides = OmegaConf.from_dotlist(parse_options(options))
     for source, label in ((raw, cfg_path), (overrides, "--options")):
@@ -153,6 +227,7 @@ def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfi
     missing = sorted(OmegaConf.missing_keys(schema))
     if missing:
         raise ConfigError(f"{cfg_path}: missing required key(s): {', '.join(missing)}")
+    check_run_values(schema.run, cfg_path)
     OmegaConf.set_readonly(schema, True)
     return schema
 

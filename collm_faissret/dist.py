@@ -6,6 +6,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -34,8 +36,10 @@ def init(device_pref: str = "auto", timeout_s: int = 600) -> torch.device:
     for a dead peer before erroring instead of hanging.
     """
     use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if device_pref not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"run.device {device_pref!r} unknown; use auto, cuda or cpu")
     if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device is cuda but no CUDA device is available")
+        raise ConfigError("run.device is cuda but no CUDA device is available (use auto or cpu)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:

@@ -19,10 +19,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from dataset import (  # noqa: E402
-    prepare_amazon_book, prepare_bookcrossing, prepare_ml100k, prepare_ml1m,
-)
-from dataset.collm_format import DataError, kcore_filter, split_points  # noqa: E402
+# The converters' code lives in the package (dataset/prepare_*.py wrap it); the
+# tests monkeypatch module attributes, so they import the modules that hold them.
+from collm_faissret.data_prep import amazon_book as prepare_amazon_book  # noqa: E402
+from collm_faissret.data_prep import bookcrossing as prepare_bookcrossing  # noqa: E402
+from collm_faissret.data_prep import ml1m as prepare_ml1m  # noqa: E402
+from collm_faissret.data_prep import ml100k as prepare_ml100k  # noqa: E402
+from collm_faissret.data_prep.collm_format import DataError, kcore_filter, split_points  # noqa: E402
 
 DTYPES = {
     "uid": "int64", "iid": "int64", "label": "int64", "timestamp": "int64", "his": "object",

@@ -152,10 +152,29 @@ def build_collm(cfg, data, device):
     model.to(device)
     if m.ckpt:
         load_model_weights(model, load(m.ckpt, "model.ckpt")["model"], m.ckpt)
+    if m.cold_start.enabled:
+        attach_cold_start(model, data, m, cfg.run.evaluate)
     model.set_stage(*stage)
     if m.gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def attach_cold_start(model, data, mcfg, evaluate: bool):
+    """Give the CF model feeding the projector borrowed vectors for cold users/items.
+
+    Done after the checkpoint is loaded: the wrapper's tables are derived from
+    the CF weights, and checkpoints keep the unwrapped parameter names.
+    """
+    from ..retrieval.cold_start import with_cold_start
+
+    if model.cf is None:
+        raise StageError(f"model.cold_start.enabled is true but {mcfg.prompt_path} has no ID slot: "
+                         "no CF embedding enters the prompt")
+    if not mcfg.freeze_rec and not evaluate:
+        raise StageError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
+                         "computed once from the CF weights, which must not change while training)")
+    model.cf = with_cold_start(model.cf, data, mcfg.cold_start)
 
 
 CoLLM.from_config = staticmethod(build_collm)

@@ -18,11 +18,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import dist
+from .. import dist, faults
 from ..checkpoint import CheckpointError, load, load_model_weights, rng_state, save_atomic, set_rng_state
 from ..config import to_yaml
 from ..datasets.sampler import TrainBatchStream, eval_batches
 from ..registry import get, register
+from .nonfinite import NonFiniteGuard, rows_text
+from .tb import ScalarLog
 
 log = logging.getLogger("collm_faissret")
 
@@ -60,6 +62,7 @@ class RunnerBase:
         self.run_cfg = cfg.run
         self.out = cfg.run.output_dir
         self.is_main = dist.is_main()
+        self.tb = ScalarLog(self.out, cfg.run.tensorboard and self.is_main)
 
     # ----- setup -------------------------------------------------------------
     def amp_ctx(self):
@@ -154,13 +157,18 @@ class RunnerBase:
         prepare_output_dir(self.out)
         dist.barrier()
         setup_logging(self.out)
+        self._build()
+        # Written once the inputs have proved buildable: a run refused for bad
+        # input leaves the previous run's config.yaml in place.
         if self.is_main:
             with open(os.path.join(self.out, "config.yaml"), "w") as fh:
                 fh.write(to_yaml(self.cfg))
-        self._build()
         if self.run_cfg.evaluate:
             return self.evaluate_only()
-        return self.train()
+        try:
+            return self.train()
+        finally:
+            self.tb.close()
 
     def evaluate_only(self):
         if not self.cfg.model.ckpt:
@@ -187,49 +195,79 @@ class RunnerBase:
         sched = get("lr_scheduler", rc.lr_sched)(self.optimizer, total_opt_steps, rc.init_lr, rc.min_lr,
                                                 rc.warmup_lr, rc.warmup_steps)
         state = {"epoch": 0, "step": 0, "opt_step": 0, "best_auc": -1.0, "best_epoch": None, "bad_epochs": 0,
-                 "history": []}
+                 "history": [], "nonfinite_skipped": 0}
         if rc.resume_ckpt_path:
             state = self._resume(rc.resume_ckpt_path)
+        elif self.is_main and os.path.exists(os.path.join(self.out, "metrics.jsonl")):
+            os.remove(os.path.join(self.out, "metrics.jsonl"))  # a fresh run starts a fresh log of evaluations
         model = self.model
         if dist.is_dist():
             model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         valid_split = rc.valid_splits[0]
+        guard = NonFiniteGuard(rc.nonfinite, self.device, self.out)
+        kill_at = faults.kill_step(dist.rank())  # test-only fault injection, None otherwise
+        saved_at = state["step"]
 
         for epoch in range(state["epoch"], rc.max_epoch):
             model.train()
             start_in_epoch = state["step"] - epoch * iters
             batches = stream.iter_from(state["step"])
+            # Its own generator: creating a loader draws a seed from the global
+            # RNG otherwise, and a run resumed mid-epoch (one loader more) would
+            # then see other dropout masks than an uninterrupted one.
             loader = torch.utils.data.DataLoader(train_ds, batch_sampler=_take(batches, iters - start_in_epoch),
-                                                 collate_fn=self.task.collate, num_workers=rc.num_workers)
+                                                 collate_fn=self.task.collate, num_workers=rc.num_workers,
+                                                 generator=torch.Generator().manual_seed(rc.seed + epoch))
             bar = tqdm(total=iters, initial=start_in_epoch, desc=f"epoch {epoch}", disable=None if self.is_main else True,
                        dynamic_ncols=True, leave=False)
-            loss_sum, loss_n, t0, seen = torch.zeros((), device=self.device), 0, time.time(), 0
+            # Loss accumulators of the log interval (logging only); a mid-epoch
+            # checkpoint carries them so a resumed run logs the same means.
+            acc_sum, loss_n = state.pop("loss_acc", (0.0, 0)) if start_in_epoch else (0.0, 0)
+            loss_sum, t0, seen = torch.tensor(acc_sum, device=self.device), time.time(), 0
+            skip_update = False
             for i, batch in enumerate(loader, start=start_in_epoch):
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with self.amp_ctx():
                     loss = self.task.train_step(model, batch)
-                (loss / rc.accum_grad_iters).backward()
-                loss_sum += loss.detach()
-                loss_n += 1
-                seen += len(batch["label"])
                 state["step"] += 1
+                if guard.observe(loss, state["step"], batch["row"]):  # skip mode; stop mode raises
+                    state["nonfinite_skipped"] += 1
+                    skip_update = True
+                    log.warning("non-finite loss at step %d, batch of train rows %s: update skipped (%d so far)",
+                                state["step"], rows_text(batch["row"]), state["nonfinite_skipped"])
+                else:
+                    (loss / rc.accum_grad_iters).backward()
+                    loss_sum += loss.detach()
+                    loss_n += 1
+                if state["step"] == kill_at:
+                    faults.die()
+                seen += len(batch["label"])
                 if (i + 1) % rc.accum_grad_iters == 0 or i + 1 == iters:
                     lr = sched.step(state["opt_step"])
-                    self.optimizer.step()
+                    if not skip_update:
+                        self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     state["opt_step"] += 1
+                    skip_update = False
+                    every = rc.save_every_n_steps
+                    if every and i + 1 < iters and state["step"] // every > saved_at // every:
+                        guard.check()
+                        state["loss_acc"] = (loss_sum.item(), loss_n)
+                        self.save_checkpoint("checkpoint_last.pth", state)
+                        del state["loss_acc"]
+                        saved_at = state["step"]
                 bar.update(1)
                 if (i + 1) % rc.log_freq == 0 or i + 1 == iters:
-                    mean_loss = (loss_sum / loss_n).item()  # the only host sync: at log intervals
-                    if not math.isfinite(mean_loss):
-                        raise RunError(f"non-finite loss {mean_loss} at step {state['step']} (epoch {epoch}); "
-                                       f"last good checkpoint kept in {self.out}")
+                    guard.check()
+                    # A host sync, at log intervals only; nan when every step of the interval was skipped.
+                    mean_loss = (loss_sum / loss_n).item() if loss_n else float("nan")
                     rate = seen * dist.world_size() / max(time.time() - t0, 1e-9)
                     eta = (iters - i - 1) * len(batch["label"]) * dist.world_size() / max(rate, 1e-9)
                     log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f samples/s eta %.0fs", epoch, i + 1, iters,
                              mean_loss, sched.lr_at(max(state["opt_step"] - 1, 0)), rate, eta)
                     state.setdefault("train_loss", []).append(mean_loss)
+                    self._log_interval(state, mean_loss, sched.lr_at(max(state["opt_step"] - 1, 0)), rate)
                     loss_sum.zero_()
                     loss_n = 0
             bar.close()
@@ -237,10 +275,14 @@ class RunnerBase:
             metrics, _, _ = self.evaluate(valid_split, rc.max_eval_rows)
             record = {"epoch": epoch, "step": state["step"], "split": valid_split,
                       "train_loss": state.get("train_loss", [float("nan")])[-1], **_flat(metrics)}
+            # [step, loss] of this epoch's log intervals: the learning curve collm_faissret.report draws
+            record["train_loss_steps"] = [p for p in state.get("loss_log", []) if p[0] > epoch * iters]
             state["history"].append(record)
             self._append_metrics(record)
+            self._log_valid(record)
             log.info("epoch %d %s: %s", epoch, valid_split, _fmt(metrics))
             state["epoch"] = epoch + 1
+            saved_at = state["step"]
             improved = metrics["auc"] > state["best_auc"]
             if improved:
                 state.update(best_auc=metrics["auc"], best_epoch=epoch, bad_epochs=0)
@@ -264,18 +306,34 @@ class RunnerBase:
         state = {k: payload[k] for k in ("epoch", "step", "opt_step", "best_auc", "best_epoch", "bad_epochs",
                                          "history")}
         state["train_loss"] = payload.get("train_loss", [])
+        state["loss_log"] = payload.get("loss_log", [])
+        state["nonfinite_skipped"] = payload.get("nonfinite_skipped", 0)
+        if "loss_acc" in payload:  # a mid-epoch checkpoint
+            state["loss_acc"] = payload["loss_acc"]
         if self.is_main:  # the log of evaluations is the checkpoint's, not what a killed run appended later
             with open(os.path.join(self.out, "metrics.jsonl"), "w") as fh:
                 fh.writelines(json.dumps(_json_safe(r)) + "\n" for r in state["history"])
         log.info("resumed from %s at epoch %d step %d", path, state["epoch"], state["step"])
         return state
 
+    def _log_interval(self, state, mean_loss, lr, rate):
+        """One log interval's numbers: kept for metrics.jsonl and drawn in TensorBoard."""
+        state.setdefault("loss_log", []).append([state["step"], mean_loss])
+        for tag, value in (("train/loss", mean_loss), ("train/lr", lr), ("train/samples_per_s", rate)):
+            self.tb.add(tag, value, state["step"])
+
+    def _log_valid(self, record):
+        for key in ("auc", "uauc"):
+            self.tb.add(f"{record['split']}/{key}", record[key], record["step"])
+        self.tb.flush()
+
     def _finish(self, state):
         best = os.path.join(self.out, "checkpoint_best.pth")
         if not os.path.isfile(best):
             raise CheckpointError(f"no best checkpoint in {self.out}")
         load_model_weights(self.model, load(best)["model"], best)
-        result = {"best_epoch": state["best_epoch"], "best_valid_auc": state["best_auc"]}
+        result = {"best_epoch": state["best_epoch"], "best_valid_auc": state["best_auc"],
+                  "nonfinite_skipped_steps": state["nonfinite_skipped"]}
         for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):
             metrics, rows, scores = self.evaluate(split)
             self.write_predictions(split, rows, scores)

@@ -40,7 +40,7 @@ class RecTask:
         """split name -> RecRows with prompts built by the model's tokenizer."""
         m = self.cfg.model
         builder = PromptBuilder(model.tokenizer, model.template, m.proj_token_num, m.max_txt_len)
-        his_len = max(self.ds_cfg.max_his, m.rec_config.max_len)  # sequence CF models read more history
+        his_len = history_len(self.cfg, self.ds_cfg)
         return {split: RecRows(df, self.ds_cfg.max_his, builder, name=split, his_len=his_len)
                 for split, df in self.data.splits.items()}
 
@@ -91,11 +91,43 @@ class CFTask(RecTask):
         model = cf_cls(self.data.n_users, self.data.n_items, self.cfg.model.rec_config)
         if hasattr(model, "fit_data"):
             model.fit_data(self.data)  # graph models read the training interactions
+        load_cf_weights(model, self.cfg.model)
         return model.to(device)
 
     def build_datasets(self, model):
-        his_len = max(self.ds_cfg.max_his, self.cfg.model.rec_config.max_len)
+        his_len = history_len(self.cfg, self.ds_cfg)
         return {split: RecRows(df, 0, None, name=split, his_len=his_len) for split, df in self.data.splits.items()}
+
+    def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
+        """As RecTask.predict; with model.cold_start.enabled, cold users/items get borrowed
+        embeddings computed from the model's weights as they are now (after training)."""
+        from ..retrieval.cold_start import with_cold_start
+
+        if self.cfg.model.cold_start.enabled:
+            # Rebuilt only when the weights changed (an optimizer step or a loaded checkpoint).
+            key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+            if getattr(self, "_cold", (None,))[0] != key:
+                self._cold = (key, with_cold_start(model, self.data, self.cfg.model.cold_start))
+            model = self._cold[1]
+        return super().predict(model, dataset, batches, device, amp_ctx, progress)
+
+
+def history_len(cfg, ds_cfg) -> int:
+    """History ids kept per row: the prompt's titles, what sequence CF models and cold start read."""
+    m = cfg.model
+    cold = m.cold_start.history_len if m.cold_start.enabled else 0
+    return max(ds_cfg.max_his, m.rec_config.max_len, cold)
+
+
+def load_cf_weights(model, mcfg) -> None:
+    """A CF model's weights: rec_config.pretrained_path (a cf_model.pth), then model.ckpt (a run
+    checkpoint, e.g. for evaluate-only) on top when set."""
+    from ..checkpoint import load, load_model_weights
+
+    if mcfg.rec_config.pretrained_path:
+        model.load_pretrained(mcfg.rec_config.pretrained_path)
+    if mcfg.ckpt:
+        load_model_weights(model, load(mcfg.ckpt, "model.ckpt")["model"], mcfg.ckpt)
 
     def collate(self, items):
         return collate(items)

@@ -11,6 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...checkpoint import LOAD_ERRORS, load_error_reason
+from ...digest import digest_ok
+
 
 class CFWeightsError(ValueError):
     """A pretrained CF weight file that does not fit the configured model."""
@@ -53,10 +56,12 @@ class CFModel(nn.Module):
             raise CFWeightsError(f"rec_config.pretrained_path not found: {path}")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise CFWeightsError(f"{path}: not a readable CF weight file ({str(err).splitlines()[0]})") from None
+        except LOAD_ERRORS as err:
+            raise CFWeightsError(f"{path}: not a readable CF weight file ({load_error_reason(err)})") from None
         if not isinstance(payload, dict) or "cf_model" not in payload:
             raise CFWeightsError(f"{path}: not a CF weight file written by baseline_train.py")
+        if not digest_ok(payload):
+            raise CFWeightsError(f"{path}: corrupt: its content does not match the digest stored at save")
         if payload["cf_model"] != self.name:
             raise CFWeightsError(f"{path}: holds {payload['cf_model']} weights, but rec_model is {self.name}")
         for key, mine in (("n_users", self.n_users), ("n_items", self.n_items), ("dim", self.dim)):

@@ -1,4 +1,4 @@
-"""Shared code for the ``dataset/prepare_*.py`` scripts.
+"""Shared code of the data set converters (``collm-prepare NAME``, ``dataset/prepare_*.py``).
 
 Every script parses one raw release into a *normalized interactions table*
 (columns ``user``, ``item``, ``rating``, ``timestamp``; one row per rating, in
@@ -50,7 +50,6 @@ import pandas as pd
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("uid", "iid", "label", "timestamp", "his", "his_title", "title", "flag", "not_cold")
 FORMATS = ("pickle", "parquet", "both")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class PrepareError(Exception):

@@ -1,0 +1,32 @@
+# Two commands a new user needs: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned in requirements.txt. On a machine without CUDA, pip's default
+# Linux wheel is the multi-GB CUDA build: take PyTorch's CPU wheel index too.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install "$(TORCH_PIN)"; \
+	else \
+		$(PY) -m pip install --timeout 20 --retries 1 --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH_PIN)"; \
+	fi
+	$(PY) -m pip install -r requirements.txt
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m collm_faissret.demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf outputs/demo

@@ -1,0 +1,32 @@
+"""Converters from raw public releases to the CoLLM interaction format.
+
+``collm-prepare NAME [options]`` (or ``python -m collm_faissret.data_prep NAME``)
+runs the converter of one data set; ``collm-prepare NAME --help`` lists its
+options. The ``dataset/prepare_*.py`` scripts of a checkout call the same code.
+"""
+import importlib
+import sys
+
+# NAME on the command line = module of this package. Imported only once chosen,
+# so `collm-prepare --help` does not load pandas.
+CONVERTERS = ("ml1m", "ml100k", "amazon_book", "bookcrossing")
+
+USAGE = (f"usage: collm-prepare {{{','.join(CONVERTERS)}}} [options]\n"
+         "Convert a raw data set to the CoLLM format; `collm-prepare NAME --help` lists NAME's options.")
+
+
+def main(argv=None) -> int:
+    """Dispatch to the converter named by the first argument; return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in CONVERTERS:
+        print(f"error: unknown data set {name!r}; choose one of {', '.join(CONVERTERS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"{__name__}.{name}")
+    return module.main(rest)

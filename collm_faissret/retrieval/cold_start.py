@@ -1,0 +1,268 @@
+"""Cold start: users and items unseen in training borrow embeddings from warm ones.
+
+A CF model trained on the training split has no learned vector for a user or
+item that first appears later (on CoLLM's ML-1M split 43% of test rows; MF
+then scores all of them alike). ``ColdStartCF`` wraps a trained CF model whose
+user is a per-uid table (MF, LightGCN) and keeps its interface
+(user_embed / item_embed / score / forward), replacing:
+
+* a cold item's vector by the similarity-weighted mean of its nearest warm
+  items by title text (TF-IDF, see ``text.py``);
+* a cold user's vector, per row (its history grows over time), by a mix of the
+  similarity-weighted mean of its nearest warm users (histories compared as
+  TF-IDF over item ids, or as mean item embeddings), the mean embedding of its
+  history items, and the mean warm user;
+* optionally a warm user's vector by (1 - a) * own + a * history mean.
+
+Every nearest-neighbour search goes through ``ItemIndex``. The replacement
+tables are computed once from the wrapped model's current weights, so the
+wrapper is for a frozen CF model (evaluation, or stage 2 with freeze_rec).
+"""
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from .index import ItemIndex, RetrievalConfig
+from .text import item_titles, title_vectors
+
+# CF models whose user_embed reads only batch["uid"] from a table. SASRec and
+# DIN build the user from the row's history already, so nothing is cold there.
+SUPPORTED_MODELS = ("MF", "LightGCN")
+USER_REPRS = ("tfidf", "item_mean")
+QUERY_ELEMENTS = 2 ** 24  # cap on the floats of one batch of dense TF-IDF queries
+
+
+class ColdStartError(ConfigError):
+    """Cold-start settings that cannot work; the message names the model.cold_start key."""
+
+
+def check_config(cs, model_name: str) -> None:
+    """Raise ColdStartError for an unsupported model or an out-of-range setting."""
+    if model_name not in SUPPORTED_MODELS:
+        raise ColdStartError(f"model.cold_start.enabled: {model_name} has no per-user table to fill "
+                             f"(it builds users from their history already); supported: {', '.join(SUPPORTED_MODELS)}")
+    if cs.user_repr not in USER_REPRS:
+        raise ColdStartError(f"model.cold_start.user_repr {cs.user_repr!r}: use one of {', '.join(USER_REPRS)}")
+    weights = (cs.neighbors_weight, cs.history_weight, cs.global_weight)
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ColdStartError("model.cold_start.neighbors_weight/history_weight/global_weight must be >= 0 "
+                             f"with a positive sum, got {weights}")
+    if not 0.0 <= cs.warm_alpha <= 1.0:
+        raise ColdStartError(f"model.cold_start.warm_alpha must be in [0, 1], got {cs.warm_alpha}")
+    for key in ("n_neighbors", "item_neighbors", "history_len"):
+        if getattr(cs, key) < 1:
+            raise ColdStartError(f"model.cold_start.{key} must be >= 1, got {getattr(cs, key)}")
+    if cs.title_dim < 0:
+        raise ColdStartError(f"model.cold_start.title_dim must be >= 0, got {cs.title_dim}")
+
+
+def similarity_weighted_mean(index: ItemIndex, queries: np.ndarray, table: np.ndarray, n: int,
+                             fallback: np.ndarray) -> np.ndarray:
+    """Borrow from the n nearest neighbours: sum_j w_j table[id_j] / sum_j w_j, w_j = max(sim_j, 0).
+
+    index: over neighbour representations, its ids index rows of ``table``;
+    queries [Q, r]; table [T, d]; fallback [d] for rows with no positive
+    similarity (e.g. an empty history). Returns float32 [Q, d].
+    """
+    if queries.shape[0] == 0:
+        return np.zeros((0, table.shape[1]), dtype=np.float32)
+    sims, ids = index.search(queries, n)
+    found = ids >= 0
+    weights = np.where(found, np.maximum(sims, 0.0), 0.0).astype(np.float64)
+    total = weights.sum(1, keepdims=True)
+    vectors = table[np.where(found, ids, 0)]  # [Q, n, d]
+    mean = (weights[..., None] * vectors).sum(1) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, mean, fallback[None, :]).astype(np.float32)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), so inner product = cosine."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def user_documents(train_df) -> Dict[int, np.ndarray]:
+    """Warm uid -> sorted unique ids of every item it is known to like (histories + label-1 targets)."""
+    docs: Dict[int, list] = {}
+    for uid, iid, label, his in zip(train_df["uid"].to_numpy(), train_df["iid"].to_numpy(),
+                                    train_df["label"].to_numpy(), train_df["his"]):
+        parts = docs.setdefault(int(uid), [])
+        parts.append(np.asarray(his, dtype=np.int64))
+        if label == 1:
+            parts.append(np.array([iid], dtype=np.int64))
+    return {u: np.setdiff1d(np.concatenate(p), [0]) for u, p in docs.items()}
+
+
+def idf_weights(docs, n_items: int) -> np.ndarray:
+    """Smoothed inverse document frequency per item [n_items]: ln((1+N)/(1+df)) + 1."""
+    df = np.zeros(n_items, dtype=np.float64)
+    for items in docs:
+        df[items] += 1
+    return (np.log((1.0 + len(docs)) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
+def tfidf_rows(his: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """his [Q, h] item ids (0 = pad) -> unit TF-IDF rows [Q, n_items] (binary term frequency)."""
+    x = np.zeros((his.shape[0], idf.shape[0]), dtype=np.float32)
+    rows = np.repeat(np.arange(his.shape[0]), his.shape[1])
+    x[rows, his.reshape(-1)] = 1.0
+    x[:, 0] = 0.0
+    return unit_rows(x * idf[None, :])
+
+
+def borrow_cold_items(item_table: np.ndarray, warm_items: np.ndarray, titles: Dict[int, str],
+                      n: int, title_dim: int, index_cfg: RetrievalConfig) -> np.ndarray:
+    """item_table [n_items, d] with every titled cold item replaced by its title neighbours' mean."""
+    out = item_table.copy()
+    warm = set(int(i) for i in warm_items)
+    titled = np.array(sorted(i for i in titles if i != 0), dtype=np.int64)
+    cold = np.array([i for i in titled if int(i) not in warm], dtype=np.int64)
+    warm_titled = np.array([i for i in titled if int(i) in warm], dtype=np.int64)
+    if len(cold) == 0 or len(warm_titled) == 0:
+        return out
+    vectors = title_vectors([titles[int(i)] for i in titled], title_dim)
+    row_of = {int(i): r for r, i in enumerate(titled)}
+    index = ItemIndex.build(vectors[[row_of[int(i)] for i in warm_titled]], warm_titled, index_cfg)
+    fallback = item_table[warm_items].mean(0)
+    out[cold] = similarity_weighted_mean(index, vectors[[row_of[int(i)] for i in cold]], item_table, n, fallback)
+    return out
+
+
+class ColdStartCF(nn.Module):
+    """A frozen table CF model with borrowed vectors for cold users and items.
+
+    Same interface as the wrapped model: user_embed(batch: uid [B], his [B, h])
+    -> [B, d]; item_embed(ids [N]) -> [N, d]; score(batch) -> [B];
+    forward(batch) -> {"loss", "logits"}. The wrapped model stays a submodule
+    (``base``), so its parameters keep their group in CoLLM. ``titles`` (item
+    id -> title) defaults to every title in ``data``.
+    """
+
+    def __init__(self, base, data, cs, index_cfg: Optional[RetrievalConfig] = None,
+                 titles: Optional[Dict[int, str]] = None):
+        super().__init__()
+        check_config(cs, base.name)
+        self.base, self.cs = base, cs
+        self.name, self.dim = base.name, base.dim
+        self.n_users, self.n_items = base.n_users, base.n_items
+        self.index_cfg = index_cfg or RetrievalConfig()
+        users, items = self._tables(base)
+        train = data.splits["train"]
+        self.warm_users = np.unique(train["uid"].to_numpy())
+        warm_items = np.unique(train["iid"].to_numpy())
+        if cs.cold_items:
+            titles = item_titles(data) if titles is None else titles
+            items = borrow_cold_items(items, warm_items, titles, cs.item_neighbors, cs.title_dim, self.index_cfg)
+        is_warm = torch.zeros(self.n_users, dtype=torch.bool)
+        is_warm[torch.from_numpy(self.warm_users)] = True
+        device = next(base.parameters()).device
+        # Not persistent: they are derived from the base weights, never a checkpoint's business.
+        self.register_buffer("user_table", torch.from_numpy(users).to(device), persistent=False)
+        self.register_buffer("item_table", torch.from_numpy(items).to(device), persistent=False)
+        self.register_buffer("is_warm_user", is_warm.to(device), persistent=False)
+        self._users_np, self._items_np = users, items
+        self._global = users[self.warm_users].mean(0)
+        self._build_user_index(train)
+
+    @staticmethod
+    @torch.no_grad()
+    def _tables(base):
+        """(users [n_users, d], items [n_items, d]) float32 numpy from the base model's current weights."""
+        was_training = base.training
+        base.eval()
+        device = next(base.parameters()).device
+        users = base.user_embed({"uid": torch.arange(base.n_users, device=device)})
+        items = base.item_embed(torch.arange(base.n_items, device=device))
+        base.train(was_training)
+        return users.float().cpu().numpy(), items.float().cpu().numpy()
+
+    def _build_user_index(self, train):
+        docs = user_documents(train)
+        uids = np.array(sorted(docs), dtype=np.int64)
+        width = max(len(docs[u]) for u in uids)
+        padded = np.zeros((len(uids), max(width, 1)), dtype=np.int64)
+        for r, u in enumerate(uids):
+            padded[r, :len(docs[u])] = docs[u]
+        self._idf = idf_weights([docs[u] for u in uids], self.n_items)
+        reprs = self._represent(padded)
+        self._user_index = ItemIndex.build(reprs, uids, self.index_cfg)
+
+    def _represent(self, his: np.ndarray) -> np.ndarray:
+        """his [Q, h] -> unit vectors that nearest-user search compares."""
+        if self.cs.user_repr == "tfidf":
+            return tfidf_rows(his, self._idf)
+        return unit_rows(self._history_mean_np(his)[0])
+
+    def _history_mean_np(self, his: np.ndarray):
+        """his [Q, h] -> (mean item vector [Q, d], has_history [Q] bool)."""
+        mask = (his != 0)[..., None]
+        count = mask.sum(1)
+        mean = (self._items_np[his] * mask).sum(1) / np.maximum(count, 1)
+        return mean.astype(np.float32), count[:, 0] > 0
+
+    def cold_users(self, his: np.ndarray) -> np.ndarray:
+        """Borrowed vectors for cold rows: his [C, h] (0-padded) -> [C, d] float32."""
+        # TF-IDF queries are dense [rows, n_items]: bound that, not the row count.
+        step = max(1, QUERY_ELEMENTS // max(self.n_items, 1))
+        if his.shape[0] > step:
+            return np.concatenate([self.cold_users(his[s:s + step]) for s in range(0, his.shape[0], step)])
+        cs = self.cs
+        hist, has = self._history_mean_np(his)
+        glob = np.broadcast_to(self._global, hist.shape)
+        neighbors = glob
+        if cs.neighbors_weight > 0:
+            neighbors = similarity_weighted_mean(self._user_index, self._represent(his), self._users_np,
+                                                 cs.n_neighbors, self._global)
+        # A row with no history has nothing to compare or average: it gets the mean warm user.
+        hist = np.where(has[:, None], hist, glob)
+        total = cs.neighbors_weight + cs.history_weight + cs.global_weight
+        mixed = (cs.neighbors_weight * neighbors + cs.history_weight * hist + cs.global_weight * glob) / total
+        return mixed.astype(np.float32)
+
+    def user_embed(self, batch) -> torch.Tensor:
+        """uid [B], his [B, h] -> [B, d]"""
+        uid = batch["uid"]
+        his = batch["his"][:, -self.cs.history_len:]
+        out = self.user_table[uid]
+        warm = self.is_warm_user[uid]
+        if self.cs.warm_alpha > 0 and bool(warm.any()):
+            hist, has = self._history_mean_np(his[warm].cpu().numpy())
+            own = out[warm]
+            blended = (1 - self.cs.warm_alpha) * own + self.cs.warm_alpha * torch.from_numpy(hist).to(own)
+            out = out.clone()
+            out[warm] = torch.where(torch.from_numpy(has).to(own.device)[:, None], blended, own)
+        if bool((~warm).any()):
+            cold = torch.from_numpy(self.cold_users(his[~warm].cpu().numpy())).to(out)
+            out = out.clone()
+            out[~warm] = cold
+        return out
+
+    def item_embed(self, item_ids) -> torch.Tensor:
+        """[N] iid -> [N, d]"""
+        return self.item_table[item_ids]
+
+    def score(self, batch) -> torch.Tensor:
+        """[B] logits: <user, item> plus the base model's per-item bias when it has one."""
+        logits = (self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1)
+        bias = getattr(self.base, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            logits = logits + bias[batch["iid"]]
+        return logits
+
+    def forward(self, batch):
+        logits = self.score(batch)
+        loss = None
+        if "label" in batch:
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+        return {"loss": loss, "logits": logits}
+
+
+def with_cold_start(cf, data, cs, index_cfg: Optional[RetrievalConfig] = None):
+    """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF around it."""
+    if cf is None or not cs.enabled:
+        return cf
+    return ColdStartCF(cf, data, cs, index_cfg)

@@ -1,0 +1,190 @@
+"""Retrieve-then-rank evaluation (``run.task: retrieve_rank`` with ``run.evaluate: true``).
+
+Per evaluated split: an ItemIndex over the CF model's item vectors (or their
+FECE projections) serves each user with a held-out positive its top-K
+unseen candidates, queried with the user's collaborative vector (borrowed
+for cold users when model.cold_start.enabled). CoLLM then scores only those
+K prompts per user and re-ranks them. Recall/NDCG/HitRate@k are reported
+for retrieval alone and after re-ranking; the number of LLM calls goes into
+the metrics. With a CF model as model.arch there is no LLM: the candidates
+keep their retrieval scores (retrieval metrics only, 0 LLM calls).
+
+Each split's dataset holds one row per (user, candidate), so the runner's
+batching, DDP gathering and predictions_<split>.csv work unchanged; the
+row's label says whether the candidate is a held-out positive.
+"""
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import registry
+from ..config import ConfigError
+from ..datasets import RecRows
+from ..metrics import auc_report
+from ..prompts import PromptBuilder
+from ..registry import register
+from ..retrieval.cold_start import with_cold_start
+from ..retrieval.index import ItemIndex, RetrievalConfig
+from ..retrieval.ranking import grouped_metrics, rerank, split_queries, top_k_unseen
+from ..retrieval.text import item_titles
+from .rec_task import RecTask, history_len, load_cf_weights
+
+log = logging.getLogger("collm_faissret")
+EMBEDDINGS = ("cf", "fece")
+INDEX_KEYS = ("index_type", "nlist", "nprobe", "pq_m", "pq_nbits", "flat_threshold", "use_gpu", "k")
+
+
+def index_config(rcfg) -> RetrievalConfig:
+    """The ``retrieval`` section as an ItemIndex config; bad values name their key."""
+    try:
+        return RetrievalConfig(**{key: rcfg[key] for key in INDEX_KEYS})
+    except ValueError as err:
+        raise ConfigError(f"retrieval: {err}") from None
+
+
+@register("task", "retrieve_rank")
+class RetrieveRankTask(RecTask):
+    """Attributes after build_datasets: ``index`` (ItemIndex) and ``llm_calls`` per split."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        r = cfg.retrieval
+        if not cfg.run.evaluate:
+            raise ConfigError("run.task retrieve_rank only evaluates: set run.evaluate: true "
+                              "(train with run.task rec or baseline_train.py first)")
+        if r.embeddings not in EMBEDDINGS:
+            raise ConfigError(f"retrieval.embeddings {r.embeddings!r}: use one of {', '.join(EMBEDDINGS)}")
+        self.ks = sorted(set(r.metric_ks)) or [r.k]
+        if self.ks[0] < 1 or self.ks[-1] > r.k:
+            raise ConfigError(f"retrieval.metric_ks {list(r.metric_ks)} must lie in 1..retrieval.k ({r.k})")
+        self.index_cfg = index_config(r)
+        self.cf_only = cfg.model.arch in registry.names("cf_model")
+        if self.cf_only and r.embeddings == "fece":
+            raise ConfigError(f"retrieval.embeddings fece needs a CoLLM model; model.arch is {cfg.model.arch}")
+        self.index = None
+        self.llm_calls = {}
+
+    # ----- model -------------------------------------------------------------
+    def build_model(self, device):
+        """CoLLM (cold start attached by build_collm) or, for a CF model.arch, the CF model alone."""
+        if not self.cf_only:
+            model = super().build_model(device)
+            self.retriever = self._stage1_cf(model, device) if model.cf is None else model.cf
+            return model
+        m = self.cfg.model
+        model = registry.get("cf_model", m.arch)(self.data.n_users, self.data.n_items, m.rec_config)
+        if hasattr(model, "fit_data"):
+            model.fit_data(self.data)
+        load_cf_weights(model, m)
+        model = with_cold_start(model.to(device), self.data, m.cold_start)
+        self.retriever = model
+        return model
+
+    def _stage1_cf(self, model, device):
+        """A text-only prompt has no CF model inside: retrieval loads rec_config.pretrained_path."""
+        m = self.cfg.model
+        if not m.rec_config.pretrained_path:
+            raise ConfigError(f"retrieve_rank: {m.prompt_path} has no ID slot, so retrieval needs "
+                              "model.rec_config.pretrained_path (a baseline_train.py cf_model.pth)")
+        if self.cfg.retrieval.embeddings == "fece":
+            raise ConfigError(f"retrieval.embeddings fece: {m.prompt_path} has no ID slot, so no projector")
+        cf = registry.get("cf_model", m.rec_model)(self.data.n_users, self.data.n_items, m.rec_config)
+        cf.load_pretrained(m.rec_config.pretrained_path)
+        return with_cold_start(cf.to(device), self.data, m.cold_start)
+
+    # ----- candidates ----------------------------------------------------------
+    def build_datasets(self, model):
+        """train (unused, the runner expects it) and one candidate set per evaluated split."""
+        his_len = history_len(self.cfg, self.ds_cfg)
+        out = {"train": RecRows(self.data.splits["train"], 0, None, name="train", his_len=his_len)}
+        builder = None
+        if not self.cf_only:
+            m = self.cfg.model
+            builder = PromptBuilder(model.tokenizer, model.template, m.proj_token_num, m.max_txt_len)
+        self.titles = item_titles(self.data)
+        catalog = np.array(sorted(i for i in self.titles if 0 < i < self.data.n_items), dtype=np.int64)
+        self.index = ItemIndex.build(self._vectors(model, items=torch.from_numpy(catalog)), catalog, self.index_cfg)
+        log.info("retrieve_rank: %r over %d catalog items (%s embeddings)", self.index, len(catalog),
+                 self.cfg.retrieval.embeddings)
+        for split in list(self.cfg.run.valid_splits) + list(self.cfg.run.test_splits):
+            if split in self.data.splits:
+                out[split] = self._candidates(model, split, builder, his_len)
+        return out
+
+    @torch.no_grad()
+    def _vectors(self, model, items=None, batch=None) -> np.ndarray:
+        """Item vectors [N, r] for ids ``items`` [N], or user vectors [U, r] for a ``batch``.
+
+        r = CF dim, or proj_token_num * LLM dim for FECE projections.
+        """
+        cf = self.retriever
+        was_training = model.training
+        model.eval()
+        x = cf.user_embed(batch) if items is None else cf.item_embed(items.to(self._device(cf)))
+        if self.cfg.retrieval.embeddings == "fece":
+            x = model.proj(x).flatten(1)
+        model.train(was_training)
+        return x.float().cpu().numpy()
+
+    @staticmethod
+    def _device(module):
+        return next(module.parameters()).device
+
+    def _candidates(self, model, split, builder, his_len) -> RecRows:
+        """One row per (queried user, retrieved candidate), with the ranking facts attached."""
+        r = self.cfg.retrieval
+        q = split_queries(self.data.splits[split], self.data.splits["train"], r.exclude_seen)
+        query_rows = RecRows(q.rows, 0, None, name=split, his_len=his_len)
+        device = self._device(self.retriever)
+        batch = {"uid": torch.from_numpy(query_rows.uid).to(device), "his": torch.from_numpy(query_rows.his).to(device),
+                 "iid": torch.zeros(len(q.uids), dtype=torch.long, device=device)}
+        users = self._vectors(model, batch=batch) if len(q.uids) else np.zeros((0, self.index.dim), np.float32)
+        cand, scores = top_k_unseen(self.index, users, r.k, q.seen)
+        warm_users = set(int(u) for u in self.data.splits["train"]["uid"])
+        warm_items = set(int(i) for i in self.data.splits["train"]["iid"])
+        user_row, slot = np.nonzero(cand >= 0)
+        rows = q.rows.iloc[user_row].reset_index(drop=True)
+        iids = cand[user_row, slot]
+        frame = pd.DataFrame({
+            "uid": rows["uid"].to_numpy(np.int64), "iid": iids,
+            "label": [int(int(i) in q.relevant[u]) for u, i in zip(user_row, iids)],
+            "not_cold": [int(int(u) in warm_users and int(i) in warm_items) for u, i in zip(rows["uid"], iids)],
+            "title": [self.titles[int(i)] for i in iids], "his": rows["his"], "his_title": rows["his_title"]})
+        ds = RecRows(frame, self.ds_cfg.max_his, builder, name=split, his_len=his_len)
+        row_of = np.full(cand.shape, -1, dtype=np.int64)
+        row_of[user_row, slot] = np.arange(len(frame))
+        ds.ranking = {"uids": q.uids, "relevant": q.relevant, "cand": cand, "row_of": row_of,
+                      "retrieval_scores": scores[user_row, slot].astype(np.float32),
+                      "cold_user": np.array([int(u) not in warm_users for u in q.uids], dtype=bool)}
+        self.llm_calls[split] = 0 if self.cf_only else len(frame)
+        return ds
+
+    # ----- scoring and metrics ---------------------------------------------------
+    def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
+        """CoLLM scores every candidate prompt; a CF-only run keeps the retrieval scores."""
+        if self.cf_only:
+            return np.arange(len(dataset)), dataset.ranking["retrieval_scores"]
+        return super().predict(model, dataset, batches, device, amp_ctx, progress)
+
+    def report(self, dataset, rows, scores):
+        """Candidate AUC (score vs held-out positive) plus retrieval / re-ranked top-k metrics."""
+        info = dataset.ranking
+        by_row = np.full(len(dataset), -np.inf, dtype=np.float64)
+        by_row[rows] = scores
+        cand = info["cand"]
+        new_scores = np.where(info["row_of"] >= 0, by_row[np.maximum(info["row_of"], 0)], -np.inf)
+        out = auc_report(dataset.uid[rows], dataset.label[rows], scores, dataset.not_cold[rows])
+        out["retrieval"] = grouped_metrics(cand, info["relevant"], self.ks, info["cold_user"])
+        out["reranked"] = grouped_metrics(rerank(cand, new_scores), info["relevant"], self.ks, info["cold_user"])
+        calls = self.llm_calls.get(dataset.name, 0)
+        out.update(k=self.cfg.retrieval.k, n_users=int(len(info["uids"])), llm_calls=calls,
+                   llm_calls_per_user=calls / max(len(info["uids"]), 1), index=repr(self.index))
+        log.info("retrieve_rank %s: %d users x top-%d -> %d LLM calls", dataset.name, len(info["uids"]),
+                 self.cfg.retrieval.k, calls)
+        for stage in ("retrieval", "reranked"):
+            log.info("retrieve_rank %s %s: %s", dataset.name, stage,
+                     " ".join(f"{key} {out[stage][key]:.4f}" for key in out[stage]
+                              if "@" in key))
+        return out

@@ -1,0 +1,161 @@
+"""Checkpoints: atomic writes, weights_only loading, exact resume, peft adapter, evaluate-only."""
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+import train_collm
+from collm_faissret import checkpoint
+from collm_faissret.checkpoint import CheckpointError, load, save_atomic
+from collm_faissret.runners.runner_base import RunnerBase
+from conftest import cli_args
+
+# Stage 2 with LoRA trainable too: the resumed state covers adapter, projector, AdamW moments and dropout RNG.
+TRAIN_OPTIONS = ("run.max_epoch=2", "run.iters_per_epoch=4", "run.patience=5", "model.freeze_lora=false",
+                 "model.proj_drop=0.1")
+
+
+class SimulatedCrash(Exception):
+    """Raised right after epoch 0's checkpoint_last.pth is on disk."""
+
+
+@pytest.fixture(scope="module")
+def runs(env, tmp_path_factory):
+    """An uninterrupted 2-epoch run, and one killed after epoch 0 then resumed."""
+    root = tmp_path_factory.mktemp("resume")
+    full, resumed = root / "full", root / "resumed"
+    assert train_collm.main(cli_args(env.config("stage2", full), *TRAIN_OPTIONS)) == 0
+
+    original = RunnerBase.save_checkpoint
+
+    def save_then_crash(self, name, state):
+        original(self, name, state)
+        if name == "checkpoint_last.pth" and state["epoch"] == 1:
+            raise SimulatedCrash
+
+    cfg = env.config("stage2", resumed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunnerBase, "save_checkpoint", save_then_crash)
+        with pytest.raises(SimulatedCrash):
+            train_collm.main(cli_args(cfg, *TRAIN_OPTIONS))
+    assert not (resumed / "metrics.json").exists()
+    crashed_last = load(str(resumed / "checkpoint_last.pth"))
+    rc = train_collm.main(cli_args(cfg, *TRAIN_OPTIONS,
+                                   f"run.resume_ckpt_path={resumed / 'checkpoint_last.pth'}"))
+    assert rc == 0
+    return {"full": full, "resumed": resumed, "crashed_last": crashed_last}
+
+
+def test_crash_left_epoch0_checkpoint(runs):
+    assert runs["crashed_last"]["epoch"] == 1
+    assert len(runs["crashed_last"]["history"]) == 1
+
+
+def test_resume_equals_uninterrupted_run(runs):
+    full, resumed = runs["full"], runs["resumed"]
+    m_full = json.loads((full / "metrics.json").read_text())
+    m_res = json.loads((resumed / "metrics.json").read_text())
+    for key in ("valid", "test", "best_epoch", "best_valid_auc"):
+        assert m_res[key] == m_full[key], key
+    assert (resumed / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    assert len((full / "metrics.jsonl").read_text().splitlines()) == 2
+    for name in ("checkpoint_last.pth", "checkpoint_best.pth"):
+        a, b = load(str(full / name)), load(str(resumed / name))
+        assert a["epoch"] == b["epoch"] and a["step"] == b["step"] == 4 * a["epoch"]
+        assert set(a["model"]) == set(b["model"])
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+    # the run really trained between epoch 0 and epoch 2: the resume had work to reproduce
+    last = load(str(full / "checkpoint_last.pth"))["model"]
+    assert any(not torch.equal(last[k], runs["crashed_last"]["model"][k]) for k in last)
+    pd.testing.assert_frame_equal(pd.read_csv(full / "predictions_test.csv"),
+                                  pd.read_csv(resumed / "predictions_test.csv"))
+
+
+def test_checkpoint_contents_and_weights_only_load(runs):
+    path = runs["full"] / "checkpoint_last.pth"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "optimizer", "rng", "config", "epoch", "step", "opt_step", "best_auc", "history"):
+        assert key in payload
+    keys = set(payload["model"])
+    assert any("lora_A" in k for k in keys) and any(k.startswith("proj.") for k in keys)
+    assert not any(k.startswith("cf.") for k in keys)  # frozen pretrained MF is not copied
+    assert not any(".base_layer." in k or "embed_tokens" in k for k in keys)  # nor the backbone
+
+
+def test_no_temporary_files_left(runs):
+    for run in (runs["full"], runs["resumed"]):
+        for dirpath, _, files in os.walk(run):
+            leftovers = [f for f in files if f.startswith(".tmp") or f.endswith(".tmp")]
+            assert leftovers == [], dirpath
+
+
+def test_save_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"model": {"w": torch.ones(3)}}, str(path))
+    before = path.read_bytes()
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"model": {"w": torch.zeros(3)}}, str(path))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ckpt.pth"]
+    assert torch.equal(load(str(path))["model"]["w"], torch.ones(3))
+
+
+def test_truncated_or_foreign_checkpoint_rejected(runs, tmp_path):
+    data = (runs["full"] / "checkpoint_best.pth").read_bytes()
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load(str(bad))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="no 'model' entry"):
+        load(str(foreign))
+    with pytest.raises(CheckpointError, match="not found"):
+        load(str(tmp_path / "missing.pth"))
+
+
+def test_adapter_loads_with_plain_peft(env, runs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = runs["full"] / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(str(env.backbone_dir))
+    peft_model = PeftModel.from_pretrained(base, str(adapter))
+    loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    best = load(str(runs["full"] / "checkpoint_best.pth"))["model"]
+    expected = {k[len("llm."):]: v for k, v in best.items() if "lora_" in k}
+    assert set(loaded) == set(expected) and loaded
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    assert any(v.abs().sum() > 0 for k, v in expected.items() if "lora_B" in k)  # trained, not the zero init
+
+
+def test_evaluate_only_reproduces_training_run(env, runs, tmp_path):
+    out = tmp_path / "eval"
+    best = runs["full"] / "checkpoint_best.pth"
+    assert train_collm.main(cli_args(env.config("evaluate", out), f"model.ckpt={best}")) == 0
+    trained = json.loads((runs["full"] / "metrics.json").read_text())
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert abs(evaluated["test"]["auc"] - trained["test"]["auc"]) < 1e-6
+    assert evaluated["test"] == trained["test"] and evaluated["valid"] == trained["valid"]
+    assert evaluated["best_epoch"] is None and evaluated["ckpt"] == str(best)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions_test.csv"),
+                                  pd.read_csv(runs["full"] / "predictions_test.csv"))
+
+
+def test_resume_from_missing_checkpoint_fails_cleanly(env, tmp_path, capsys):
+    cfg = env.config("stage2", tmp_path / "r")
+    rc = train_collm.main(cli_args(cfg, f"run.resume_ckpt_path={tmp_path / 'nope.pth'}"))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2
+    assert err[-1].startswith("error: run.resume_ckpt_path not found")
