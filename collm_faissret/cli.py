@@ -51,10 +51,11 @@ def known_errors():
     from .models.collm import StageError
     from .prompts import PromptError
     from .registry import RegistryError
+    from .retrieval.index import IndexMismatchError
     from .runners.nonfinite import NonFiniteLoss
     from .runners.runner_base import RunError
     return (CheckpointError, ConfigError, DataError, BackboneError, CFWeightsError, StageError, PromptError,
-            RegistryError, RunError, NonFiniteLoss, FileNotFoundError)
+            RegistryError, RunError, NonFiniteLoss, IndexMismatchError, FileNotFoundError)
 
 
 def run_main(args, forced_options=(), after=None) -> int:
@@ -64,6 +65,7 @@ def run_main(args, forced_options=(), after=None) -> int:
     from .config import load_config
 
     errors = known_errors()
+    finished = False
     try:
         cfg = load_config(args.cfg_path, list(forced_options) + list(args.options))
         device = dist.init(cfg.run.device, cfg.run.dist_timeout_s)
@@ -72,9 +74,10 @@ def run_main(args, forced_options=(), after=None) -> int:
         result = runner.run()
         if after is not None:
             after(runner, result)
+        finished = True
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        dist.shutdown()
+        dist.shutdown(wait_for_peers=finished)
     return 0

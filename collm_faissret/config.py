@@ -242,3 +242,128 @@ def dataset_config(cfg: DictConfig):
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+# Meaning of every schema key, by dataclass and field: docs/config_reference.md
+# is generated from it (python -m collm_faissret.config_reference), and its
+# test fails for a field without an entry here. Add one with each new field.
+FIELD_HELP = {
+    "Config": {
+        "model": "the model: LLM backbone, CF model, projector, LoRA, stage",
+        "datasets": "exactly one entry, `<registry name>: {path, ...}`; the name picks the loader",
+        "run": "the training loop, evaluation, output directory and devices",
+        "retrieval": "retrieve-then-rank (`run.task: retrieve_rank`): the Faiss index and candidate list",
+    },
+    "ModelConfig": {
+        "arch": "`collm` for train_collm.py; a CF model (`MF`, `LightGCN`, `SASRec`, `DIN`, ...) for baseline_train.py",
+        "llama_model": "local `save_pretrained` directory of the causal LM and its tokenizer (needed by `collm`; "
+                       "nothing is fetched from a hub)",
+        "rec_model": "CF model feeding the projector (registry name, e.g. `MF`)",
+        "rec_config": "settings of the CF model",
+        "lora_config": "LoRA adapter of the LLM (peft)",
+        "freeze_rec": "keep the CF model's weights fixed",
+        "freeze_proj": "keep the FECE projector fixed (stage 1: true; stage 2: false)",
+        "freeze_lora": "keep LoRA fixed (stage 1: false; stage 2: true)",
+        "prompt_path": "prompt template; a stage-1 template has no ID slot, a stage-2 one has `<UserID>` / "
+                       "`<TargetItemID>`",
+        "proj_token_num": "LLM input tokens each ID embedding is projected to",
+        "proj_mid_times": "projector hidden width = this times the CF embedding size",
+        "proj_drop": "dropout inside the projector",
+        "max_txt_len": "prompt length cap in tokens; the oldest history titles are dropped first, never the "
+                       "target or an ID slot",
+        "ckpt": "checkpoint to start from (stage 1's for stage 2; stage 2's for evaluate-only)",
+        "dtype": "LLM weights: `auto` (bf16 on CUDA, fp32 on CPU), `fp32`, `bf16`, `fp16`",
+        "gradient_checkpointing": "recompute LLM activations in the backward pass: less memory, more time",
+        "cold_start": "embeddings for users/items unseen in training, borrowed from warm ones",
+    },
+    "RecConfig": {
+        "embedding_size": "dimension of user / item embeddings",
+        "pretrained_path": "`cf_model.pth` written by baseline_train.py (stage 2 loads it)",
+        "n_layers": "LightGCN: propagation layers",
+        "graph_edges": "LightGCN: `positive` (label-1 interactions) or `all` as graph edges",
+        "max_len": "SASRec / DIN: most recent history items read",
+        "n_heads": "SASRec: attention heads",
+        "n_blocks": "SASRec: transformer blocks",
+        "dropout": "SASRec / DIN: dropout",
+        "mlp_hidden": "DIN: hidden sizes of the prediction MLP",
+        "attn_hidden": "DIN: hidden sizes of the attention MLP over [h, t, h-t, h*t]",
+        "user_id": "SASRec / DIN: add a user-ID embedding (zero-initialised, so users unseen in training add "
+                   "nothing) to the history-based user representation",
+        "item_bias": "LightGCN / SASRec / DIN: a learned per-item bias added to the logit",
+    },
+    "LoraConfig": {
+        "use_lora": "attach a LoRA adapter to the LLM",
+        "r": "LoRA rank",
+        "alpha": "LoRA scaling numerator (scale = alpha / r)",
+        "target_modules": "names of the LLM's linear layers that get LoRA",
+        "dropout": "dropout on the LoRA input",
+    },
+    "ColdStartConfig": {
+        "enabled": "replace cold users' (and items') embeddings by ones borrowed from warm neighbours "
+                   "(MF, LightGCN: per-uid user tables)",
+        "neighbors_weight": "weight of the similarity-weighted mean of the nearest warm users",
+        "history_weight": "weight of the mean embedding of the user's history items",
+        "global_weight": "weight of the mean warm user (weights are normalised to sum 1)",
+        "user_repr": "how histories are compared: `tfidf` (of item ids) or `item_mean` (of CF embeddings)",
+        "n_neighbors": "nearest warm users averaged for a cold user",
+        "history_len": "most recent history items read per row",
+        "warm_alpha": "warm users become (1 - warm_alpha) * own + warm_alpha * history mean",
+        "cold_items": "also give cold items the mean of their nearest warm items by title text",
+        "item_neighbors": "nearest warm items averaged for a cold item",
+        "title_dim": "TF-IDF title vectors reduced to this many SVD components (0: keep all)",
+    },
+    "DatasetConfig": {
+        "path": "CoLLM-format directory (`<split>_ood2.pkl` or `.parquet`), relative to the working directory",
+        "max_his": "titles of the last `max_his` liked items go in the prompt",
+        "train_file": "file stem of the training split",
+        "valid_file": "file stem of the validation split",
+        "test_file": "file stem of the test split",
+    },
+    "RunConfig": {
+        "task": "registry name: `rec` (CoLLM), `cf_rec` (baselines; forced by baseline_train.py), `retrieve_rank`",
+        "runner": "registry name of the training loop (`runner_base`)",
+        "output_dir": "run directory: config, log, metrics, checkpoints, predictions, tensorboard/",
+        "optimizer": "`adamw` (decoupled weight decay) or `adam` (L2 penalty)",
+        "lr_sched": "registry name: `linear_warmup_cosine_lr` or `constant_lr`",
+        "init_lr": "peak learning rate (after warmup)",
+        "min_lr": "learning rate at the end of the cosine decay",
+        "warmup_lr": "learning rate at the first step of the linear warmup",
+        "warmup_steps": "optimizer steps of linear warmup",
+        "weight_decay": "weight decay of parameters with 2+ dimensions",
+        "max_epoch": "epochs at most (early stopping may end sooner)",
+        "iters_per_epoch": "micro-batches per epoch; null: one full pass over the training split",
+        "batch_size_train": "training rows per micro-batch, per process",
+        "batch_size_eval": "evaluation rows per batch",
+        "accum_grad_iters": "micro-batches per optimizer step (gradient accumulation)",
+        "num_workers": "DataLoader worker processes",
+        "seed": "seed of torch / numpy and of the batch order",
+        "amp": "bf16 autocast on CUDA (no effect on CPU)",
+        "device": "`auto` (CUDA when available), `cuda` or `cpu`",
+        "patience": "early stop after this many epochs without a better validation AUC",
+        "evaluate": "evaluate-only: score valid/test with `model.ckpt`, no training",
+        "resume_ckpt_path": "resume a killed run from its `checkpoint_last.pth`",
+        "log_freq": "log line (loss, lr, samples/s, ETA) every this many micro-batches",
+        "length_bucketing": "batch rows of similar prompt length together (less padding)",
+        "valid_splits": "splits evaluated each epoch (the first drives early stopping) and at the end",
+        "test_splits": "splits evaluated with the best checkpoint at the end",
+        "max_eval_rows": "rows used for per-epoch validation (the first N); null: all",
+        "save_every_n_steps": "also write `checkpoint_last.pth` every N micro-steps; 0: at epoch ends only",
+        "nonfinite": "on a non-finite training loss: `stop` (error, last good checkpoint kept) or `skip` the update",
+        "dist_timeout_s": "seconds a torch.distributed collective waits for a dead peer before failing",
+        "tensorboard": "write scalars (loss, lr, samples/s, valid AUC/UAUC) to `<output_dir>/tensorboard/` (rank 0)",
+    },
+    "RetrievalSection": {
+        "index_type": "`auto` (flat below `flat_threshold` items, IVF-Flat above; exact torch on CUDA without "
+                      "faiss-gpu), `flat`, `ivf_flat`, `ivf_pq`, `torch_exact`",
+        "nlist": "IVF lists; 0: about 4*sqrt(items), at least 39 training points per list",
+        "nprobe": "IVF lists visited per query",
+        "pq_m": "IVF-PQ sub-quantizers",
+        "pq_nbits": "IVF-PQ bits per code",
+        "flat_threshold": "`auto` uses an exact flat index below this many items",
+        "use_gpu": "put the index on a GPU when faiss-gpu sees one (never required)",
+        "k": "candidates retrieved per user, each scored by the LLM",
+        "metric_ks": "cut-offs for Recall / NDCG / HitRate (empty: just k)",
+        "embeddings": "`cf` (the CF model's vectors) or `fece` (their flattened projector outputs)",
+        "exclude_seen": "drop items the user interacted with before the split",
+    },
+}

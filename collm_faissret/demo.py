@@ -5,7 +5,9 @@
 
 Prints one table of test AUC/UAUC (overall, warm, cold) and writes
 outputs/demo/summary.json = {"mf", "stage1", "stage2", "evaluate_only"},
-each the ``test`` block of that run's metrics.json.
+each the ``test`` block of that run's metrics.json, and beside it the plots of
+``python -m collm_faissret.report`` over the four runs (learning_curves.png,
+test_metrics.png).
 """
 import argparse
 import json
@@ -65,7 +67,10 @@ def main(argv=None) -> int:
     print()
     print("Embedded demo: MovieLens-100K, tiny random LLaMA backbone, test split")
     print(table(summary))
-    print(f"\nsummary: {path}   ({time.time() - start:.0f} s)")
+    from .report import make_report  # matplotlib: only once the runs are done
+
+    plots = make_report([os.path.join(args.out, RUN_DIRS[key]) for key, _, _ in STEPS], args.out)
+    print(f"\nsummary: {path}   plots: {', '.join(plots)}   ({time.time() - start:.0f} s)")
     return 0
 
 

@@ -9,15 +9,21 @@ check that the others do not hang); no config key reaches them.
                                        (1-based), before its optimizer update
                                        and before any checkpoint of that step
   COLLM_FAISSRET_TEST_KILL_RANK=r      only rank r dies (default: every rank)
+  COLLM_FAISSRET_TEST_FAULT=hang       hang there instead of dying (a rank stuck
+                                       outside any collective: its peers must
+                                       give up after run.dist_timeout_s)
 
 SIGKILL cannot be caught: no ``finally``, atexit handler or checkpoint write
 runs, as with an out-of-memory kill or a preempted node.
 """
 import os
 import signal
+import sys
+import time
 
 KILL_STEP_VAR = "COLLM_FAISSRET_TEST_KILL_AT_STEP"
 KILL_RANK_VAR = "COLLM_FAISSRET_TEST_KILL_RANK"
+FAULT_VAR = "COLLM_FAISSRET_TEST_FAULT"
 
 
 def kill_step(rank: int):
@@ -31,5 +37,14 @@ def kill_step(rank: int):
     return int(step)
 
 
-def die() -> None:
+def die(rank: int, step: int) -> None:
+    """SIGKILL this process, or with FAULT=hang sleep until something else ends it.
+
+    One line on stderr first: tests time how long the other ranks take from here.
+    """
+    mode = "hang" if os.environ.get(FAULT_VAR) == "hang" else "kill"
+    print(f"fault injection: rank {rank} {mode} at step {step}", file=sys.stderr, flush=True)
+    if mode == "hang":
+        while True:
+            time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -28,7 +28,8 @@ def corpus(data_dir: str, prompt_dir: str):
         texts += df["title"].astype(str).tolist()
     # Template words occur once per file but in every prompt: repeat them so
     # the frequency cut of the vocabulary never turns them into <unk>.
-    prompt_texts = ['Yes No "Yes" "No"']
+    # ";" separates history titles (PromptBuilder's title_sep "; ").
+    prompt_texts = ['Yes No "Yes" "No" ;']
     for path in sorted(glob.glob(os.path.join(prompt_dir, "*.txt"))):
         with open(path, encoding="utf-8") as fh:
             prompt_texts.append(fh.read())

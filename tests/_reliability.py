@@ -7,8 +7,6 @@ spelled out, so they do not change when conftest's own configs do.
 """
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,9 +22,9 @@ STAGE1_RUN = {"init_lr": 3e-3, "min_lr": 1e-4, "warmup_lr": 1e-4, "warmup_steps"
 TOTAL_STEPS = STAGE1_RUN["max_epoch"] * STAGE1_RUN["iters_per_epoch"]
 
 
-def stage1_config(env, output_dir, path=None, **run_keys) -> str:
-    """Write a stage-1 config (output to ``output_dir``); return its path."""
-    cfg = {
+def stage1_dict(env, output_dir, **run_keys) -> dict:
+    """A stage-1 config as a dict (output to ``output_dir``)."""
+    return {
         "model": {"arch": "collm", "llama_model": str(env.backbone_dir), "max_txt_len": 128,
                   "prompt_path": str(REPO / "prompt" / "stage1_movie.txt"),
                   "freeze_lora": False, "freeze_proj": True, "freeze_rec": True,
@@ -35,10 +33,28 @@ def stage1_config(env, output_dir, path=None, **run_keys) -> str:
         "datasets": {"ml100k_ood": {"path": str(env.data_dir), "max_his": 5}},
         "run": {"output_dir": str(output_dir), **STAGE1_RUN, **run_keys},
     }
-    path = Path(path) if path else Path(output_dir).parent / f"{Path(output_dir).name}.yaml"
+
+
+def stage2_dict(env, output_dir, **run_keys) -> dict:
+    """Stage 2: the projector on the ID-slot prompt, fed by conftest's MF weights; LoRA frozen."""
+    cfg = stage1_dict(env, output_dir, **run_keys)
+    cfg["model"].update({"prompt_path": str(REPO / "prompt" / "stage2_movie.txt"), "freeze_lora": True,
+                         "freeze_proj": False, "rec_model": "MF", "proj_token_num": 2, "proj_mid_times": 2,
+                         "rec_config": {"embedding_size": 16, "pretrained_path": str(env.mf_weights)}})
+    return cfg
+
+
+def write_config(cfg: dict, path) -> str:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(cfg), path)
     return str(path)
+
+
+def stage1_config(env, output_dir, path=None, **run_keys) -> str:
+    """Write a stage-1 config (output to ``output_dir``); return its path."""
+    path = path or Path(output_dir).parent / f"{Path(output_dir).name}.yaml"
+    return write_config(stage1_dict(env, output_dir, **run_keys), path)
 
 
 def subprocess_env(**extra) -> dict:
@@ -49,12 +65,6 @@ def subprocess_env(**extra) -> dict:
     env.pop("COLLM_FAISSRET_TEST_KILL_RANK", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-def run_script(script: str, args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
-    """``python <script> <args>`` from the repository root."""
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=subprocess_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def error_line(stderr: str) -> str:

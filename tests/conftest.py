@@ -13,6 +13,7 @@
 ``stage1``, ``stage2``, ``evaluate``) pointing at these files; tests change
 single keys through ``--options``.
 """
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ LATENT = 4
 TRAIN_PER_USER = 23
 EVAL_PER_WARM_USER = 4
 EVAL_PER_COLD_USER = 6
+
+_CONFIG_SEQ = itertools.count()  # config files get unique names across the session
 
 _ADJ = ["Silent", "Red", "Lost", "Bright", "Dark", "Golden", "Wild", "Last"]
 _NOUN = ["River", "Night", "Garden", "Road", "Storm", "House", "Star", "City"]
@@ -106,8 +109,11 @@ class Env:
     mf_weights: Path
     frames: dict
 
-    def config(self, stage: str, output_dir, name: str = None, **model_keys) -> str:
-        """Write a YAML config for ``stage`` with run.output_dir = ``output_dir``; return its path."""
+    def config(self, stage: str, output_dir, **model_keys) -> str:
+        """Write a YAML config for ``stage`` with run.output_dir = ``output_dir``; return its path.
+
+        ``model_keys`` override keys of the ``model`` section (collm stages only).
+        """
         output_dir = Path(output_dir)
         dataset = {"ml100k_ood": {"path": str(self.data_dir), "max_his": 5}}
         if stage == "mf":
@@ -140,7 +146,7 @@ class Env:
             }
         else:
             raise ValueError(f"unknown stage {stage!r}")
-        path = Path(self.root) / "configs" / f"{name or output_dir.name}_{stage}.yaml"
+        path = Path(self.root) / "configs" / f"{next(_CONFIG_SEQ):04d}_{output_dir.name}_{stage}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(cfg), path)
         return str(path)

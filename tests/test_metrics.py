@@ -18,6 +18,7 @@ def _random_split(seed, n=400, n_users=25):
 
 
 def _uauc_loop(users, labels, scores):
+    """Reference UAUC: sklearn per user with both labels, then the plain mean."""
     vals = []
     for u in np.unique(users):
         m = users == u

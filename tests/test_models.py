@@ -108,6 +108,7 @@ def test_stage2_with_trainable_cf_trains_projector_and_cf(env, tmp_path):
 
 
 def _model_cfg(path, *options):
+    """The validated ``model`` section of a config file."""
     cfg = load_config(path, list(options))
     return cfg.model
 

@@ -2,22 +2,23 @@
 import pytest
 import torch
 
-from collm_faissret.datasets import collate
 from collm_faissret.prompts import (SLOT_ITEM, SLOT_NONE, SLOT_USER, PromptBuilder, PromptError, has_id_slots,
                                     load_template)
 from conftest import REPO
 
 STAGE1 = load_template(str(REPO / "prompt" / "stage1_movie.txt"))
 STAGE2 = load_template(str(REPO / "prompt" / "stage2_movie.txt"))
-HIS = ["The Red River 3 (1991)", "Lost Night 2 (1984)", "Wild Storm Returns 5 (2005)", "Golden Road 6 (1982)"]
+HIS = ["The Red River 3 (1991)", "Lost Night 2 (1984)", "Wild Storm Returns 5 (1975)", "Golden Road 6 (1982)"]
 TARGET = "Dark House 4 (1998)"
 
 
 def _positions(slot, kind):
+    """Indices of the positions holding slot ``kind``."""
     return [i for i, s in enumerate(slot) if s == kind]
 
 
 def _contains(seq, sub):
+    """Whether ``sub`` occurs in ``seq`` as a contiguous run."""
     return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
@@ -38,6 +39,17 @@ def test_slot_counts_per_row(env, tokenizer, k):
         assert user[-1] < item[0]
         assert len(built.slot) == len(built.input_ids)
         assert all(built.input_ids[i] == builder.slot_token_id for i in user + item)
+
+
+def test_tiny_backbone_encodes_whole_prompt_without_unk(env, tokenizer):
+    """Template words, titles and the title separator are all in the tiny backbone's vocabulary."""
+    builder = PromptBuilder(tokenizer, STAGE2, proj_token_num=2, max_len=256)
+    assert tokenizer.unk_token_id not in builder.sep_ids
+    df = env.frames["test"]
+    for his_titles, title in zip(df["his_title"][:20], df["title"][:20]):
+        built = builder.build([t for t in his_titles if t][-5:], title)
+        text_ids = [i for i, s in zip(built.input_ids, built.slot) if s == SLOT_NONE]
+        assert tokenizer.unk_token_id not in text_ids
 
 
 def test_stage1_prompt_has_no_slots(tokenizer):

@@ -2,6 +2,7 @@
 import copy
 
 import pytest
+from omegaconf.errors import ReadonlyConfigError
 
 from collm_faissret import registry
 from collm_faissret import models  # noqa: F401  (registers collm and the CF models)
@@ -58,6 +59,7 @@ def test_get_returns_registered_class(scratch_registry):
 
 
 def _write(tmp_path, text):
+    """Write ``text`` as cfg.yaml under tmp_path; return its path."""
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
     return str(path)
@@ -140,7 +142,7 @@ def test_bad_options_syntax(tmp_path, bad):
 
 def test_config_is_read_only(tmp_path):
     cfg = load_config(_write(tmp_path, BASE))
-    with pytest.raises(Exception, match="read-only"):
+    with pytest.raises(ReadonlyConfigError):
         cfg.run.init_lr = 1.0
 
 

@@ -49,10 +49,16 @@ def load_backbone(path: str, dtype: torch.dtype, device: torch.device):
         raise BackboneError(f"model.llama_model {path}: no config.json (not a save_pretrained directory)")
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return prepare_backbone(model, dtype, device), tok
+
+
+def prepare_backbone(model, dtype: torch.dtype, device: torch.device):
+    """What every backbone gets, loaded from disk or built in memory: frozen,
+    no KV cache (training and scoring read one position), on ``device`` in ``dtype``."""
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(device), tok
+    return model.to(device=device, dtype=dtype)
 
 
 def attach_lora(model, lora_cfg):

@@ -75,10 +75,8 @@ class CoLLM(nn.Module):
             slot = batch["slot"]
             user_tok = self.proj(self.cf.user_embed(batch)).to(emb.dtype)  # [B, k, H]
             item_tok = self.proj(self.cf.item_embed(batch["iid"])).to(emb.dtype)  # [B, k, H]
-            # masked_scatter fills slot positions row by row, left to right: the
-            # k user tokens land on that row's k <UserID> positions in order.
-            emb = emb.masked_scatter((slot == SLOT_USER).unsqueeze(-1), user_tok)
-            emb = emb.masked_scatter((slot == SLOT_ITEM).unsqueeze(-1), item_tok)
+            emb = fill_slots(emb, slot == SLOT_USER, user_tok)
+            emb = fill_slots(emb, slot == SLOT_ITEM, item_tok)
         return emb
 
     def forward(self, batch):
@@ -97,6 +95,19 @@ class CoLLM(nn.Module):
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         return {"loss": loss, "logits": logits}
+
+
+def fill_slots(emb, is_slot, tokens):
+    """emb [B, L, H] with row b's slot positions (is_slot [B, L], k per row) set to
+    tokens[b] [k, H], in order left to right.
+
+    gather + where instead of masked_scatter: the backward of masked_scatter
+    runs masked_select, whose output size the host must read (one device sync
+    per slot kind per training step on CUDA); this has none.
+    """
+    order = (is_slot.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]: which of the k tokens a slot takes
+    placed = torch.gather(tokens, 1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # [B, L, H]
+    return torch.where(is_slot.unsqueeze(-1), placed, emb)
 
 
 class StageError(ValueError):
@@ -123,15 +134,20 @@ def check_stage(mcfg, has_slots: bool, evaluate: bool):
     return stage
 
 
-def build_collm(cfg, data, device):
-    """CoLLM from the config: backbone (+LoRA), CF model and projector for slot prompts, stage set."""
+def build_collm(cfg, data, device, backbone=None):
+    """CoLLM from the config: backbone (+LoRA), CF model and projector for slot prompts, stage set.
+
+    backbone: an in-memory (causal LM, tokenizer) used instead of loading
+    model.llama_model (benchmarks build random-weight 7B shapes this way: no
+    13 GB save/load); it gets the same freezing, dtype and device as a loaded one.
+    """
     from .. import registry
     from ..checkpoint import load, load_model_weights
     from ..prompts import has_id_slots, load_template
-    from .backbone import attach_lora, load_backbone, resolve_dtype
+    from .backbone import attach_lora, load_backbone, prepare_backbone, resolve_dtype
 
     m = cfg.model
-    if not m.llama_model:
+    if not m.llama_model and backbone is None:
         raise StageError("model.llama_model is required for arch collm (a local save_pretrained directory)")
     if not m.prompt_path:
         raise StageError("model.prompt_path is required for arch collm")
@@ -139,7 +155,11 @@ def build_collm(cfg, data, device):
     slots = has_id_slots(template)
     stage = check_stage(m, slots, cfg.run.evaluate)
     cf_cls = registry.get("cf_model", m.rec_model) if slots else None
-    llm, tok = load_backbone(m.llama_model, resolve_dtype(m.dtype, device), device)
+    dtype = resolve_dtype(m.dtype, device)
+    if backbone is None:
+        llm, tok = load_backbone(m.llama_model, dtype, device)
+    else:
+        llm, tok = prepare_backbone(backbone[0], dtype, device), backbone[1]
     if m.lora_config.use_lora:
         llm = attach_lora(llm, m.lora_config)
     cf = None

@@ -158,11 +158,6 @@ class RunnerBase:
         dist.barrier()
         setup_logging(self.out)
         self._build()
-        # Written once the inputs have proved buildable: a run refused for bad
-        # input leaves the previous run's config.yaml in place.
-        if self.is_main:
-            with open(os.path.join(self.out, "config.yaml"), "w") as fh:
-                fh.write(to_yaml(self.cfg))
         if self.run_cfg.evaluate:
             return self.evaluate_only()
         try:
@@ -170,9 +165,19 @@ class RunnerBase:
         finally:
             self.tb.close()
 
+    def _write_config(self):
+        """The resolved config.yaml, written once every input has been accepted: a run
+        refused for bad input leaves an earlier run's config.yaml in place."""
+        if self.is_main:
+            path = os.path.join(self.out, "config.yaml")
+            with open(path + ".tmp", "w") as fh:
+                fh.write(to_yaml(self.cfg))
+            os.replace(path + ".tmp", path)
+
     def evaluate_only(self):
         if not self.cfg.model.ckpt:
             raise RunError("run.evaluate is true but model.ckpt is not set: which checkpoint to evaluate?")
+        self._write_config()
         log.info("evaluate-only from %s", self.cfg.model.ckpt)
         result = {"best_epoch": None, "ckpt": self.cfg.model.ckpt}
         for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):
@@ -200,6 +205,7 @@ class RunnerBase:
             state = self._resume(rc.resume_ckpt_path)
         elif self.is_main and os.path.exists(os.path.join(self.out, "metrics.jsonl")):
             os.remove(os.path.join(self.out, "metrics.jsonl"))  # a fresh run starts a fresh log of evaluations
+        self._write_config()
         model = self.model
         if dist.is_dist():
             model = torch.nn.parallel.DistributedDataParallel(
@@ -241,7 +247,7 @@ class RunnerBase:
                     loss_sum += loss.detach()
                     loss_n += 1
                 if state["step"] == kill_at:
-                    faults.die()
+                    faults.die(dist.rank(), kill_at)
                 seen += len(batch["label"])
                 if (i + 1) % rc.accum_grad_iters == 0 or i + 1 == iters:
                     lr = sched.step(state["opt_step"])

@@ -59,15 +59,17 @@ class RecTask:
                                              num_workers=self.cfg.run.num_workers)
         rows, scores = [], []
         for batch in loader:
+            rows.append(batch["row"].numpy())  # from the host copy: no device round trip
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with amp_ctx():
                 logits = model(batch)["logits"]
-            rows.append(batch["row"].cpu().numpy())
-            scores.append(logits.float().cpu().numpy())
+            # Scores stay on the device until the end: a copy to the host per
+            # batch would make the host wait for every forward before queueing the next.
+            scores.append(logits.float())
             if progress is not None:
                 progress.update(1)
         mine = (np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                np.concatenate(scores) if scores else np.zeros(0, np.float32))
+                torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32))
         parts = all_gather_objects(mine)
         all_rows = np.concatenate([p[0] for p in parts])
         all_scores = np.concatenate([p[1] for p in parts])

@@ -33,6 +33,7 @@ from .rec_task import RecTask, history_len, load_cf_weights
 
 log = logging.getLogger("collm_faissret")
 EMBEDDINGS = ("cf", "fece")
+TARGET_AWARE = ("DIN",)  # CF models whose user_embed attends over the history against the target
 INDEX_KEYS = ("index_type", "nlist", "nprobe", "pq_m", "pq_nbits", "flat_threshold", "use_gpu", "k")
 
 
@@ -72,14 +73,17 @@ class RetrieveRankTask(RecTask):
         if not self.cf_only:
             model = super().build_model(device)
             self.retriever = self._stage1_cf(model, device) if model.cf is None else model.cf
-            return model
-        m = self.cfg.model
-        model = registry.get("cf_model", m.arch)(self.data.n_users, self.data.n_items, m.rec_config)
-        if hasattr(model, "fit_data"):
-            model.fit_data(self.data)
-        load_cf_weights(model, m)
-        model = with_cold_start(model.to(device), self.data, m.cold_start)
-        self.retriever = model
+        else:
+            m = self.cfg.model
+            model = registry.get("cf_model", m.arch)(self.data.n_users, self.data.n_items, m.rec_config)
+            if hasattr(model, "fit_data"):
+                model.fit_data(self.data)
+            load_cf_weights(model, m)
+            model = with_cold_start(model.to(device), self.data, m.cold_start)
+            self.retriever = model
+        if self.retriever.name in TARGET_AWARE:
+            raise ConfigError(f"retrieve_rank: {self.retriever.name}'s user vector depends on the target item, "
+                              "so it cannot query an item index; retrieve with MF, LightGCN or SASRec")
         return model
 
     def _stage1_cf(self, model, device):
@@ -138,7 +142,7 @@ class RetrieveRankTask(RecTask):
         q = split_queries(self.data.splits[split], self.data.splits["train"], r.exclude_seen)
         query_rows = RecRows(q.rows, 0, None, name=split, his_len=his_len)
         device = self._device(self.retriever)
-        batch = {"uid": torch.from_numpy(query_rows.uid).to(device), "his": torch.from_numpy(query_rows.his).to(device),
+        batch = {"uid": torch.tensor(query_rows.uid, device=device), "his": torch.tensor(query_rows.his, device=device),
                  "iid": torch.zeros(len(q.uids), dtype=torch.long, device=device)}
         users = self._vectors(model, batch=batch) if len(q.uids) else np.zeros((0, self.index.dim), np.float32)
         cand, scores = top_k_unseen(self.index, users, r.k, q.seen)

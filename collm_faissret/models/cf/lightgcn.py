@@ -10,6 +10,7 @@ embeddings.
 import torch
 import torch.nn as nn
 
+from ...config import ConfigError
 from ...registry import register
 from .base import CFModel
 
@@ -42,9 +43,9 @@ class LightGCN(CFModel):
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)
         if rec_cfg.graph_edges not in EDGE_KINDS:
-            raise ValueError(f"rec_config.graph_edges {rec_cfg.graph_edges!r}: use one of {', '.join(EDGE_KINDS)}")
+            raise ConfigError(f"rec_config.graph_edges {rec_cfg.graph_edges!r}: use one of {', '.join(EDGE_KINDS)}")
         if rec_cfg.n_layers < 0:
-            raise ValueError(f"rec_config.n_layers must be >= 0, got {rec_cfg.n_layers}")
+            raise ConfigError(f"rec_config.n_layers must be >= 0, got {rec_cfg.n_layers}")
         self.n_layers = rec_cfg.n_layers
         self.graph_edges = rec_cfg.graph_edges
         self.user = nn.Embedding(n_users, self.dim)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...config import ConfigError
 from ...registry import register
 from .base import CFModel
 
@@ -21,7 +22,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
         if dim % n_heads:
-            raise ValueError(f"rec_config.embedding_size {dim} is not divisible by n_heads {n_heads}")
+            raise ConfigError(f"rec_config.embedding_size {dim} is not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
         self.ln_attn = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)

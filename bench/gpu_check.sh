@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One prepared GPU check of the training/evaluation throughput (bench/train_throughput.py),
+# for a session lent an H100/H200 (torch 2.11, transformers 5.17, peft 0.21 there; no
+# omegaconf or faiss, no network, no ../shared). About 5-8 minutes:
+#   A. 7B shape, stages 1 and 2: train at batch 4 and 16, eval at 16 and 64, each against the
+#      bare transformers+peft loop at equal tokens; host-device syncs of a few real steps;
+#      stage-2 batch 4 on the longest prompts under a 22 GiB cap (peak must stay below it).
+#   B. 7B shape, stage 2 with gradient checkpointing: train at batch 16 (its speed cost), then
+#      the largest batch that fits 22 GiB on the longest prompts.
+# JSON rows and logs land in $OUT (tp_7b.json, tp_7b_ckpt.json, log_a.txt, log_b.txt).
+#
+# 1) Here, on the CPU machine, once (fills the ignored folder .whl/ with what the device lacks):
+#      bash bench/gpu_check.sh prep
+#    which runs, for NAME==VERSION in omegaconf==2.4.0 faiss-cpu==1.15.1:
+#      python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#        -d .whl NAME==VERSION
+#    (omegaconf 2.4.0 needs only PyYAML, which the image has; antlr4-python3-runtime==4.9.3 is
+#    needed only with omegaconf 2.3.x; pyyaml: add pyyaml==6.0.2 the same way if `python3 -m pip
+#    show pyyaml` there ever comes back empty) and copies ../shared/data/ml-1m.zip and
+#    ../shared/bench/hf_lora_reference.py into .whl/ (../shared does not travel).
+# 2) Then the device call, with .whl carried (about 23 MiB):
+#      run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# Dry run of the same steps on the CPU machine (tiny shape, the venv's python):
+#      SHAPE=tiny DEVICE=cpu PY=.venv/bin/python STEPS=2 OUT=/tmp/gpu_check_dry bash bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(omegaconf==2.4.0 faiss-cpu==1.15.1)
+
+if [ "${1:-}" = "prep" ]; then
+    set -e
+    mkdir -p .whl
+    for spec in "${WHEELS[@]}"; do
+        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d .whl "$spec"
+    done
+    cp ../shared/data/ml-1m.zip .whl/ml-1m.zip
+    cp ../shared/bench/hf_lora_reference.py .whl/hf_lora_reference.py
+    ls -la .whl
+    exit 0
+fi
+
+SHAPE="${SHAPE:-7b}" DEVICE="${DEVICE:-cuda}" PY="${PY:-python3}" STEPS="${STEPS:-10}"
+OUT="${OUT:-/tmp/gpu_check_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || { echo "wheel install failed"; exit 1; }
+if [ ! -f data/ml-1m/train_ood2.pkl ]; then
+    mkdir -p data && "$PY" -m zipfile -e .whl/ml-1m.zip data/ || { echo "no data (run prep first)"; exit 1; }
+fi
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+fi
+"$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpu.txt"
+
+BENCH=("$PY" bench/train_throughput.py --shape "$SHAPE" --device "$DEVICE" --data data/ml-1m
+       --reference .whl/hf_lora_reference.py --max-txt-len 256 --steps "$STEPS" --warmup 3)
+rc=0
+timeout -k 10 330 "${BENCH[@]}" --stages 1 2 --batch-size 4 16 --eval-batch-size 16 64 --sync-debug \
+    --mem-search 4 --mem-stages 2 --mem-limit-gib 22 --json "$OUT/tp_7b.json" 2>&1 | tee "$OUT/log_a.txt" || rc=1
+timeout -k 10 200 "${BENCH[@]}" --stages 2 --modes train --batch-size 16 --no-bare --grad-ckpt \
+    --mem-search 16 32 48 64 96 128 192 256 --mem-limit-gib 22 --json "$OUT/tp_7b_ckpt.json" 2>&1 \
+    | tee "$OUT/log_b.txt" || rc=1
+exit $rc

@@ -1,0 +1,101 @@
+"""Setup pieces of bench/train_throughput.py: the yardstick module, run configs,
+a random-weight backbone of a named shape, its tokenizer, and CF weights.
+
+Everything here builds inputs for the framework's own classes; nothing here
+is timed.
+"""
+import importlib.util
+import os
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "hf_lora_reference.py")
+STAGE_CONFIGS = {1: "train_configs/collm_stage1_ml1m.yaml", 2: "train_configs/collm_stage2_mf_ml1m.yaml"}
+
+
+def load_reference(path: str):
+    """The yardstick module (its ``SIZES``, ``build`` and ``run``), imported by file path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference loop not found: {path} (pass --reference PATH)")
+    spec = importlib.util.spec_from_file_location("hf_lora_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_len: int, batch_size: int,
+                 eval_batch_size: int, steps: int, num_workers: int, grad_ckpt: bool, bucketing: bool,
+                 mf_path: str = None):
+    """The repository's stage YAML through the real config loader, with overrides for a
+    short benchmark run (one epoch of ``steps`` iterations, no stage-1 checkpoint)."""
+    from collm_faissret.config import load_config
+
+    options = [
+        f"model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}",
+        f"model.gradient_checkpointing={str(grad_ckpt).lower()}",
+        f"datasets.movielens_ood.path={data_dir}",
+        f"run.output_dir={out_dir}", f"run.device={device}", f"run.batch_size_train={batch_size}",
+        f"run.batch_size_eval={eval_batch_size}", f"run.iters_per_epoch={steps}", "run.max_epoch=1",
+        f"run.num_workers={num_workers}", f"run.length_bucketing={str(bucketing).lower()}",
+        "run.accum_grad_iters=1",  # one optimizer step per batch, as the yardstick does
+    ]
+    if stage == 2:
+        options += ["model.ckpt=null", f"model.rec_config.pretrained_path={mf_path}"]
+    return load_config(os.path.join(REPO, STAGE_CONFIGS[stage]), options)
+
+
+def build_tokenizer(data, vocab_size: int):
+    """Word-level tokenizer trained on the data set's titles and the prompt templates.
+
+    Each distinct title counts once and the template words are repeated so the
+    vocabulary cut never drops them: a few seconds instead of the half minute
+    that training on every row's titles takes. Token counts do not depend on
+    the vocabulary (one token per word or punctuation mark, known or not).
+    """
+    import glob
+
+    from collm_faissret.tiny_backbone import build_tokenizer as train_word_tokenizer
+
+    titles = set()
+    for df in data.splits.values():
+        titles.update(df["title"].astype(str))
+        for his in df["his_title"]:
+            titles.update(str(t) for t in his)
+    titles.discard("")
+    prompts = ['Yes No "Yes" "No"']
+    for path in sorted(glob.glob(os.path.join(REPO, "prompt", "*.txt"))):
+        with open(path, encoding="utf-8") as fh:
+            prompts.append(fh.read())
+    texts = sorted(titles)
+    return train_word_tokenizer(texts + prompts * max(len(texts), 1), vocab_size)
+
+
+def random_backbone(sizes: dict, tokenizer, dtype: torch.dtype, device: torch.device):
+    """LlamaForCausalLM of the shape ``sizes`` (the yardstick's SIZES entry) with random
+    weights, built directly on ``device`` in ``dtype`` as the yardstick builds its own."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if len(tokenizer) > sizes["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} ids, more than the shape's vocab {sizes['vocab_size']}")
+    cfg = LlamaConfig(**sizes, max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg._attn_implementation = "sdpa"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def write_random_mf(data, dim: int, path: str) -> str:
+    """A CF weight file with random MF weights (stage 2 reads it; speed does not depend on values)."""
+    from collm_faissret.checkpoint import save_atomic
+    from collm_faissret.config import RecConfig
+    from collm_faissret.models.cf.mf import MF
+
+    save_atomic(MF(data.n_users, data.n_items, RecConfig(embedding_size=dim)).weights_payload(), path)
+    return path

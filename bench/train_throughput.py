@@ -1,0 +1,288 @@
+"""Training and evaluation throughput of the project's own CoLLM steps against the bare
+transformers + peft LoRA loop (../shared/bench/hf_lora_reference.py), in one process.
+
+Ours: stage 1 (LoRA, text prompt) and stage 2 (FECE projector, <UserID>/<TargetItemID>
+slots) built from train_configs/collm_stage{1,2}*.yaml through the real config loader,
+RecTask and RunnerBase: real ML-1M prompts tokenised in DataLoader workers, length
+bucketing, AMP on CUDA, AdamW, LM head at the answer position only; the backbone is a
+random-weight LLaMA of the yardstick's shape (tiny / 1b / 7b) with a word tokenizer
+trained on the data's titles. Bare: the yardstick's loop at the same batch size and
+seq_len = our mean padded width (equal tokens per step).
+
+  python bench/train_throughput.py --shape tiny --device cpu --data data/ml-1m --batch-size 32
+  python bench/train_throughput.py --shape 7b --device cuda --data data/ml-1m --batch-size 16 \\
+      --eval-batch-size 16 64 --json /tmp/tp.json
+  python bench/train_throughput.py --shape 7b --device cuda --data data/ml-1m --stages 2 --modes train \\
+      --grad-ckpt --mem-search 16 32 64 128 --mem-limit-gib 22 --no-bare
+
+--mem-search trains a few steps per batch size on the longest prompts (worst-case
+memory) under a CUDA memory cap of --mem-limit-gib and reports the largest that fits.
+"""
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from types import SimpleNamespace
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (HERE, os.path.dirname(HERE)):  # run as a script or imported by path (tests)
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import tp_harness as H  # noqa: E402
+import tp_setup as S  # noqa: E402
+from tp_report import print_table, row  # noqa: E402
+
+DEFAULT_SEARCH = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["tiny", "1b", "7b"], default="tiny", help="backbone shape (yardstick SIZES)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory (train/valid/test_ood2)")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[8], help="training batch sizes")
+    ap.add_argument("--eval-batch-size", type=int, nargs="+", help="evaluation batch sizes (default: --batch-size)")
+    ap.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2])
+    ap.add_argument("--modes", nargs="+", choices=["train", "eval"], default=["train", "eval"])
+    ap.add_argument("--steps", type=int, default=10, help="timed batches per measurement")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed batches before them")
+    ap.add_argument("--max-txt-len", type=int, default=256, help="model.max_txt_len (oldest titles dropped beyond)")
+    ap.add_argument("--num-workers", type=int, help="run.num_workers (default: 4 on CUDA, 0 on CPU)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads on --device cpu (1: steady on shared cores)")
+    ap.add_argument("--no-bucketing", action="store_true", help="time with run.length_bucketing=false")
+    ap.add_argument("--grad-ckpt", action="store_true", help="model.gradient_checkpointing=true (and a memory search)")
+    ap.add_argument("--mem-search", type=int, nargs="*", help="batch sizes to try on the longest prompts "
+                    f"(default with --grad-ckpt: {' '.join(map(str, DEFAULT_SEARCH))})")
+    ap.add_argument("--mem-stages", type=int, nargs="+", choices=[1, 2], default=[2],
+                    help="stages the memory search runs for")
+    ap.add_argument("--mem-limit-gib", type=float, default=22.0, help="CUDA memory cap of the memory search")
+    ap.add_argument("--sync-debug", action="store_true", help="CUDA: list host-device syncs of 2 training steps")
+    ap.add_argument("--no-bare", action="store_true", help="skip the yardstick loop")
+    ap.add_argument("--repeats", type=int, help="runs per measurement, best kept (default: 3 on CPU, 1 on CUDA)")
+    ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py")
+    ap.add_argument("--json", help="write the rows here (a JSON list)")
+    args = ap.parse_args(argv)
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    if args.repeats is None:
+        args.repeats = 1 if args.device == "cuda" else 3
+    if args.num_workers is None:
+        args.num_workers = 4 if args.device == "cuda" else 0
+    if args.mem_search is None:
+        args.mem_search = DEFAULT_SEARCH if args.grad_ckpt else []
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but no CUDA device is available")
+    return args
+
+
+def quiet_logging(out_dir):
+    """The runner's log file and warnings only: its per-interval INFO lines would clutter the table."""
+    from collm_faissret.runners.runner_base import log, setup_logging
+
+    setup_logging(out_dir)
+    for handler in log.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+
+
+def flops_params(model) -> int:
+    """Backbone weights that do matmul work per token (the yardstick counts its frozen ones)."""
+    return sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" not in n)
+
+
+def measure_stage(args, env, stage, out_dir):
+    """Our train/eval measurements of one stage: (rows, shape facts for the yardstick)."""
+    configs = {}
+
+    def cfg_of(bs, ebs, iters):
+        """The stage's config at these batch sizes and epoch length (loading one takes ~0.3 s: kept)."""
+        key = (bs, ebs, iters)
+        if key not in configs:
+            configs[key] = S.stage_config(stage, args.data, out_dir, args.device, args.max_txt_len, bs, ebs, iters,
+                                          args.num_workers, args.grad_ckpt, not args.no_bucketing, env.mf_path)
+        return configs[key]
+
+    iters = args.warmup + args.steps
+    cfg = cfg_of(args.batch_size[0], args.eval_batch_size[0], iters)
+    backbone = (S.random_backbone(env.sizes, env.tokenizer, env.dtype, env.device), env.tokenizer)
+    task = H.BenchTask(cfg, env.data, backbone)
+    runner = H.BenchRunner(cfg, task, env.device)
+    runner._build()
+    del backbone
+    n_flop = flops_params(runner.model)
+    train_ds = runner.datasets["train"]
+    lengths = train_ds.lengths()
+    rows = []
+    if "train" in args.modes:
+        for bs in args.batch_size:
+            runner.use_config(cfg_of(bs, args.eval_batch_size[0], iters))
+            shape = H.batch_shape_stats(lengths, H.train_batches(lengths, bs, cfg.run.seed, not args.no_bucketing,
+                                                                 iters)[args.warmup:])
+            passes = H.pass_padding(lengths, bs, cfg.run.seed)
+            extra = {f"padding_fraction_pass_{k}": v for k, v in passes.items()}
+            rows.append(best_of(args, env, "train", bs, shape["mean_width"], lambda: row(
+                args, stage, "train", bs, runner.timed_train(args.warmup), shape, n_flop, extra)))
+    if "eval" in args.modes:
+        valid = runner.datasets["valid"]
+        for ebs in args.eval_batch_size:
+            runner.use_config(cfg_of(args.batch_size[0], ebs, iters))
+            shape = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, iters)[args.warmup:])
+            full = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, len(valid)))
+            extra = {"padding_fraction_full_split": full["padding_fraction"]}
+            rows.append(best_of(args, env, "eval", ebs, shape["mean_width"], lambda: row(
+                args, stage, "eval", ebs, runner.timed_eval("valid", args.warmup, iters), shape, n_flop, extra)))
+    if args.sync_debug and env.device.type == "cuda":
+        from tp_syncs import sync_report
+
+        runner.use_config(cfg_of(args.batch_size[0], args.eval_batch_size[0], 3))
+        report = sync_report(runner)
+        for r in rows:
+            r["sync_debug"] = report
+    if args.mem_search and stage in args.mem_stages:
+        runner.use_config(cfg_of(args.batch_size[0], args.eval_batch_size[0], 3))
+        rows += mem_search(args, runner, task, stage, n_flop, cfg_of)
+    runner.model = task.backbone = None
+    del runner, task
+    H.free_cuda()
+    return rows
+
+
+def mem_search(args, runner, task, stage, n_flop, cfg_of):
+    """Train 1 + 2 steps per batch size on the longest prompts under a CUDA memory cap.
+
+    The cap (torch's per-process memory fraction) turns "needs more than the
+    limit" into a real out-of-memory error, so a batch size that fits has its
+    peak allocated memory under the limit whatever the card's size.
+    """
+    device, full = runner.device, runner.datasets["train"]
+    cap = None
+    if device.type == "cuda":
+        cap = args.mem_limit_gib * 2 ** 30 / torch.cuda.get_device_properties(device).total_memory
+    rows, base = [], runner.cfg
+    for bs in sorted(args.mem_search):
+        cfg = cfg_of(bs, args.eval_batch_size[0], 3)
+        runner.use_config(cfg)
+        runner.datasets["train"] = H.longest_rows(task, full, 3 * bs)
+        H.free_cuda()
+        if cap is not None:
+            torch.cuda.set_per_process_memory_fraction(min(cap, 1.0), device)
+        clock, fits = None, True
+        try:
+            clock = runner.timed_train(1)
+        except torch.OutOfMemoryError:
+            fits = False
+        finally:
+            if cap is not None:
+                torch.cuda.set_per_process_memory_fraction(1.0, device)
+            runner.datasets["train"] = full
+        H.free_cuda()
+        lengths = H.longest_rows(task, full, 3 * bs).lengths()
+        shape = H.batch_shape_stats(lengths, H.train_batches(lengths, bs, cfg.run.seed, True, 3)[1:])
+        r = row(args, stage, "mem_search", bs, clock, shape, n_flop, {})
+        r.update(fits=fits, limit_gib=args.mem_limit_gib if cap is not None else None)
+        rows.append(r)
+        if not fits:
+            break  # larger batches need more memory still
+    runner.use_config(base)
+    return rows
+
+
+def best_of(args, env, mode, batch_size, seq_len, measure):
+    """Our row with the most samples/s of args.repeats runs; with the yardstick interleaved
+    (CPU: shared cores make single runs noisy) its best run is attached."""
+    ours, bares = [], []
+    for _ in range(args.repeats):
+        ours.append(measure())
+        if env.interleave and not args.no_bare:
+            bares.append(bare_run(args, env, mode, batch_size, seq_len))
+    best = max(ours, key=lambda r: r["samples_per_s"])
+    best["repeats"] = args.repeats
+    if bares:
+        attach_bare(best, max(bares, key=lambda b: b["samples_per_s"]))
+    return best
+
+
+def bare_run(args, env, mode, batch_size, seq_len) -> dict:
+    """The yardstick's loop once, at our batch size and (rounded) mean padded width."""
+    dtype = "bf16" if env.device.type == "cuda" else "fp32"
+    ns = SimpleNamespace(size=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
+                         steps=args.steps, warmup=args.warmup)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own JSON line
+        bare = env.ref.run(ns, mode, batch_size)
+    H.free_cuda()
+    return bare
+
+
+def attach_bare(r, bare):
+    r.update(bare_samples_per_s=bare["samples_per_s"], bare_tokens_per_s=bare["tokens_per_s"],
+             bare_model_tflops=bare["model_tflops"], bare_peak_mem_gib=bare.get("peak_mem_gib"),
+             bare_seq_len=bare["seq_len"])
+    r["ratio_vs_bare"] = round(r["samples_per_s"] / bare["samples_per_s"], 3)
+
+
+def bare_rows(args, env, rows):
+    """CUDA: the yardstick after our model is freed (its peak memory is then its own)."""
+    for r in rows:
+        if r["mode"] in ("train", "eval") and r.get("bare_samples_per_s") is None:
+            bests = [bare_run(args, env, r["mode"], r["batch_size"], r["seq_len"]) for _ in range(args.repeats)]
+            attach_bare(r, max(bests, key=lambda b: b["samples_per_s"]))
+
+
+def setup(args, tmp):
+    """Data, tokenizer, shape, yardstick and random MF weights shared by every stage."""
+    from collm_faissret import dist
+    from collm_faissret.tasks.rec_task import RecTask
+
+    ref = S.load_reference(args.reference)
+    device = dist.init(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    cfg = S.stage_config(1, args.data, tmp, args.device, args.max_txt_len, 1, 1, 1, 0, False, True)
+    data = RecTask(cfg).load_data()
+    sizes = dict(ref.SIZES[args.shape])
+    tokenizer = S.build_tokenizer(data, sizes["vocab_size"])
+    from collm_faissret.models.backbone import resolve_dtype
+
+    mf_path = S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth"))
+    # CPU: the yardstick runs right after each of our runs (same load on the shared cores);
+    # CUDA: after our model is freed, so each side's peak memory is its own.
+    return SimpleNamespace(ref=ref, device=device, data=data, sizes=sizes, tokenizer=tokenizer,
+                           dtype=resolve_dtype("auto", device), mf_path=mf_path, interleave=device.type == "cpu")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # transformers' renames (gradient -> activation checkpointing): notices about library
+    # internals, raised on every checkpointed forward, that would bury the table
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+    t0 = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="collm_tp.") as tmp:
+        quiet_logging(tmp)
+        env = setup(args, tmp)
+        for stage in args.stages:
+            out_dir = os.path.join(tmp, f"stage{stage}")
+            os.makedirs(out_dir, exist_ok=True)
+            stage_rows = measure_stage(args, env, stage, out_dir)
+            if not args.no_bare:
+                bare_rows(args, env, stage_rows)
+            rows += stage_rows
+    print_table(args, rows, env)
+    print(f"total {time.time() - t0:.0f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""What this machine offers the framework, and whether a config can run on it.
+
+  python -m collm_faissret.env [--cfg-path CONFIG [--options KEY=VALUE ...]]
+
+Prints the versions of torch / transformers / peft / faiss / omegaconf, the
+CUDA devices and their memory, whether faiss has GPU support, bf16 support,
+and what a run picks by default here (device, model dtype, item index type).
+With --cfg-path it also checks what that config needs: CUDA for run.device
+cuda, bf16 for dtype / AMP on CUDA, the backbone directory, the data files,
+prompt, checkpoints. Exit status: 0 when nothing is missing, 1 when something
+is (one ``missing:`` line each), 2 when the config itself does not load.
+"""
+import argparse
+import os
+import sys
+from importlib import metadata
+
+PACKAGES = ("torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "omegaconf")
+
+
+def package_versions() -> dict:
+    """Installed version of each package, None when absent; read from metadata,
+    so peft and transformers (seconds to import) are not imported."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine() -> dict:
+    """CUDA devices, bf16, faiss GPU support and the defaults a run would pick."""
+    import faiss
+    import torch
+
+    from .models.backbone import DTYPES, resolve_dtype
+    from .retrieval.index import RetrievalConfig, _resolve_kind, faiss_gpu_available
+
+    cuda = torch.cuda.is_available()
+    devices = []
+    for i in range(torch.cuda.device_count() if cuda else 0):
+        props = torch.cuda.get_device_properties(i)
+        devices.append(f"cuda:{i} {props.name}, {props.total_memory / 2 ** 30:.1f} GiB")
+    device = torch.device("cuda" if cuda else "cpu")
+    retrieval = RetrievalConfig()
+    small, large = (_resolve_kind(retrieval, n) for n in (1, retrieval.flat_threshold))
+    index = small if small == large else f"{small} below {retrieval.flat_threshold} items, {large} above"
+    return {
+        "cuda": cuda,
+        "devices": devices,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "faiss_version": getattr(faiss, "__version__", "?"),
+        "faiss_gpu": faiss_gpu_available(),
+        "device": device.type,
+        "dtype": {v: k for k, v in DTYPES.items()}[resolve_dtype("auto", device)],
+        "index": index + (" (on GPU)" if retrieval.use_gpu and faiss_gpu_available() else ""),
+    }
+
+
+def _split_file(path: str, stem: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, stem + ext)) for ext in (".parquet", ".pkl"))
+
+
+def config_problems(cfg, facts: dict, versions: dict) -> list:
+    """What ``cfg`` needs that this machine or file system lacks (one line each)."""
+    problems = []
+    m, run = cfg.model, cfg.run
+    if run.device == "cuda" and not facts["cuda"]:
+        problems.append("run.device is cuda but torch sees no CUDA device")
+    on_cuda = facts["cuda"] and run.device in ("auto", "cuda")
+    if m.dtype not in ("auto", "fp32", "bf16", "fp16"):
+        problems.append(f"model.dtype {m.dtype!r} unknown (auto, fp32, bf16, fp16)")
+    if on_cuda and not facts["bf16"] and (m.dtype in ("auto", "bf16") or run.amp):
+        problems.append("bf16 (model.dtype auto/bf16 or run.amp on CUDA) but this GPU has no bf16 support; "
+                        "use model.dtype=fp32 run.amp=false")
+    if m.arch == "collm":
+        for pkg in ("transformers",) + (("peft",) if m.lora_config.use_lora else ()):
+            if versions[pkg] is None:
+                problems.append(f"package {pkg} is not installed (model.arch collm)")
+        if not m.llama_model:
+            problems.append("model.llama_model is not set (model.arch collm needs a save_pretrained directory)")
+        elif not os.path.isfile(os.path.join(m.llama_model, "config.json")):
+            problems.append(f"model.llama_model {m.llama_model}: no such save_pretrained directory (config.json)")
+    files = {"model.prompt_path": m.prompt_path, "model.ckpt": m.ckpt,
+             "model.rec_config.pretrained_path": m.rec_config.pretrained_path,
+             "run.resume_ckpt_path": run.resume_ckpt_path}
+    problems += [f"{key} {path}: no such file" for key, path in files.items() if path and not os.path.isfile(path)]
+    for name, ds in cfg.datasets.items():
+        if not os.path.isdir(ds.path):
+            problems.append(f"datasets.{name}.path {ds.path}: no such directory")
+            continue
+        for stem in (ds.train_file, ds.valid_file, ds.test_file):
+            if not _split_file(ds.path, stem):
+                problems.append(f"datasets.{name}.path {ds.path}: no {stem}.parquet or {stem}.pkl")
+    return problems
+
+
+def report_lines(versions: dict, facts: dict) -> list:
+    faiss_pkg = "faiss-gpu" if versions["faiss-gpu"] else "faiss-cpu"
+    lines = [f"{name}: {versions[name] or 'not installed'}" for name in ("torch", "transformers", "peft")]
+    lines.append(f"faiss: {facts['faiss_version']} ({faiss_pkg})")
+    lines.append(f"omegaconf: {versions['omegaconf'] or 'not installed'}")
+    lines.append("CUDA devices: " + ("; ".join(facts["devices"]) if facts["devices"] else "none"))
+    lines.append(f"faiss GPU support: {'yes' if facts['faiss_gpu'] else 'no'}")
+    lines.append(f"bf16 on CUDA: {'yes' if facts['bf16'] else 'no' if facts['cuda'] else 'no (no CUDA)'}")
+    lines.append(f"defaults here: device {facts['device']}, model dtype {facts['dtype']}, "
+                 f"item index {facts['index']}")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cfg-path", default=None, help="check what this YAML config needs")
+    ap.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as for training")
+    args = ap.parse_args(argv)
+    cfg = None
+    if args.cfg_path:
+        from .config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.cfg_path, args.options)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    versions, facts = package_versions(), machine()
+    print("\n".join(report_lines(versions, facts)))
+    if cfg is None:
+        return 0
+    problems = config_problems(cfg, facts, versions)
+    for line in problems:
+        print(f"missing: {line}")
+    print(f"config {args.cfg_path}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

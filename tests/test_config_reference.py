@@ -1,0 +1,73 @@
+"""docs/config_reference.md: up to date, and it documents every key the shipped configs use."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collm_faissret import config_reference
+from collm_faissret.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "train_configs").glob("*.yaml"))
+
+
+def documented_keys() -> set:
+    text = (REPO / "docs" / "config_reference.md").read_text()
+    return set(re.findall(r"^\| `([^`]+)` \|", text, flags=re.M))
+
+
+def used_keys(node, prefix="") -> list:
+    """Dotted paths of the leaves of a YAML mapping; the data set entry's name reads as <name>."""
+    keys = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if prefix == "datasets.":
+            path = "datasets.<name>"
+        if isinstance(value, dict):
+            keys += used_keys(value, path + ".")
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_reference_is_up_to_date(capsys):
+    rc = config_reference.main(["--check"])
+    assert rc == 0, capsys.readouterr().err
+
+
+def test_shipped_configs_exist():
+    assert len(SHIPPED) >= 5
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_config_validates(path):
+    cfg = load_config(str(path))
+    assert cfg.run.output_dir
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_used_key_documented(path):
+    keys = used_keys(yaml.safe_load(path.read_text()))
+    assert keys
+    undocumented = sorted(set(keys) - documented_keys())
+    assert not undocumented, f"{path.name}: keys missing from docs/config_reference.md: {undocumented}"
+
+
+def test_check_fails_on_stale_file(tmp_path, capsys):
+    stale = tmp_path / "ref.md"
+    stale.write_text("# old\n")
+    assert config_reference.main(["--check", "--path", str(stale)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert config_reference.main(["--path", str(stale)]) == 0
+    assert config_reference.main(["--check", "--path", str(stale)]) == 0
+
+
+def test_undocumented_field_is_an_error(monkeypatch):
+    from collm_faissret import config
+
+    helps = {cls: dict(fields) for cls, fields in config.FIELD_HELP.items()}
+    del helps["RunConfig"]["tensorboard"]
+    monkeypatch.setattr(config, "FIELD_HELP", helps)
+    with pytest.raises(config_reference.ReferenceError, match="RunConfig.tensorboard"):
+        config_reference.render()

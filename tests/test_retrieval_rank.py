@@ -1,0 +1,189 @@
+"""Retrieve-then-rank and cold-start borrowing on hand-sized toys, checked against hand-computed values.
+
+Toy data (3 users, items 1..6, 2-d MF vectors set by hand):
+  train: user 1 liked 1, 2 (disliked 5); user 2 liked 4, 3, 2; user 3 is cold (test only).
+  test positives: user 1 {3, 4}, user 2 {6}, user 3 {4}; item 6 is cold (not in train).
+"""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import train_collm
+from collm_faissret.config import ColdStartConfig, RecConfig, load_config
+from collm_faissret.datasets import load_interactions
+from collm_faissret.models.cf.mf import MF
+from collm_faissret.models.cf.sasrec import SASRec
+from collm_faissret.retrieval.cold_start import ColdStartCF, ColdStartError, similarity_weighted_mean, with_cold_start
+from collm_faissret.retrieval.index import ItemIndex, RetrievalConfig
+from collm_faissret.retrieval.ranking import grouped_metrics, rerank
+from collm_faissret.tasks.retrieve_rank import RetrieveRankTask
+
+TITLES = {1: "Star Wars (1977)", 2: "Toy Story (1995)", 3: "Heat (1995)", 4: "Alien (1979)",
+          5: "Fargo (1996)", 6: "Star Wars Returns (1983)"}
+ITEMS = np.array([[0, 0], [1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1], [-1, -0.1], [0.5, 0.5]], dtype=np.float32)
+USERS = np.array([[0, 0], [1, 0], [0, 1], [-1, 0.2]], dtype=np.float32)
+IDF_RARE = math.log(3 / 2) + 1  # ln((1 + 2 warm users) / (1 + df 1)) + 1; item 2 (df 2) gets exactly 1
+
+
+def _rows(rows):
+    """(uid, iid, label, ts, his) tuples -> a CoLLM-format DataFrame."""
+    out = []
+    for uid, iid, label, ts, his in rows:
+        his = [0] + his
+        out.append({"uid": uid, "iid": iid, "label": label, "timestamp": ts, "his": np.array(his),
+                    "his_title": [""] + [TITLES[i] for i in his[1:]], "title": TITLES[iid], "flag": 1.0,
+                    "not_cold": int(uid in (1, 2) and iid != 6)})
+    return pd.DataFrame(out)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """Data dir, loaded InteractionData and an MF with the hand-set vectors."""
+    splits = {
+        "train": [(1, 1, 1, 1, []), (1, 2, 1, 2, [1]), (1, 5, 0, 3, [1, 2]),
+                  (2, 4, 1, 1, []), (2, 3, 1, 2, [4]), (2, 2, 1, 3, [4, 3])],
+        "valid": [(2, 5, 0, 5, [4, 3, 2])],
+        "test": [(1, 6, 0, 10, [1, 2]), (1, 3, 1, 11, [1, 2]), (1, 4, 1, 12, [1, 2, 3]),
+                 (2, 6, 1, 10, [4, 3, 2]), (2, 1, 0, 11, [4, 3, 2, 6]),
+                 (3, 4, 1, 10, [2]), (3, 1, 0, 11, [2, 4])],
+    }
+    for name, rows in splits.items():
+        _rows(rows).to_pickle(tmp_path / f"{name}_ood2.pkl")
+    data = load_interactions(str(tmp_path), {s: f"{s}_ood2" for s in splits})
+    mf = MF(data.n_users, data.n_items, RecConfig(embedding_size=2))
+    with torch.no_grad():
+        mf.user.weight.copy_(torch.from_numpy(USERS))
+        mf.item.weight.copy_(torch.from_numpy(ITEMS))
+    ckpt = tmp_path / "mf.pth"
+    torch.save({"model": mf.state_dict()}, ckpt)
+    return SimpleNamespace(path=tmp_path, data=data, mf=mf.eval(), ckpt=ckpt)
+
+
+def _cfg_file(toy, **extra):
+    lines = ["model: {arch: MF, rec_config: {embedding_size: 2}, ckpt: %s}" % toy.ckpt,
+             "datasets: {movielens_ood: {path: %s}}" % toy.path,
+             "run: {task: retrieve_rank, evaluate: true, output_dir: %s, valid_splits: [], device: cpu}"
+             % (toy.path / "out"),
+             "retrieval: {k: 3, metric_ks: [1, 3]}"]
+    path = toy.path / "rr.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# Hand ranking (seen = training items + query-row history removed; k = 3):
+#   user 1 (1, 0):     1 .8 .6 .5 0 -1 for items 1 2 3 6 4 5, seen {1,2,5} -> [3, 6, 4], relevant {3, 4}
+#   user 2 (0, 1):     items 4 3 2 6 1 5, seen {2,3,4}               -> [6, 1, 5], relevant {6}
+#   user 3 (-1, .2):   items 5 4 6 3 2 1, seen {2}                   -> [5, 4, 6], relevant {4}
+CANDIDATES = [[3, 6, 4], [6, 1, 5], [5, 4, 6]]
+L3 = 1 / math.log2(3)
+NDCG3_USER1 = (1 + 1 / math.log2(4)) / (1 + L3)
+
+
+def test_retrieval_metrics_match_hand_values(toy):
+    assert train_collm.main(["--cfg-path", _cfg_file(toy)]) == 0
+    metrics = json.loads((toy.path / "out" / "metrics.json").read_text())["test"]
+    r = metrics["retrieval"]
+    assert r["n_users"] == 3 and metrics["llm_calls"] == 0
+    assert r["recall@3"] == pytest.approx(1.0)
+    assert r["ndcg@3"] == pytest.approx((NDCG3_USER1 + 1 + L3) / 3)
+    assert r["hit_rate@3"] == pytest.approx(1.0)
+    assert r["recall@1"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert r["ndcg@1"] == pytest.approx(2 / 3)
+    assert r["hit_rate@1"] == pytest.approx(2 / 3)
+    assert r["cold_users"]["n_users"] == 1 and r["cold_users"]["ndcg@3"] == pytest.approx(L3)
+    assert metrics["reranked"]["ndcg@3"] == pytest.approx(r["ndcg@3"])  # no LLM: same order
+
+
+def test_reranking_by_llm_scores_matches_hand_values(toy):
+    cfg = load_config(_cfg_file(toy))
+    task = RetrieveRankTask(cfg)
+    task.load_data()
+    model = task.build_model(torch.device("cpu"))
+    ds = task.build_datasets(model)["test"]
+    assert ds.ranking["cand"].tolist() == CANDIDATES
+    # LLM scores per candidate, re-ranked by hand: user 1 {3: .1, 6: .9, 4: .5} -> 6, 4, 3;
+    # user 2 {6: .2, 1: .1, 5: .3} -> 5, 6, 1; user 3 {5: 0, 4: .7, 6: .7} (tie keeps 4 first) -> 4, 6, 5.
+    llm = {(1, 3): .1, (1, 6): .9, (1, 4): .5, (2, 6): .2, (2, 1): .1, (2, 5): .3, (3, 5): 0., (3, 4): .7, (3, 6): .7}
+    scores = np.array([llm[(int(u), int(i))] for u, i in zip(ds.uid, ds.iid)])
+    out = task.report(ds, np.arange(len(ds)), scores)
+    rr = out["reranked"]
+    assert rr["recall@1"] == pytest.approx((0 + 0 + 1) / 3)
+    assert rr["ndcg@3"] == pytest.approx(((L3 + 1 / math.log2(4)) / (1 + L3) + L3 + 1) / 3)
+    assert rr["recall@3"] == pytest.approx(out["retrieval"]["recall@3"])  # same candidate set
+
+
+def test_rerank_and_metrics_pure():
+    cand = np.array([[2, 3, -1], [7, 8, 9]])
+    order = rerank(cand, np.array([[0.1, 0.2, 5.0], [0.3, 0.3, 0.9]]))
+    assert order.tolist() == [[3, 2, -1], [9, 7, 8]]  # pads last, ties keep retrieval order
+    m = grouped_metrics(order, [{2}, {8}], [2], np.array([False, True]))
+    assert m["ndcg@2"] == pytest.approx((L3 + 0) / 2)
+    assert m["cold_users"]["hit_rate@2"] == 0.0 and m["warm_users"]["recall@2"] == 1.0
+
+
+def test_similarity_weighted_mean_small_arrays():
+    reprs = np.array([[1, 0], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+    index = ItemIndex.build(reprs, np.array([0, 1, 2]), RetrievalConfig(index_type="flat"))
+    table = np.array([[1, 2], [3, 4], [100, 100]], dtype=np.float32)
+    queries = np.array([[0.8, 0.6], [0, -1]], dtype=np.float32)
+    out = similarity_weighted_mean(index, queries, table, 3, fallback=np.array([-7, -7], dtype=np.float32))
+    # query 1: sims 0.8, 0.96, -0.8 (negative -> weight 0): (0.8*[1,2] + 0.96*[3,4]) / 1.76
+    np.testing.assert_allclose(out[0], (0.8 * table[0] + 0.96 * table[1]) / 1.76, rtol=1e-6)
+    # query 2: sims 0, -0.8, 0 -> nothing positive -> fallback
+    np.testing.assert_allclose(out[1], [-7, -7])
+
+
+def test_cold_user_borrows_tfidf_neighbours(toy):
+    cs = ColdStartConfig(enabled=True, n_neighbors=2, cold_items=False)
+    cf = ColdStartCF(toy.mf, toy.data, cs)
+    # Warm documents: user 1 {1, 2}, user 2 {2, 3, 4}; idf 1 for item 2 (both), IDF_RARE otherwise.
+    u1 = np.array([IDF_RARE, 1, 0, 0]) / math.hypot(IDF_RARE, 1)
+    u2 = np.array([0, 1, IDF_RARE, IDF_RARE]) / math.sqrt(1 + 2 * IDF_RARE ** 2)
+    q = np.array([0, 1, 0, IDF_RARE]) / math.hypot(1, IDF_RARE)  # cold user 3 with history {2, 4}
+    s1, s2 = q @ u1, q @ u2
+    expected = (s1 * USERS[1] + s2 * USERS[2]) / (s1 + s2)
+    batch = {"uid": torch.tensor([3, 1]), "his": torch.tensor([[0, 2, 4], [0, 1, 2]]), "iid": torch.tensor([1, 1])}
+    got = cf.user_embed(batch).numpy()
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(got[1], USERS[1])  # warm user untouched with warm_alpha 0
+
+
+def test_history_mix_and_warm_blend(toy):
+    cs = ColdStartConfig(enabled=True, neighbors_weight=0, history_weight=1, global_weight=1, warm_alpha=0.5,
+                         cold_items=False)
+    cf = ColdStartCF(toy.mf, toy.data, cs)
+    batch = {"uid": torch.tensor([3, 1]), "his": torch.tensor([[0, 2, 4], [0, 1, 2]]), "iid": torch.tensor([1, 1])}
+    got = cf.user_embed(batch).numpy()
+    hist = (ITEMS[2] + ITEMS[4]) / 2
+    mean_warm = (USERS[1] + USERS[2]) / 2
+    np.testing.assert_allclose(got[0], (hist + mean_warm) / 2, rtol=1e-6)
+    np.testing.assert_allclose(got[1], 0.5 * USERS[1] + 0.5 * (ITEMS[1] + ITEMS[2]) / 2, rtol=1e-6)
+
+
+def test_cold_item_borrows_nearest_title(toy):
+    cs = ColdStartConfig(enabled=True, item_neighbors=1, title_dim=0)
+    cf = ColdStartCF(toy.mf, toy.data, cs)
+    items = cf.item_embed(torch.arange(7)).numpy()
+    np.testing.assert_allclose(items[6], ITEMS[1])  # "Star Wars Returns (1983)" -> "Star Wars (1977)"
+    np.testing.assert_allclose(items[:6], ITEMS[:6])  # warm items keep their vectors
+
+
+def test_switch_off_keeps_original_embeddings(toy):
+    assert with_cold_start(toy.mf, toy.data, ColdStartConfig()) is toy.mf
+    cs = ColdStartConfig(enabled=True, cold_items=False)
+    cf = ColdStartCF(toy.mf, toy.data, cs)
+    batch = {"uid": torch.tensor([1, 2, 2]), "his": torch.tensor([[0, 1, 2]] * 3), "iid": torch.tensor([3, 5, 6])}
+    torch.testing.assert_close(cf.score(batch), toy.mf.score(batch))  # warm users, alpha 0: unchanged
+
+
+def test_history_models_are_refused(toy):
+    sas = SASRec(toy.data.n_users, toy.data.n_items, RecConfig(embedding_size=2, n_heads=1))
+    with pytest.raises(ColdStartError, match="model.cold_start.enabled: SASRec"):
+        with_cold_start(sas, toy.data, ColdStartConfig(enabled=True))
+    with pytest.raises(ColdStartError, match="model.cold_start.user_repr"):
+        ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, user_repr="bm25"))
