@@ -38,6 +38,7 @@ GRID = {
     "cold_items": [False, True],
     "item_neighbors": [1, 5, 10, 20, 50],
     "title_dim": [0, 64, 128, 256],
+    "match_norm": [False, True],
 }
 MAX_HISTORY = 500
 BATCH = 4096

@@ -17,7 +17,8 @@ import torch
 def _locations(caught) -> dict:
     counts = Counter()
     for w in caught:
-        if "synchroniz" in str(w.message):
+        # the harness's own clock syncs on purpose at both ends of the timed window
+        if "synchroniz" in str(w.message) and os.path.basename(w.filename) != "tp_harness.py":
             counts[f"{_short(w.filename)}:{w.lineno}"] += 1
     return dict(counts)
 

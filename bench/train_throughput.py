@@ -91,6 +91,7 @@ def quiet_logging(out_dir):
     for handler in log.handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
+    return log
 
 
 def flops_params(model) -> int:
@@ -99,7 +100,7 @@ def flops_params(model) -> int:
 
 
 def measure_stage(args, env, stage, out_dir):
-    """Our train/eval measurements of one stage: (rows, shape facts for the yardstick)."""
+    """Rows of one stage: train and eval (the yardstick interleaved on CPU), syncs, memory search."""
     configs = {}
 
     def cfg_of(bs, ebs, iters):
@@ -177,7 +178,7 @@ def mem_search(args, runner, task, stage, n_flop, cfg_of):
         clock, fits = None, True
         try:
             clock = runner.timed_train(1)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # the name torch 2.x has always had
             fits = False
         finally:
             if cap is not None:
@@ -239,6 +240,7 @@ def bare_rows(args, env, rows):
 def setup(args, tmp):
     """Data, tokenizer, shape, yardstick and random MF weights shared by every stage."""
     from collm_faissret import dist
+    from collm_faissret.models.backbone import resolve_dtype
     from collm_faissret.tasks.rec_task import RecTask
 
     ref = S.load_reference(args.reference)
@@ -249,8 +251,6 @@ def setup(args, tmp):
     data = RecTask(cfg).load_data()
     sizes = dict(ref.SIZES[args.shape])
     tokenizer = S.build_tokenizer(data, sizes["vocab_size"])
-    from collm_faissret.models.backbone import resolve_dtype
-
     mf_path = S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth"))
     # CPU: the yardstick runs right after each of our runs (same load on the shared cores);
     # CUDA: after our model is freed, so each side's peak memory is its own.
@@ -266,22 +266,34 @@ def main(argv=None) -> int:
     t0 = time.time()
     rows = []
     with tempfile.TemporaryDirectory(prefix="collm_tp.") as tmp:
-        quiet_logging(tmp)
-        env = setup(args, tmp)
-        for stage in args.stages:
-            out_dir = os.path.join(tmp, f"stage{stage}")
-            os.makedirs(out_dir, exist_ok=True)
-            stage_rows = measure_stage(args, env, stage, out_dir)
-            if not args.no_bare:
-                bare_rows(args, env, stage_rows)
-            rows += stage_rows
+        log = quiet_logging(tmp)
+        try:
+            env = setup(args, tmp)
+            for stage in args.stages:
+                out_dir = os.path.join(tmp, f"stage{stage}")
+                os.makedirs(out_dir, exist_ok=True)
+                stage_rows = measure_stage(args, env, stage, out_dir)
+                if not args.no_bare:
+                    bare_rows(args, env, stage_rows)
+                rows += stage_rows
+                write_json(args.json, rows)  # after each stage: a run cut short keeps what it measured
+        finally:
+            for handler in log.handlers:  # its log file lives in the temporary directory
+                handler.close()
+            log.handlers.clear()
     print_table(args, rows, env)
     print(f"total {time.time() - t0:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        print(f"rows written to {args.json}")
     return 0
+
+
+def write_json(path, rows):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(rows, fh, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

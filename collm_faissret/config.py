@@ -73,6 +73,7 @@ class ColdStartConfig:
     cold_items: bool = True
     item_neighbors: int = 10
     title_dim: int = 128  # TF-IDF title vectors reduced to this many SVD components (0: keep all)
+    match_norm: bool = False  # scale each borrowed cold-user vector to the mean warm-user norm
 
 
 @dataclass
@@ -311,6 +312,8 @@ FIELD_HELP = {
         "cold_items": "also give cold items the mean of their nearest warm items by title text",
         "item_neighbors": "nearest warm items averaged for a cold item",
         "title_dim": "TF-IDF title vectors reduced to this many SVD components (0: keep all)",
+        "match_norm": "scale each borrowed cold-user vector to the mean norm of warm users (averages are "
+                      "shorter than the vectors a model was trained on)",
     },
     "DatasetConfig": {
         "path": "CoLLM-format directory (`<split>_ood2.pkl` or `.parquet`), relative to the working directory",

@@ -7,8 +7,10 @@ the JSON rows.
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
+import torch
 
 from conftest import REPO, make_collm_data
 
@@ -17,21 +19,32 @@ ROW_KEYS = {"mode", "stage", "batch_size", "samples_per_s", "bare_samples_per_s"
             "padding_fraction"}
 
 
-def _bench_main():
+def _bench_main(monkeypatch):
+    """The script's main(), with a simulated CUDA out-of-memory error for memory-search
+    trials above batch 2 (the search's OOM path, which a CPU run never reaches)."""
     spec = importlib.util.spec_from_file_location("train_throughput", REPO / "bench" / "train_throughput.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    runner_cls = sys.modules["tp_harness"].BenchRunner
+    timed_train = runner_cls.timed_train
+
+    def oom_above_2(self, warmup):
+        if self.datasets["train"].name == "train_longest" and self.run_cfg.batch_size_train > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return timed_train(self, warmup)
+
+    monkeypatch.setattr(runner_cls, "timed_train", oom_above_2)
     return module.main
 
 
 @pytest.mark.skipif(not REFERENCE.is_file(), reason=f"yardstick {REFERENCE} not present")
-def test_train_throughput_smoke(tmp_path, capsys):
+def test_train_throughput_smoke(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     make_collm_data(data)
     out = tmp_path / "rows.json"
-    rc = _bench_main()(["--shape", "tiny", "--device", "cpu", "--data", str(data), "--batch-size", "4",
-                        "--steps", "2", "--warmup", "1", "--repeats", "1", "--grad-ckpt", "--mem-search", "2", "4",
+    rc = _bench_main(monkeypatch)(["--shape", "tiny", "--device", "cpu", "--data", str(data), "--batch-size", "4",
+                        "--steps", "2", "--warmup", "1", "--repeats", "1", "--grad-ckpt", "--mem-search", "2", "4", "8",
                         "--reference", str(REFERENCE), "--json", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
@@ -39,15 +52,19 @@ def test_train_throughput_smoke(tmp_path, capsys):
     assert {("train", 1), ("eval", 1), ("train", 2), ("eval", 2), ("mem_search", 2)} <= by_kind
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
-        assert r["samples_per_s"] > 0 and 0 <= r["padding_fraction"] < 1
+        assert 0 <= r["padding_fraction"] < 1
+        if r["mode"] == "mem_search" and not r["fits"]:
+            assert r["samples_per_s"] is None  # no finished run to time
+        else:
+            assert r["samples_per_s"] > 0
         assert r["grad_ckpt"] is True
         if r["mode"] in ("train", "eval"):
             assert r["bare_samples_per_s"] > 0
             assert r["ratio_vs_bare"] == pytest.approx(r["samples_per_s"] / r["bare_samples_per_s"], rel=1e-2)
         if r["mode"] == "train":
             assert 0 <= r["padding_fraction_pass_bucketed"] <= r["padding_fraction_pass_unbucketed"]
-        if r["mode"] == "mem_search":
-            assert r["fits"] is True  # no memory cap on CPU
+    search = [(r["batch_size"], r["fits"]) for r in rows if r["mode"] == "mem_search"]
+    assert search == [(2, True), (4, False)]  # stops at the first batch size that does not fit
     printed = capsys.readouterr().out
-    assert "ratio" in printed and "largest fitting: 4" in printed
+    assert "ratio" in printed and "bs 4 OOM" in printed and "largest fitting: 2" in printed
     assert not os.path.exists(tmp_path / "collm_tp"), "temporary files must stay in the temp dir"

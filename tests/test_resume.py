@@ -141,6 +141,7 @@ def _flip_tensor_byte(src, dst):
     dst.write_bytes(bytes(data))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the garbage bytes
 @pytest.mark.parametrize("kind", ["truncated", "empty", "garbage", "bitflip"])
 def test_damaged_resume_checkpoint_refused_and_good_copy_kept(env, uninterrupted, tmp_path, capsys, kind):
     good = uninterrupted / "checkpoint_last.pth"

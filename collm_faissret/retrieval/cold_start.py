@@ -11,7 +11,8 @@ user is a per-uid table (MF, LightGCN) and keeps its interface
 * a cold user's vector, per row (its history grows over time), by a mix of the
   similarity-weighted mean of its nearest warm users (histories compared as
   TF-IDF over item ids, or as mean item embeddings), the mean embedding of its
-  history items, and the mean warm user;
+  history items, and the mean warm user (optionally rescaled to the mean
+  warm-user norm: an average of vectors is shorter than any of them);
 * optionally a warm user's vector by (1 - a) * own + a * history mean.
 
 Every nearest-neighbour search goes through ``ItemIndex``. The replacement
@@ -166,6 +167,7 @@ class ColdStartCF(nn.Module):
         self.register_buffer("is_warm_user", is_warm.to(device), persistent=False)
         self._users_np, self._items_np = users, items
         self._global = users[self.warm_users].mean(0)
+        self._warm_norm = float(np.linalg.norm(users[self.warm_users], axis=1).mean())
         self._build_user_index(train)
 
     @staticmethod
@@ -221,6 +223,8 @@ class ColdStartCF(nn.Module):
         hist = np.where(has[:, None], hist, glob)
         total = cs.neighbors_weight + cs.history_weight + cs.global_weight
         mixed = (cs.neighbors_weight * neighbors + cs.history_weight * hist + cs.global_weight * glob) / total
+        if cs.match_norm:
+            mixed = unit_rows(mixed) * self._warm_norm
         return mixed.astype(np.float32)
 
     def user_embed(self, batch) -> torch.Tensor:

@@ -22,11 +22,12 @@ MAX_ROWS_SHOWN = 32  # keep the one-line error readable for large batches
 
 
 class NonFiniteLoss(RuntimeError):
-    """Raised in stop mode; the runner turns it into its RunError."""
+    """Raised in stop mode; a known error of the command line (one line, exit status 2)."""
 
 
 def rows_text(rows) -> str:
-    rows = [int(r) for r in rows]
+    """Row ids as "[3, 17, ...]", at most MAX_ROWS_SHOWN of them; rows: a tensor or a sequence."""
+    rows = [int(r) for r in (rows.tolist() if hasattr(rows, "tolist") else rows)]
     shown = ", ".join(str(r) for r in rows[:MAX_ROWS_SHOWN])
     more = len(rows) - MAX_ROWS_SHOWN
     return f"[{shown}{f', ... +{more} more' if more > 0 else ''}]"

@@ -240,8 +240,10 @@ class RunnerBase:
                 if guard.observe(loss, state["step"], batch["row"]):  # skip mode; stop mode raises
                     state["nonfinite_skipped"] += 1
                     skip_update = True
-                    log.warning("non-finite loss at step %d, batch of train rows %s: update skipped (%d so far)",
-                                state["step"], rows_text(batch["row"]), state["nonfinite_skipped"])
+                    log.warning("non-finite loss at step %d, batch of train rows %s%s: update skipped (%d so far)",
+                                state["step"], rows_text(batch["row"]),
+                                " (rank 0's share; the loss may be another rank's)" if dist.is_dist() else "",
+                                state["nonfinite_skipped"])
                 else:
                     (loss / rc.accum_grad_iters).backward()
                     loss_sum += loss.detach()
