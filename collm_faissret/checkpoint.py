@@ -51,20 +51,32 @@ def save_atomic(payload: dict, path: str) -> None:
         raise
 
 
-def load(path: str, what: str = "checkpoint") -> dict:
+def read_payload(path: str, what: str, required_key: str, error=None, origin: str = "collm_faissret") -> dict:
+    """Read a torch.save dict safely (weights_only) and verify its digest.
+
+    Every failure raises ``error`` (default CheckpointError) with one line
+    naming ``what`` and ``path``: missing, empty, unreadable, lacking
+    ``required_key`` or corrupt.
+    """
+    error = error or CheckpointError
     if not os.path.isfile(path):
-        raise CheckpointError(f"{what} not found: {path}")
+        raise error(f"{what} not found: {path}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{what} {path} is truncated or corrupt: the file is empty")
+        raise error(f"{what} {path} is truncated or corrupt: the file is empty")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS as err:
-        raise CheckpointError(f"{what} {path} is truncated or corrupt: {load_error_reason(err)}") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{what} {path} is not a collm_faissret checkpoint (no 'model' entry)")
+        raise error(f"{what} {path} is truncated or corrupt: {load_error_reason(err)}") from None
+    if not isinstance(payload, dict) or required_key not in payload:
+        raise error(f"{what} {path} is not a {origin} file (no '{required_key}' entry)")
     if not digest_ok(payload):
-        raise CheckpointError(f"{what} {path} is corrupt: its content does not match the digest stored at save")
+        raise error(f"{what} {path} is corrupt: its content does not match the digest stored at save")
     return payload
+
+
+def load(path: str, what: str = "checkpoint") -> dict:
+    """A training checkpoint (``model`` entry = the saved parameters)."""
+    return read_payload(path, what, "model", origin="collm_faissret checkpoint")
 
 
 def load_model_weights(model, state: dict, path: str) -> list:

@@ -74,6 +74,7 @@ class ColdStartConfig:
     item_neighbors: int = 10
     title_dim: int = 128  # TF-IDF title vectors reduced to this many SVD components (0: keep all)
     match_norm: bool = False  # scale each borrowed cold-user vector to the mean warm-user norm
+    simulate_cold: float = 0.0  # CoLLM training: share of warm-user rows given a borrowed vector instead
 
 
 @dataclass
@@ -314,6 +315,8 @@ FIELD_HELP = {
         "title_dim": "TF-IDF title vectors reduced to this many SVD components (0: keep all)",
         "match_norm": "scale each borrowed cold-user vector to the mean norm of warm users (averages are "
                       "shorter than the vectors a model was trained on)",
+        "simulate_cold": "CoLLM stage-2 training only: this share of warm-user rows gets a vector borrowed from "
+                         "other users, so the projector learns to read borrowed vectors",
     },
     "DatasetConfig": {
         "path": "CoLLM-format directory (`<split>_ood2.pkl` or `.parquet`), relative to the working directory",

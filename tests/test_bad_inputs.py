@@ -198,7 +198,7 @@ CASES = [
     Case("pretrained_other_dim", lambda c: c.stage2("model.rec_config.embedding_size=32"), "dim=16"),
     Case("pretrained_truncated",
          lambda c: c.stage2(f"model.rec_config.pretrained_path={c.truncated_copy(c.env.mf_weights)}"),
-         "not a readable CF weight file"),
+         "is truncated or corrupt"),
     Case("pretrained_missing", lambda c: c.stage2(f"model.rec_config.pretrained_path={c.tmp / 'none.pth'}"),
          "pretrained_path not found"),
     Case("backbone_without_tokenizer", lambda c: c.stage1(f"model.llama_model={c.backbone_without_tokenizer()}"),

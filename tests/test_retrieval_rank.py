@@ -187,3 +187,20 @@ def test_history_models_are_refused(toy):
         with_cold_start(sas, toy.data, ColdStartConfig(enabled=True))
     with pytest.raises(ColdStartError, match="model.cold_start.user_repr"):
         ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, user_repr="bm25"))
+
+
+def test_excluded_neighbour_is_skipped():
+    reprs = np.array([[1, 0], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+    index = ItemIndex.build(reprs, np.array([0, 1, 2]), RetrievalConfig(index_type="flat"))
+    table = np.array([[1, 2], [3, 4], [100, 100]], dtype=np.float32)
+    out = similarity_weighted_mean(index, np.array([[0.8, 0.6]], dtype=np.float32), table, 1,
+                                   np.zeros(2, dtype=np.float32), exclude=np.array([1]))
+    np.testing.assert_allclose(out[0], table[0])  # nearest is id 1 (0.96), excluded -> id 0 alone
+
+
+def test_simulated_cold_rows_only_while_training(toy):
+    cf = ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, simulate_cold=1.0, cold_items=False))
+    batch = {"uid": torch.tensor([1]), "his": torch.tensor([[0, 1, 2]]), "iid": torch.tensor([3])}
+    np.testing.assert_allclose(cf.eval().user_embed(batch).numpy()[0], USERS[1])
+    # Playing cold, user 1 may not borrow from itself: user 2 (shares item 2) is its only neighbour.
+    np.testing.assert_allclose(cf.train().user_embed(batch).numpy()[0], USERS[2], rtol=1e-6)

@@ -13,7 +13,9 @@ user is a per-uid table (MF, LightGCN) and keeps its interface
   TF-IDF over item ids, or as mean item embeddings), the mean embedding of its
   history items, and the mean warm user (optionally rescaled to the mean
   warm-user norm: an average of vectors is shorter than any of them);
-* optionally a warm user's vector by (1 - a) * own + a * history mean.
+* optionally a warm user's vector by (1 - a) * own + a * history mean;
+* while a CoLLM model trains (simulate_cold > 0), a random share of warm rows
+  by a vector borrowed from other users, so the projector learns that kind.
 
 Every nearest-neighbour search goes through ``ItemIndex``. The replacement
 tables are computed once from the wrapped model's current weights, so the
@@ -52,8 +54,9 @@ def check_config(cs, model_name: str) -> None:
     if min(weights) < 0 or sum(weights) <= 0:
         raise ColdStartError("model.cold_start.neighbors_weight/history_weight/global_weight must be >= 0 "
                              f"with a positive sum, got {weights}")
-    if not 0.0 <= cs.warm_alpha <= 1.0:
-        raise ColdStartError(f"model.cold_start.warm_alpha must be in [0, 1], got {cs.warm_alpha}")
+    for key in ("warm_alpha", "simulate_cold"):
+        if not 0.0 <= getattr(cs, key) <= 1.0:
+            raise ColdStartError(f"model.cold_start.{key} must be in [0, 1], got {getattr(cs, key)}")
     for key in ("n_neighbors", "item_neighbors", "history_len"):
         if getattr(cs, key) < 1:
             raise ColdStartError(f"model.cold_start.{key} must be >= 1, got {getattr(cs, key)}")
@@ -62,17 +65,23 @@ def check_config(cs, model_name: str) -> None:
 
 
 def similarity_weighted_mean(index: ItemIndex, queries: np.ndarray, table: np.ndarray, n: int,
-                             fallback: np.ndarray) -> np.ndarray:
+                             fallback: np.ndarray, exclude: Optional[np.ndarray] = None) -> np.ndarray:
     """Borrow from the n nearest neighbours: sum_j w_j table[id_j] / sum_j w_j, w_j = max(sim_j, 0).
 
     index: over neighbour representations, its ids index rows of ``table``;
     queries [Q, r]; table [T, d]; fallback [d] for rows with no positive
-    similarity (e.g. an empty history). Returns float32 [Q, d].
+    similarity (e.g. an empty history); exclude [Q]: an id each query may not
+    borrow from (itself, when a warm user plays cold). Returns float32 [Q, d].
     """
     if queries.shape[0] == 0:
         return np.zeros((0, table.shape[1]), dtype=np.float32)
-    sims, ids = index.search(queries, n)
+    sims, ids = index.search(queries, n if exclude is None else n + 1)
     found = ids >= 0
+    if exclude is not None:
+        found &= ids != exclude[:, None]
+        # Keep the n best of what is left (the excluded id, when found, drops out).
+        rank = np.cumsum(found, axis=1)
+        found &= rank <= n
     weights = np.where(found, np.maximum(sims, 0.0), 0.0).astype(np.float64)
     total = weights.sum(1, keepdims=True)
     vectors = table[np.where(found, ids, 0)]  # [Q, n, d]
@@ -206,19 +215,23 @@ class ColdStartCF(nn.Module):
         mean = (self._items_np[his] * mask).sum(1) / np.maximum(count, 1)
         return mean.astype(np.float32), count[:, 0] > 0
 
-    def cold_users(self, his: np.ndarray) -> np.ndarray:
-        """Borrowed vectors for cold rows: his [C, h] (0-padded) -> [C, d] float32."""
+    def cold_users(self, his: np.ndarray, exclude: Optional[np.ndarray] = None) -> np.ndarray:
+        """Borrowed vectors for cold rows: his [C, h] (0-padded) -> [C, d] float32.
+
+        exclude [C]: a uid per row that may not be a neighbour (None: no exclusion).
+        """
         # TF-IDF queries are dense [rows, n_items]: bound that, not the row count.
         step = max(1, QUERY_ELEMENTS // max(self.n_items, 1))
         if his.shape[0] > step:
-            return np.concatenate([self.cold_users(his[s:s + step]) for s in range(0, his.shape[0], step)])
+            return np.concatenate([self.cold_users(his[s:s + step], None if exclude is None else exclude[s:s + step])
+                                   for s in range(0, his.shape[0], step)])
         cs = self.cs
         hist, has = self._history_mean_np(his)
         glob = np.broadcast_to(self._global, hist.shape)
         neighbors = glob
         if cs.neighbors_weight > 0:
             neighbors = similarity_weighted_mean(self._user_index, self._represent(his), self._users_np,
-                                                 cs.n_neighbors, self._global)
+                                                 cs.n_neighbors, self._global, exclude)
         # A row with no history has nothing to compare or average: it gets the mean warm user.
         hist = np.where(has[:, None], hist, glob)
         total = cs.neighbors_weight + cs.history_weight + cs.global_weight
@@ -243,6 +256,14 @@ class ColdStartCF(nn.Module):
             cold = torch.from_numpy(self.cold_users(his[~warm].cpu().numpy())).to(out)
             out = out.clone()
             out[~warm] = cold
+        if self.training and self.cs.simulate_cold > 0:
+            # Training rows are all warm: some play cold (borrowing from others, never
+            # themselves), so what reads these vectors also learns the borrowed kind.
+            play = warm & (torch.rand(uid.shape, device=uid.device) < self.cs.simulate_cold)
+            if bool(play.any()):
+                borrowed = self.cold_users(his[play].cpu().numpy(), uid[play].cpu().numpy())
+                out = out.clone()
+                out[play] = torch.from_numpy(borrowed).to(out)
         return out
 
     def item_embed(self, item_ids) -> torch.Tensor:

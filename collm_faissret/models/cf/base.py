@@ -5,14 +5,12 @@ score(batch) -> [B] logits; forward(batch) -> {"loss", "logits"} with BCE.
 ``batch`` holds at least uid [B], iid [B], his [B, max_his] (0-padded left)
 and label [B] for the loss.
 """
-import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...checkpoint import LOAD_ERRORS, load_error_reason
-from ...digest import digest_ok
+from ...checkpoint import read_payload
 
 
 class CFWeightsError(ValueError):
@@ -52,16 +50,8 @@ class CFModel(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """Load a baseline_train weight file; refuse one made for another model or data."""
-        if not os.path.isfile(path):
-            raise CFWeightsError(f"rec_config.pretrained_path not found: {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except LOAD_ERRORS as err:
-            raise CFWeightsError(f"{path}: not a readable CF weight file ({load_error_reason(err)})") from None
-        if not isinstance(payload, dict) or "cf_model" not in payload:
-            raise CFWeightsError(f"{path}: not a CF weight file written by baseline_train.py")
-        if not digest_ok(payload):
-            raise CFWeightsError(f"{path}: corrupt: its content does not match the digest stored at save")
+        payload = read_payload(path, "rec_config.pretrained_path", "cf_model", CFWeightsError,
+                               origin="CF weight (baseline_train.py cf_model.pth)")
         if payload["cf_model"] != self.name:
             raise CFWeightsError(f"{path}: holds {payload['cf_model']} weights, but rec_model is {self.name}")
         for key, mine in (("n_users", self.n_users), ("n_items", self.n_items), ("dim", self.dim)):
