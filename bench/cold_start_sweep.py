@@ -51,12 +51,18 @@ def with_key(cs: ColdStartConfig, key, value) -> ColdStartConfig:
     return dataclasses.replace(cs, **{key: value})
 
 
+def setting_key(cs: ColdStartConfig) -> str:
+    """A hashable name of one setting (the dataclass itself holds no hash)."""
+    return json.dumps(dataclasses.asdict(cs), sort_keys=True)
+
+
 @torch.no_grad()
 def evaluate(model, rows: RecRows) -> dict:
     """auc_report of model.score over every row of ``rows``."""
     scores = []
     for start in range(0, len(rows), BATCH):
-        b = {k: torch.from_numpy(v) for k, v in rows.__getitems__(np.arange(start, min(start + BATCH, len(rows)))).items()}
+        part = rows.__getitems__(np.arange(start, min(start + BATCH, len(rows))))
+        b = {k: torch.from_numpy(v) for k, v in part.items()}
         scores.append(model.score(b).float().numpy())
     return auc_report(rows.uid, rows.label, np.concatenate(scores), rows.not_cold)
 
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
         for key, values in GRID.items():
             for value in values:
                 cs = with_key(best, key, value)
-                name = json.dumps(dataclasses.asdict(cs), sort_keys=True)
+                name = setting_key(cs)
                 if name in tried:
                     continue
                 t0 = time.time()
@@ -110,7 +116,8 @@ def main(argv=None) -> int:
     print("chosen on valid:", dataclasses.asdict(best))
     print("| setting | split | AUC | UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in [rows[0], rows[1], {**tried[json.dumps(dataclasses.asdict(best), sort_keys=True)], "setting": "chosen", "split": "valid"}, rows[-1]]:
+    chosen_valid = {**tried[setting_key(best)], "setting": "chosen", "split": "valid"}
+    for r in [rows[0], rows[1], chosen_valid, rows[-1]]:
         name = "off" if r["setting"] == "off" else "chosen"
         print(f"| {name} | {r['split']} | " + " | ".join(f"{r[k]:.4f}" for k in
               ("auc", "uauc", "warm_auc", "warm_uauc", "cold_auc", "cold_uauc")) + " |")

@@ -199,7 +199,9 @@ class ColdStartCF(nn.Module):
         for r, u in enumerate(uids):
             padded[r, :len(docs[u])] = docs[u]
         self._idf = idf_weights([docs[u] for u in uids], self.n_items)
-        reprs = self._represent(padded)
+        # Bound the [rows, n_items] TF-IDF and [rows, width, d] history arrays of one step.
+        step = max(1, QUERY_ELEMENTS // max(self.n_items, padded.shape[1] * self.dim))
+        reprs = np.concatenate([self._represent(padded[s:s + step]) for s in range(0, len(uids), step)])
         self._user_index = ItemIndex.build(reprs, uids, self.index_cfg)
 
     def _represent(self, his: np.ndarray) -> np.ndarray:
