@@ -46,8 +46,12 @@ class RecConfig:
     # SASRec / DIN: add a user-ID embedding (zero-initialised, so users unseen
     # in training add nothing) to the history-based user representation
     user_id: bool = False
-    # LightGCN / SASRec / DIN: a learned per-item bias added to the logit
+    # LightGCN / SASRec / DIN: learned per-item / per-user scalars added to the
+    # logit (zero start: an id unseen in training adds nothing). A dot product
+    # cannot express "this user likes most things", and on CoLLM's splits the
+    # item's overall appeal alone ranks well; stage 2 reads only the embeddings.
     item_bias: bool = False
+    user_bias: bool = False
 
 
 @dataclass

@@ -65,7 +65,7 @@ def build(arch, **kw):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("extras", [{}, {"user_id": True, "item_bias": True}])
+@pytest.mark.parametrize("extras", [{}, {"user_id": True, "item_bias": True, "user_bias": True}])
 def test_shapes_and_backward(arch, extras):
     model = build(arch, **extras)
     b = batch()
@@ -155,7 +155,7 @@ def test_din_attention_is_zero_on_padding():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_weights_round_trip(arch, tmp_path):
     """weights_payload -> load_pretrained into a model built without data reproduces the scores."""
-    model = build(arch, user_id=True, item_bias=True)
+    model = build(arch, user_id=True, item_bias=True, user_bias=True)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for seed in range(3):
         opt.zero_grad()
@@ -163,7 +163,7 @@ def test_weights_round_trip(arch, tmp_path):
         opt.step()
     path = str(tmp_path / "cf_model.pth")
     torch.save(model.weights_payload("cfg: x"), path)
-    fresh = registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(user_id=True, item_bias=True))
+    fresh = registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(user_id=True, item_bias=True, user_bias=True))
     fresh.load_pretrained(path)
     model.eval()
     fresh.eval()

@@ -41,7 +41,8 @@ class DIN(CFModel):
             nn.init.zeros_(self.user.weight)
         self.attn = mlp([4 * self.dim, *rec_cfg.attn_hidden, 1], 0.0)
         self.head = mlp([3 * self.dim, *rec_cfg.mlp_hidden, 1], rec_cfg.dropout)
-        self.bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
+        self.item_bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
+        self.user_bias = nn.Parameter(torch.zeros(n_users)) if rec_cfg.user_bias else None
 
     def attention(self, his, target):
         """his [B, H] ids (0 = padding), target [B, d] -> weights [B, L], 0 on padding; L = min(H, max_len)."""
@@ -65,10 +66,12 @@ class DIN(CFModel):
         return self.item(item_ids)
 
     def score(self, batch):
-        """[B] logits from the MLP on [user, target, user*target] (+ item bias)."""
+        """[B] logits from the MLP on [user, target, user*target] (+ item / user bias)."""
         u = self.user_embed(batch)
         t = self.item(batch["iid"])
         logits = self.head(torch.cat([u, t, u * t], dim=-1)).squeeze(-1)
-        if self.bias is not None:
-            logits = logits + self.bias[batch["iid"]]
+        if self.item_bias is not None:
+            logits = logits + self.item_bias[batch["iid"]]
+        if self.user_bias is not None:
+            logits = logits + self.user_bias[batch["uid"]]
         return logits
