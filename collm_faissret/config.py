@@ -296,6 +296,8 @@ FIELD_HELP = {
         "user_id": "SASRec / DIN: add a user-ID embedding (zero-initialised, so users unseen in training add "
                    "nothing) to the history-based user representation",
         "item_bias": "LightGCN / SASRec / DIN: a learned per-item bias added to the logit",
+        "user_bias": "LightGCN / SASRec / DIN: a learned per-user bias added to the logit (zero start: unseen "
+                     "users add nothing)",
     },
     "LoraConfig": {
         "use_lora": "attach a LoRA adapter to the LLM",

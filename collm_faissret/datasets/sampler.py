@@ -31,8 +31,9 @@ class TrainBatchStream:
     def _pass(self, p: int):
         rng = np.random.RandomState((self.seed * 1_000_003 + p) % (2 ** 32))
         order = rng.permutation(self.n)
-        fill = self.batches_per_pass * self.global_batch - self.n
-        order = np.concatenate([order, order[:fill]])  # full batches: wrap to the pass's start
+        # Full batches: wrap around to the pass's start (several times when a
+        # global batch is larger than the data).
+        order = np.resize(order, self.batches_per_pass * self.global_batch)
         if self.bucketing:
             span = self.global_batch * BUCKET_BATCHES
             for s in range(0, len(order), span):

@@ -57,6 +57,10 @@ class CFModel(nn.Module):
         for key, mine in (("n_users", self.n_users), ("n_items", self.n_items), ("dim", self.dim)):
             if payload[key] != mine:
                 raise CFWeightsError(f"{path}: {key}={payload[key]} but the data/config give {mine}")
-        missing, unexpected = self.load_state_dict(payload["state_dict"], strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(payload["state_dict"], strict=False)
+        except RuntimeError as err:  # a tensor of another shape: other rec_config settings
+            raise CFWeightsError(f"{path}: weights do not fit this {self.name} configuration "
+                                 f"({str(err).splitlines()[-1].strip()})") from None
         if missing or unexpected:
             raise CFWeightsError(f"{path}: weights do not match {self.name}: missing {missing}, unexpected {unexpected}")
