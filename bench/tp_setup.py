@@ -32,7 +32,7 @@ def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_l
     from collm_faissret.config import load_config
 
     options = [
-        f"model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}",
+        "model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}",
         f"model.gradient_checkpointing={str(grad_ckpt).lower()}",
         f"datasets.movielens_ood.path={data_dir}",
         f"run.output_dir={out_dir}", f"run.device={device}", f"run.batch_size_train={batch_size}",

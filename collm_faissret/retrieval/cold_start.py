@@ -273,12 +273,8 @@ class ColdStartCF(nn.Module):
         return self.item_table[item_ids]
 
     def score(self, batch) -> torch.Tensor:
-        """[B] logits: <user, item> plus the base model's per-item bias when it has one."""
-        logits = (self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1)
-        bias = getattr(self.base, "bias", None)
-        if isinstance(bias, torch.Tensor):
-            logits = logits + bias[batch["iid"]]
-        return logits
+        """[B] logits: <user, item> plus the base model's enabled item / user biases."""
+        return self.base.with_biases((self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1), batch)
 
     def forward(self, batch):
         logits = self.score(batch)

@@ -252,7 +252,7 @@ class RunnerBase:
                     faults.die(dist.rank(), kill_at)
                 seen += len(batch["label"])
                 if (i + 1) % rc.accum_grad_iters == 0 or i + 1 == iters:
-                    lr = sched.step(state["opt_step"])
+                    sched.step(state["opt_step"])
                     if not skip_update:
                         self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,12 @@ class CFWeightsError(ValueError):
 
 
 class CFModel(nn.Module):
-    """Base class; subclasses set ``self.dim`` and implement the embeddings."""
+    """Base class; subclasses implement the embeddings.
+
+    Optional per-item / per-user logit biases (rec_config.item_bias /
+    user_bias) live here so every model adds them the same way; they start at
+    zero, so a user never seen in training adds nothing.
+    """
 
     name = "CF"
 
@@ -26,6 +31,16 @@ class CFModel(nn.Module):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         self.dim = rec_cfg.embedding_size
+        self.item_bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
+        self.user_bias = nn.Parameter(torch.zeros(n_users)) if rec_cfg.user_bias else None
+
+    def with_biases(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        """logits [B] plus the enabled item / user biases of the batch's rows."""
+        if self.item_bias is not None:
+            logits = logits + self.item_bias[batch["iid"]]
+        if self.user_bias is not None:
+            logits = logits + self.user_bias[batch["uid"]]
+        return logits
 
     def user_embed(self, batch) -> torch.Tensor:
         raise NotImplementedError
@@ -34,7 +49,8 @@ class CFModel(nn.Module):
         raise NotImplementedError
 
     def score(self, batch) -> torch.Tensor:
-        return (self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1)
+        """[B] logits: <user, item> (+ biases)."""
+        return self.with_biases((self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1), batch)
 
     def forward(self, batch):
         logits = self.score(batch)

@@ -41,8 +41,6 @@ class DIN(CFModel):
             nn.init.zeros_(self.user.weight)
         self.attn = mlp([4 * self.dim, *rec_cfg.attn_hidden, 1], 0.0)
         self.head = mlp([3 * self.dim, *rec_cfg.mlp_hidden, 1], rec_cfg.dropout)
-        self.item_bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
-        self.user_bias = nn.Parameter(torch.zeros(n_users)) if rec_cfg.user_bias else None
 
     def attention(self, his, target):
         """his [B, H] ids (0 = padding), target [B, d] -> weights [B, L], 0 on padding; L = min(H, max_len)."""
@@ -69,9 +67,4 @@ class DIN(CFModel):
         """[B] logits from the MLP on [user, target, user*target] (+ item / user bias)."""
         u = self.user_embed(batch)
         t = self.item(batch["iid"])
-        logits = self.head(torch.cat([u, t, u * t], dim=-1)).squeeze(-1)
-        if self.item_bias is not None:
-            logits = logits + self.item_bias[batch["iid"]]
-        if self.user_bias is not None:
-            logits = logits + self.user_bias[batch["uid"]]
-        return logits
+        return self.with_biases(self.head(torch.cat([u, t, u * t], dim=-1)).squeeze(-1), batch)

@@ -52,8 +52,6 @@ class LightGCN(CFModel):
         self.item = nn.Embedding(n_items, self.dim)
         nn.init.normal_(self.user.weight, std=init_std)
         nn.init.normal_(self.item.weight, std=init_std)
-        self.item_bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
-        self.user_bias = nn.Parameter(torch.zeros(n_users)) if rec_cfg.user_bias else None
         # An empty graph until fit_data or a loaded weight file fills it.
         self.register_buffer("adj_index", torch.zeros(2, 0, dtype=torch.long))
         self.register_buffer("adj_value", torch.zeros(0))
@@ -118,12 +116,3 @@ class LightGCN(CFModel):
     def item_embed(self, item_ids):
         """[N] iid -> [N, d]"""
         return self._tables()[1][item_ids]
-
-    def score(self, batch):
-        """[B] logits: <user, item> (+ item / user bias)."""
-        logits = super().score(batch)
-        if self.item_bias is not None:
-            logits = logits + self.item_bias[batch["iid"]]
-        if self.user_bias is not None:
-            logits = logits + self.user_bias[batch["uid"]]
-        return logits

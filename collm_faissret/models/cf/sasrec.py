@@ -66,8 +66,6 @@ class SASRec(CFModel):
             # Zero start: a user never seen in training keeps a zero offset.
             self.user = nn.Embedding(n_users, self.dim)
             nn.init.zeros_(self.user.weight)
-        self.item_bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
-        self.user_bias = nn.Parameter(torch.zeros(n_users)) if rec_cfg.user_bias else None
 
     def encode(self, his):
         """his [B, H] item ids, oldest first, 0-padded on the left -> [B, L, d], L = min(H, max_len)."""
@@ -96,12 +94,3 @@ class SASRec(CFModel):
     def item_embed(self, item_ids):
         """[N] iid -> [N, d]"""
         return self.item(item_ids)
-
-    def score(self, batch):
-        """[B] logits: <user, target> (+ item / user bias)."""
-        logits = super().score(batch)
-        if self.item_bias is not None:
-            logits = logits + self.item_bias[batch["iid"]]
-        if self.user_bias is not None:
-            logits = logits + self.user_bias[batch["uid"]]
-        return logits
