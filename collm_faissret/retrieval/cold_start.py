@@ -26,9 +26,9 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..models.cf.base import CFModel
 from .index import ItemIndex, RetrievalConfig
 from .text import item_titles, title_vectors
 
@@ -276,12 +276,7 @@ class ColdStartCF(nn.Module):
         """[B] logits: <user, item> plus the base model's enabled item / user biases."""
         return self.base.with_biases((self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1), batch)
 
-    def forward(self, batch):
-        logits = self.score(batch)
-        loss = None
-        if "label" in batch:
-            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
-        return {"loss": loss, "logits": logits}
+    forward = CFModel.forward  # {"loss", "logits"} from this wrapper's score
 
 
 def with_cold_start(cf, data, cs, index_cfg: Optional[RetrievalConfig] = None):

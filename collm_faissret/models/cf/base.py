@@ -17,6 +17,27 @@ class CFWeightsError(ValueError):
     """A pretrained CF weight file that does not fit the configured model."""
 
 
+def history_item_table(n_items: int, dim: int, init_std: float) -> nn.Embedding:
+    """Item table for sequence models: normal init, row 0 (history padding) fixed at zero."""
+    table = nn.Embedding(n_items, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=init_std)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
+def user_offset_table(n_users: int, dim: int, enabled: bool):
+    """Optional user-ID embedding added to a history-based user vector (None when off).
+
+    Zero start: a user never seen in training keeps a zero offset.
+    """
+    if not enabled:
+        return None
+    table = nn.Embedding(n_users, dim)
+    nn.init.zeros_(table.weight)
+    return table
+
+
 class CFModel(nn.Module):
     """Base class; subclasses implement the embeddings.
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ...registry import register
-from .base import CFModel
+from .base import CFModel, history_item_table, user_offset_table
 
 
 def mlp(sizes, dropout: float) -> nn.Sequential:
@@ -30,15 +30,8 @@ class DIN(CFModel):
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)
         self.max_len = rec_cfg.max_len
-        self.item = nn.Embedding(n_items, self.dim, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=init_std)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
-        self.user = None
-        if rec_cfg.user_id:
-            # Zero start: a user never seen in training keeps a zero offset.
-            self.user = nn.Embedding(n_users, self.dim)
-            nn.init.zeros_(self.user.weight)
+        self.item = history_item_table(n_items, self.dim, init_std)
+        self.user = user_offset_table(n_users, self.dim, rec_cfg.user_id)
         self.attn = mlp([4 * self.dim, *rec_cfg.attn_hidden, 1], 0.0)
         self.head = mlp([3 * self.dim, *rec_cfg.mlp_hidden, 1], rec_cfg.dropout)
 

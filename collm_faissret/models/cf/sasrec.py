@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ...config import ConfigError
 from ...registry import register
-from .base import CFModel
+from .base import CFModel, history_item_table, user_offset_table
 
 
 class Block(nn.Module):
@@ -52,20 +52,13 @@ class SASRec(CFModel):
         # std ~0.1 * sqrt(d) that training then memorises (worse valid AUC).
         super().__init__(n_users, n_items, rec_cfg)
         self.max_len = rec_cfg.max_len
-        self.item = nn.Embedding(n_items, self.dim, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=init_std)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        self.item = history_item_table(n_items, self.dim, init_std)
         self.pos = nn.Embedding(self.max_len, self.dim)
         nn.init.normal_(self.pos.weight, std=init_std)
         self.drop = nn.Dropout(rec_cfg.dropout)
         self.blocks = nn.ModuleList(Block(self.dim, rec_cfg.n_heads, rec_cfg.dropout) for _ in range(rec_cfg.n_blocks))
         self.ln_final = nn.LayerNorm(self.dim)
-        self.user = None
-        if rec_cfg.user_id:
-            # Zero start: a user never seen in training keeps a zero offset.
-            self.user = nn.Embedding(n_users, self.dim)
-            nn.init.zeros_(self.user.weight)
+        self.user = user_offset_table(n_users, self.dim, rec_cfg.user_id)
 
     def encode(self, his):
         """his [B, H] item ids, oldest first, 0-padded on the left -> [B, L, d], L = min(H, max_len)."""
