@@ -43,3 +43,17 @@ def test_checkpointing_saves_memory_and_keeps_gradients(env, tmp_path, stage, gr
         assert ckpt[name] is not None, f"{name}: no gradient with checkpointing"
         assert torch.allclose(ckpt[name], g, atol=1e-6), name
     assert any(ckpt[n].abs().sum() > 0 for n in ckpt if group in n)
+
+
+def test_checkpointing_switch_of_older_transformers():
+    """transformers releases before the rename only have gradient_checkpointing_enable."""
+    from collm_faissret.models.collm import enable_checkpointing
+
+    calls = []
+
+    class OldModel:
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            calls.append(gradient_checkpointing_kwargs)
+
+    enable_checkpointing(OldModel())
+    assert calls == [{"use_reentrant": False}]

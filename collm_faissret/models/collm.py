@@ -79,6 +79,22 @@ class CoLLM(nn.Module):
             emb = fill_slots(emb, slot == SLOT_ITEM, item_tok)
         return emb
 
+    def attention_mask(self, mask):
+        """mask [B, L] (1 token, 0 left padding) -> what the LM takes: for SDPA the 4D boolean
+        mask [B, 1, L, L] built here; otherwise the 2D mask itself.
+
+        Given a 2D mask, transformers' SDPA path asks whether it holds any padding
+        (``bool(mask.sum() == mask.numel())``) to pick is_causal: two host reads of a
+        device value per forward, which on CUDA wait for every queued kernel. A 4D
+        mask is used as it is. A sliding window shorter than the prompt needs the
+        library's own mask.
+        """
+        config = self.llm.config
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if config._attn_implementation != "sdpa" or (window is not None and mask.shape[-1] > window):
+            return mask
+        return sdpa_mask(mask)
+
     def forward(self, batch):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
@@ -88,13 +104,27 @@ class CoLLM(nn.Module):
         # Left padding: positions count from each row's first real token, so a
         # prompt gets the same result whatever batch it lands in.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=self.inputs_embeds(batch), attention_mask=mask,
+        out = self.llm(inputs_embeds=self.inputs_embeds(batch), attention_mask=self.attention_mask(mask),
                        position_ids=position_ids, use_cache=False, logits_to_keep=1)
         logits = out.logits[:, -1, self.yes_id].float()
         loss = None
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         return {"loss": loss, "logits": logits}
+
+
+def sdpa_mask(mask):
+    """mask [B, L] (1 token, 0 left padding) -> bool [B, 1, L, L], True where query q may
+    attend key k: k <= q and k is a token (what transformers builds from the 2D mask).
+
+    A padding query also attends to itself: a row with no True at all is a
+    softmax over nothing, NaN in some SDPA kernels, and NaN values at padding
+    positions would reach real tokens through 0 * NaN in the next layer.
+    """
+    pos = torch.arange(mask.shape[-1], device=mask.device)
+    causal = pos[None, :] <= pos[:, None]  # [L, L]: key index <= query index
+    allowed = (causal & mask.bool()[:, None, :]) | (pos[None, :] == pos[:, None])  # [B, L, L]
+    return allowed[:, None]
 
 
 def fill_slots(emb, is_slot, tokens):
@@ -176,8 +206,20 @@ def build_collm(cfg, data, device, backbone=None):
         attach_cold_start(model, data, m, cfg.run.evaluate)
     model.set_stage(*stage)
     if m.gradient_checkpointing:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(llm)
     return model
+
+
+def enable_checkpointing(llm):
+    """Recompute each decoder layer in the backward pass (non-reentrant: the frozen
+    embeddings need no requires_grad trick). transformers renamed the switch to
+    ``activation_checkpointing_enable``; releases before the rename only have the old name."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(llm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def attach_cold_start(model, data, mcfg, evaluate: bool):

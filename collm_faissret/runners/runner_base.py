@@ -222,8 +222,11 @@ class RunnerBase:
             # Its own generator: creating a loader draws a seed from the global
             # RNG otherwise, and a run resumed mid-epoch (one loader more) would
             # then see other dropout masks than an uninterrupted one.
+            # Pinned host batches on CUDA: a copy from pageable memory makes the host
+            # wait for every queued kernel first (a hidden sync per step).
             loader = torch.utils.data.DataLoader(train_ds, batch_sampler=_take(batches, iters - start_in_epoch),
                                                  collate_fn=self.task.collate, num_workers=rc.num_workers,
+                                                 pin_memory=self.device.type == "cuda",
                                                  generator=torch.Generator().manual_seed(rc.seed + epoch))
             bar = tqdm(total=iters, initial=start_in_epoch, desc=f"epoch {epoch}", disable=None if self.is_main else True,
                        dynamic_ncols=True, leave=False)

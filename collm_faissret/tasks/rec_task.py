@@ -56,7 +56,8 @@ class RecTask:
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
         """Score this rank's batches; gather all ranks. Returns (rows [N], scores [N]) sorted by row."""
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=self.collate,
-                                             num_workers=self.cfg.run.num_workers)
+                                             num_workers=self.cfg.run.num_workers,
+                                             pin_memory=device.type == "cuda")  # async copies, as in training
         rows, scores = [], []
         for batch in loader:
             rows.append(batch["row"].numpy())  # from the host copy: no device round trip
