@@ -26,13 +26,13 @@ def load_reference(path: str):
 
 def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_len: int, batch_size: int,
                  eval_batch_size: int, steps: int, num_workers: int, grad_ckpt: bool, bucketing: bool,
-                 mf_path: str = None):
+                 mf_path: str = None, dtype: str = "auto"):
     """The repository's stage YAML through the real config loader, with overrides for a
     short benchmark run (one epoch of ``steps`` iterations, no stage-1 checkpoint)."""
     from collm_faissret.config import load_config
 
     options = [
-        "model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}",
+        "model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}", f"model.dtype={dtype}",
         f"model.gradient_checkpointing={str(grad_ckpt).lower()}",
         f"datasets.movielens_ood.path={data_dir}",
         f"run.output_dir={out_dir}", f"run.device={device}", f"run.batch_size_train={batch_size}",

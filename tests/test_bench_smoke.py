@@ -68,3 +68,42 @@ def test_train_throughput_smoke(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "ratio" in printed and "bs 4 OOM" in printed and "largest fitting: 2" in printed
     assert not os.path.exists(tmp_path / "collm_tp"), "temporary files must stay in the temp dir"
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"yardstick {REFERENCE} not present")
+def test_act_memory_smoke(tmp_path, capsys):
+    """bench/act_memory.py on tiny data: rows for both stages and the bare loop, and an
+    extrapolation that adds up (2 layers: the 1-layer build plus one layer's part)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    make_collm_data(data)
+    out = tmp_path / "mem.json"
+    spec = importlib.util.spec_from_file_location("act_memory", REPO / "bench" / "act_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rc = module.main(["--shape", "tiny", "--data", str(data), "--batch-size", "2", "4", "--stages", "1", "2",
+                      "--threads", "1", "--reference", str(REFERENCE), "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [(r["who"], r["stage"], r["batch_size"]) for r in rows] == [
+        ("ours", 1, 2), ("ours", 2, 2), ("bare", None, 2), ("ours", 1, 4), ("ours", 2, 4), ("bare", None, 4)]
+    for r in rows:
+        assert r["saved_per_layer_mib"] > 0
+        assert r["estimate_gib"] == pytest.approx(r["weights_gib"] + r["grads_adam_gib"] + r["saved_gib"], abs=2e-3)
+        assert r["fits"] is (r["estimate_gib"] < r["limit_gib"])
+    by = {(r["who"], r["stage"], r["batch_size"]): r for r in rows}
+    # activations grow with the batch
+    assert by[("ours", 2, 4)]["saved_gib"] > by[("ours", 2, 2)]["saved_gib"]
+    assert by[("bare", None, 4)]["tokens"] == 4 * 256
+    assert "estimate GiB" in capsys.readouterr().out
+
+
+def test_act_memory_extrapolation():
+    spec = importlib.util.spec_from_file_location("act_memory", REPO / "bench" / "act_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one = {"saved": 110, "weights": 1000, "trainable": 10}
+    two = {"saved": 210, "weights": 1500, "trainable": 14}
+    full = module.extrapolate(one, two, 32)
+    assert full == {"saved": 110 + 31 * 100, "weights": 1000 + 31 * 500, "trainable": 10 + 31 * 4,
+                    "saved_per_layer": 100}
