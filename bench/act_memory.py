@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from types import SimpleNamespace
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -98,8 +99,11 @@ def ours(env, stage, batch_size, depth_layers):
     sizes = dict(env.sizes, num_hidden_layers=depth_layers)
     task = H.BenchTask(cfg, env.data, (S.random_backbone(sizes, env.tokenizer, torch.bfloat16, CPU), env.tokenizer))
     model = task.build_model(CPU)
-    rows = H.longest_rows(task, task.build_datasets(model)["train"], batch_size)
-    batch = task.collate(rows.__getitems__(list(range(batch_size))))
+    key = (stage, batch_size)
+    if key not in env.batches:  # the prompts do not depend on the depth: tokenised once
+        rows = H.longest_rows(task, task.build_datasets(model)["train"], batch_size)
+        env.batches[key] = task.collate(rows.__getitems__(list(range(batch_size))))
+    batch = env.batches[key]
     shape = {"seq_len": int(batch["input_ids"].shape[1]), "tokens": int(batch["attention_mask"].sum())}
     return step_memory(model, lambda: task.train_step(model, batch)), shape
 
@@ -151,8 +155,6 @@ def print_table(rows):
 
 
 def main(argv=None) -> int:
-    from types import SimpleNamespace
-
     from collm_faissret.tasks.rec_task import RecTask
 
     args = parse_args(argv)
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
         cfg = S.stage_config(1, args.data, tmp, "cpu", args.max_txt_len, 1, 1, 1, 0, False, True)
         data = RecTask(cfg).load_data()
         sizes = dict(ref.SIZES[args.shape])
-        env = SimpleNamespace(args=args, tmp=tmp, ref=ref, data=data, sizes=sizes,
+        env = SimpleNamespace(args=args, tmp=tmp, ref=ref, data=data, sizes=sizes, batches={},
                               tokenizer=S.build_tokenizer(data, sizes["vocab_size"]),
                               mf_path=S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth")))
         for bs in args.batch_size:

@@ -148,15 +148,9 @@ class RunConfig:
 
 
 @dataclass
-class RetrievalSection:
-    """Retrieve-then-rank (task retrieve_rank): Faiss index settings and the candidate list.
-
-    Index keys mean what they mean in retrieval.index.RetrievalConfig. k:
-    candidates retrieved per user, each one an LLM call; metric_ks: cut-offs
-    for Recall/NDCG/HitRate (empty: just k); embeddings: "cf" (the CF model's
-    user/item vectors) or "fece" (their flattened projector outputs);
-    exclude_seen: drop items the user already interacted with before the split.
-    """
+class IndexSettings:
+    """Faiss index keys: the ``retrieval`` section's and retrieval.index.RetrievalConfig's
+    (which documents and validates them)."""
     index_type: str = "auto"
     nlist: int = 0
     nprobe: int = 16
@@ -165,6 +159,17 @@ class RetrievalSection:
     flat_threshold: int = 50000
     use_gpu: bool = True
     k: int = 10
+
+
+@dataclass
+class RetrievalSection(IndexSettings):
+    """Retrieve-then-rank (task retrieve_rank): Faiss index settings and the candidate list.
+
+    k: candidates retrieved per user, each one an LLM call; metric_ks: cut-offs
+    for Recall/NDCG/HitRate (empty: just k); embeddings: "cf" (the CF model's
+    user/item vectors) or "fece" (their flattened projector outputs);
+    exclude_seen: drop items the user already interacted with before the split.
+    """
     metric_ks: List[int] = field(default_factory=list)
     embeddings: str = "cf"
     exclude_seen: bool = True

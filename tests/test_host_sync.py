@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten ops whose output value or size the host must know before going on
-HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique2", "_unique2", "unique_consecutive",
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_consecutive",
               "unique_dim", "repeat_interleave", "bincount"}
 
 

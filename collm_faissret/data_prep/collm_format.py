@@ -133,6 +133,17 @@ def parse_int(value: str, source: str, lineno: int, what: str) -> int:
         raise DataError(source, lineno, f"{what} is not an integer: {value!r}") from None
 
 
+def parse_rating_lines(lines: Iterable[str], sep: str, source: str,
+                       names: tuple[str, str, str, str]) -> tuple[list, list, list, list]:
+    """``user SEP item SEP rating SEP timestamp`` lines -> four parallel int lists;
+    ``names``: what the four fields are called in error messages (the file's own terms)."""
+    columns = ([], [], [], [])
+    for lineno, line in numbered_lines(lines):
+        for column, value, name in zip(columns, split_fields(line, sep, 4, source, lineno), names):
+            column.append(parse_int(value, source, lineno, name))
+    return columns
+
+
 # ---------------------------------------------------------------- filters
 
 

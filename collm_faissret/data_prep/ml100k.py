@@ -33,8 +33,8 @@ from typing import TextIO
 
 from .collm_format import (
     DataError, PrepareError, RawData, drop_untitled, filter_since, interactions_frame,
-    make_parser, numbered_lines, open_text, open_zip_member, parse_args, parse_int, run_prepare,
-    split_fields, zip_source_name,
+    make_parser, numbered_lines, open_text, open_zip_member, parse_args, parse_int, parse_rating_lines,
+    run_prepare, split_fields, zip_source_name,
 )
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -56,14 +56,7 @@ Columns = tuple[list, list, list, list]
 
 def parse_u_data(handle: TextIO, source: str) -> Columns:
     """u.data: ``user<TAB>item<TAB>rating<TAB>timestamp`` per line."""
-    users, items, ratings, stamps = [], [], [], []
-    for lineno, line in numbered_lines(handle):
-        user, item, rating, stamp = split_fields(line, "\t", 4, source, lineno)
-        users.append(parse_int(user, source, lineno, "user id"))
-        items.append(parse_int(item, source, lineno, "item id"))
-        ratings.append(parse_int(rating, source, lineno, "rating"))
-        stamps.append(parse_int(stamp, source, lineno, "timestamp"))
-    return users, items, ratings, stamps
+    return parse_rating_lines(handle, "\t", source, ("user id", "item id", "rating", "timestamp"))
 
 
 def parse_u_item(handle: TextIO, source: str) -> dict[int, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .collm_format import (
     RawData, drop_untitled, filter_since, interactions_frame, make_parser, numbered_lines,
-    open_text, parse_args, parse_int, run_prepare, split_fields,
+    open_text, parse_args, parse_int, parse_rating_lines, run_prepare, split_fields,
 )
 
 ENCODING = "latin-1"
@@ -30,16 +30,8 @@ ENCODING = "latin-1"
 
 def read_ratings(path: Path) -> tuple[list, list, list, list]:
     """Parse ratings.dat into parallel lists (user, item, rating, timestamp)."""
-    users, items, ratings, stamps = [], [], [], []
-    source = str(path)
     with open_text(path, ENCODING) as handle:
-        for lineno, line in numbered_lines(handle):
-            user, item, rating, stamp = split_fields(line, "::", 4, source, lineno)
-            users.append(parse_int(user, source, lineno, "UserID"))
-            items.append(parse_int(item, source, lineno, "MovieID"))
-            ratings.append(parse_int(rating, source, lineno, "Rating"))
-            stamps.append(parse_int(stamp, source, lineno, "Timestamp"))
-    return users, items, ratings, stamps
+        return parse_rating_lines(handle, "::", str(path), ("UserID", "MovieID", "Rating", "Timestamp"))
 
 
 def read_movies(path: Path) -> dict[int, str]:

@@ -22,6 +22,8 @@ import faiss
 import numpy as np
 import torch
 
+from ..config import IndexSettings
+
 INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "torch_exact")
 IVF_KINDS = ("ivf_flat", "ivf_pq")
 # faiss warns below 39 training points per centroid; the auto nlist stays above it.
@@ -46,7 +48,7 @@ class IndexMismatchError(ValueError):
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(IndexSettings):
     """How to build and search an ItemIndex.
 
     index_type: "auto" (flat below ``flat_threshold`` items, IVF-Flat above; exact
@@ -62,14 +64,6 @@ class RetrievalConfig:
       of this many.
     """
 
-    index_type: str = "auto"
-    nlist: int = 0
-    nprobe: int = 16
-    pq_m: int = 8
-    pq_nbits: int = 8
-    flat_threshold: int = 50000
-    k: int = 10
-    use_gpu: bool = True
     train_sample: int = 0
 
     def __post_init__(self):

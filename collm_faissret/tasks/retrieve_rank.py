@@ -13,6 +13,7 @@ Each split's dataset holds one row per (user, candidate), so the runner's
 batching, DDP gathering and predictions_<split>.csv work unchanged; the
 row's label says whether the candidate is a held-out positive.
 """
+import dataclasses
 import logging
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 
 from .. import registry
-from ..config import ConfigError
+from ..config import ConfigError, IndexSettings
 from ..datasets import RecRows
 from ..metrics import auc_report
 from ..prompts import PromptBuilder
@@ -34,7 +35,7 @@ from .rec_task import RecTask, history_len, load_cf_weights
 log = logging.getLogger("collm_faissret")
 EMBEDDINGS = ("cf", "fece")
 TARGET_AWARE = ("DIN",)  # CF models whose user_embed attends over the history against the target
-INDEX_KEYS = ("index_type", "nlist", "nprobe", "pq_m", "pq_nbits", "flat_threshold", "use_gpu", "k")
+INDEX_KEYS = tuple(f.name for f in dataclasses.fields(IndexSettings))
 
 
 def index_config(rcfg) -> RetrievalConfig:
