@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Lint and import order (configured in pyproject.toml); .ci/run runs it before the tests.
+lint: install
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf outputs/demo

@@ -26,6 +26,7 @@ from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
 from collm_faissret.metrics import auc_report  # noqa: E402
 from collm_faissret.models import cf  # noqa: E402,F401  (registers the CF models)
 from collm_faissret.retrieval.cold_start import ColdStartCF  # noqa: E402
+from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
 from collm_faissret.retrieval.text import item_titles  # noqa: E402
 
 # Key -> values tried, in this order; each round keeps the best valid AUC.
@@ -104,14 +105,15 @@ def main(argv=None) -> int:
                 if name in tried:
                     continue
                 t0 = time.time()
-                m = summary(evaluate(ColdStartCF(base, data, cs, titles=titles), splits["valid"]))
+                cold = ColdStartCF(base, data, cs, RetrievalConfig(), titles=titles)
+                m = summary(evaluate(cold, splits["valid"]))
                 tried[name] = m
                 rows.append({"setting": dataclasses.asdict(cs), "split": "valid", "round": rnd, **m})
                 print(f"round {rnd} {key}={value}: valid AUC {m['auc']:.4f} warm {m['warm_auc']:.4f} "
                       f"cold {m['cold_auc']:.4f}/{m['cold_uauc']:.4f} ({time.time() - t0:.1f}s)", flush=True)
                 if m["auc"] > best_auc:
                     best, best_auc = cs, m["auc"]
-    test = summary(evaluate(ColdStartCF(base, data, best, titles=titles), splits["test"]))
+    test = summary(evaluate(ColdStartCF(base, data, best, RetrievalConfig(), titles=titles), splits["test"]))
     rows.append({"setting": dataclasses.asdict(best), "split": "test", "chosen": True, **test})
     print("chosen on valid:", dataclasses.asdict(best))
     print("| setting | split | AUC | UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |")

@@ -59,7 +59,8 @@ def valid_row(setting, metrics, seconds, rc):
 
 
 def markdown(rows):
-    head = "| setting | valid AUC | valid UAUC | warm AUC | cold AUC | best epoch | seconds |\n|---|---|---|---|---|---|---|\n"
+    head = ("| setting | valid AUC | valid UAUC | warm AUC | cold AUC | best epoch | seconds |\n"
+            "|---|---|---|---|---|---|---|\n")
 
     def num(x):
         return "-" if x is None else f"{x:.4f}"

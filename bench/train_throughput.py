@@ -57,7 +57,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed batches before them")
     ap.add_argument("--max-txt-len", type=int, default=256, help="model.max_txt_len (oldest titles dropped beyond)")
     ap.add_argument("--num-workers", type=int, help="run.num_workers (default: 4 on CUDA, 0 on CPU)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads on --device cpu (1: steady on shared cores)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads on --device cpu (1: steady on shared cores)")
     ap.add_argument("--no-bucketing", action="store_true", help="time with run.length_bucketing=false")
     ap.add_argument("--grad-ckpt", action="store_true", help="model.gradient_checkpointing=true (and a memory search)")
     ap.add_argument("--mem-search", type=int, nargs="*", help="batch sizes to try on the longest prompts "
@@ -151,7 +152,7 @@ def measure_stage(args, env, stage, out_dir):
         runner.use_config(cfg_of(args.batch_size[0], args.eval_batch_size[0], 3))
         rows += mem_search(args, runner, task, stage, n_flop, cfg_of)
     runner.model = task.backbone = None
-    del runner, task
+    runner = task = None  # drop the last references: the next stage builds its own
     H.free_cuda()
     return rows
 

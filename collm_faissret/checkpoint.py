@@ -84,7 +84,8 @@ def load_model_weights(model, state: dict, path: str) -> list:
     own = model.state_dict()
     for key, value in state.items():
         if key not in own:
-            raise CheckpointError(f"{path}: parameter {key} does not exist in this model (another model shape or stage?)")
+            raise CheckpointError(f"{path}: parameter {key} does not exist in this model "
+                                  "(another model shape or stage?)")
         if own[key].shape != value.shape:
             raise CheckpointError(f"{path}: parameter {key} has shape {tuple(value.shape)}, "
                                   f"the model has {tuple(own[key].shape)} (another model shape?)")

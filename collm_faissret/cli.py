@@ -45,7 +45,7 @@ def quiet_third_party():
 def known_errors():
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .datasets.collm_data import DataError
+    from .errors import DataError
     from .models.backbone import BackboneError
     from .models.cf.base import CFWeightsError
     from .models.collm import StageError

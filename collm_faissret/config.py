@@ -6,12 +6,14 @@ with the key's dotted path (``model.lora_config.r``) instead of surfacing as a
 crash deep inside training.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .retrieval.index import IndexSettings, RetrievalConfig
 
 
 class ConfigError(ValueError):
@@ -148,20 +150,6 @@ class RunConfig:
 
 
 @dataclass
-class IndexSettings:
-    """Faiss index keys: the ``retrieval`` section's and retrieval.index.RetrievalConfig's
-    (which documents and validates them)."""
-    index_type: str = "auto"
-    nlist: int = 0
-    nprobe: int = 16
-    pq_m: int = 8
-    pq_nbits: int = 8
-    flat_threshold: int = 50000
-    use_gpu: bool = True
-    k: int = 10
-
-
-@dataclass
 class RetrievalSection(IndexSettings):
     """Retrieve-then-rank (task retrieve_rank): Faiss index settings and the candidate list.
 
@@ -249,6 +237,15 @@ def dataset_config(cfg: DictConfig):
         raise ConfigError(f"datasets: expected exactly one dataset entry, found {len(cfg.datasets)}")
     name = next(iter(cfg.datasets))
     return name, cfg.datasets[name]
+
+
+def index_settings(cfg: DictConfig) -> RetrievalConfig:
+    """The ``retrieval`` section's Faiss keys as an ItemIndex config (the retrieve-then-rank
+    index and the cold-start neighbour indexes use them); bad values name their key."""
+    try:
+        return RetrievalConfig(**{f.name: cfg.retrieval[f.name] for f in fields(IndexSettings)})
+    except ValueError as err:
+        raise ConfigError(f"retrieval: {err}") from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

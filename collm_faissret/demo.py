@@ -46,7 +46,8 @@ def sh(cmd):
 
 
 def table(summary) -> str:
-    head = f"{'run':<14} {'AUC':>7} {'UAUC':>7} | {'warm AUC':>8} {'warm UAUC':>9} | {'cold AUC':>8} {'cold UAUC':>9} | rows"
+    head = (f"{'run':<14} {'AUC':>7} {'UAUC':>7} | {'warm AUC':>8} {'warm UAUC':>9} | "
+            f"{'cold AUC':>8} {'cold UAUC':>9} | rows")
     lines = [head, "-" * len(head)]
     for name, t in summary.items():
         def f(x):
@@ -58,7 +59,8 @@ def table(summary) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="data/ml-100k", help="where the ML-100K CoLLM split is (made if missing or made with another split)")
+    ap.add_argument("--data", default="data/ml-100k",
+                    help="where the ML-100K CoLLM split is (made if missing or made with another split)")
     ap.add_argument("--backbone", default="outputs/tiny_llama", help="tiny backbone directory (built if missing)")
     ap.add_argument("--out", default="outputs/demo", help="demo output directory (its runs are replaced)")
     args = ap.parse_args(argv)
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     if fresh_data:
         sh([py, "dataset/prepare_ml100k.py", "--from-recbole", "--out", args.data, "--force",
             "--split", *map(str, DEMO_SPLIT)])
-    if fresh_data or not os.path.isfile(os.path.join(args.backbone, "config.json")):  # its vocabulary comes from the data
+    # The backbone's vocabulary comes from the data: a fresh split needs a fresh backbone.
+    if fresh_data or not os.path.isfile(os.path.join(args.backbone, "config.json")):
         sh([py, "-m", "collm_faissret.tiny_backbone", "--data", args.data, "--out", args.backbone, "--force"])
     for sub in RUN_DIRS.values():
         shutil.rmtree(os.path.join(args.out, sub), ignore_errors=True)

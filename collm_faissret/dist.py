@@ -80,10 +80,3 @@ def all_gather_objects(obj):
     dist.all_gather_object(out, obj)
     return out
 
-
-def broadcast_object(obj, src: int = 0):
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

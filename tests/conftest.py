@@ -162,9 +162,8 @@ def cli_args(cfg_path: str, *options: str) -> list:
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> Env:
-    from collm_faissret.tiny_backbone import build
-
     import baseline_train
+    from collm_faissret.tiny_backbone import build
 
     root = tmp_path_factory.mktemp("collm_env")
     data_dir = root / "data"

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _reliability import REPO, error_line, snapshot, stage1_dict, stage2_dict, subprocess_env, write_config
+from conftest import cli_args
 
 import baseline_train
 import train_collm
-from _reliability import REPO, error_line, snapshot, stage1_dict, stage2_dict, subprocess_env, write_config
 from collm_faissret.checkpoint import save_atomic
-from conftest import cli_args
 
 SHORT = {"max_epoch": 1, "iters_per_epoch": 2, "save_every_n_steps": 0}
 

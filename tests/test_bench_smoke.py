@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, make_collm_data
 
 REFERENCE = REPO.parent / "shared" / "bench" / "hf_lora_reference.py"

@@ -5,12 +5,12 @@ import os
 import pandas as pd
 import pytest
 import torch
+from conftest import cli_args
 
 import train_collm
 from collm_faissret import checkpoint
 from collm_faissret.checkpoint import CheckpointError, load, save_atomic
 from collm_faissret.runners.runner_base import RunnerBase
-from conftest import cli_args
 
 # Stage 2 with LoRA trainable too: the resumed state covers adapter, projector, AdamW moments and dropout RNG.
 TRAIN_OPTIONS = ("run.max_epoch=2", "run.iters_per_epoch=4", "run.patience=5", "model.freeze_lora=false",

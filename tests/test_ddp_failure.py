@@ -18,7 +18,6 @@ import threading
 import time
 
 import pytest
-
 from _reliability import REPO, stage1_config, subprocess_env
 
 FAULT_STEP = 3
@@ -87,9 +86,10 @@ def test_dist_timeout_reaches_the_process_group(monkeypatch):
 
 
 def test_cli_passes_dist_timeout(env, tmp_path, monkeypatch):
+    from conftest import cli_args
+
     import train_collm
     from collm_faissret import dist
-    from conftest import cli_args
 
     seen = []
     original = dist.init

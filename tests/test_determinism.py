@@ -3,12 +3,12 @@ seed is recorded in the run's resolved config.yaml."""
 import json
 
 import torch
+from _reliability import stage1_config
+from conftest import cli_args
 from omegaconf import OmegaConf
 
 import train_collm
-from _reliability import stage1_config
 from collm_faissret.checkpoint import load
-from conftest import cli_args
 
 SHORT = {"max_epoch": 2, "iters_per_epoch": 4}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, cli_args
 
 import train_collm
-from conftest import REPO, cli_args
 
 
 def _torchrun():

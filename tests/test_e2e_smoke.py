@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, cli_args
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
@@ -15,7 +16,6 @@ import baseline_train
 import train_collm
 from collm_faissret.checkpoint import load
 from collm_faissret.config import load_config
-from conftest import REPO, cli_args
 
 PRED_COLUMNS = ["uid", "iid", "label", "score", "not_cold"]
 RUN_FILES = ["config.yaml", "log.txt", "metrics.jsonl", "metrics.json", "predictions_valid.csv",

@@ -3,9 +3,8 @@ and stage 1 (LoRA) and stage 2 (projector, fed through inputs_embeds) get the sa
 gradients as without it."""
 import pytest
 import torch
-from torch.autograd.graph import saved_tensors_hooks
-
 from conftest import load_model
+from torch.autograd.graph import saved_tensors_hooks
 
 
 def _grads_and_saved(cfg_path, *options):

@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from conftest import cli_args
 
 from collm_faissret import registry
 from collm_faissret.config import RecConfig, load_config
@@ -13,7 +14,6 @@ from collm_faissret.models.cf.mf import MF
 from collm_faissret.models.collm import check_stage
 from collm_faissret.models.fece import Projector
 from collm_faissret.runners.runner_base import RunnerBase, prepare_output_dir
-from conftest import cli_args
 
 
 def test_mf_shapes_score_loss_and_sparse_gradients():

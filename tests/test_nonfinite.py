@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
+from _reliability import error_line, snapshot, stage1_config
+from conftest import cli_args
 
 import train_collm
-from _reliability import error_line, snapshot, stage1_config
 from collm_faissret.checkpoint import load
 from collm_faissret.runners.nonfinite import NonFiniteGuard, NonFiniteLoss, rows_text
 from collm_faissret.tasks.rec_task import RecTask
-from conftest import cli_args
 
 
 def poison_steps(monkeypatch, bad_steps, value=float("nan")):

@@ -1,7 +1,6 @@
 """The two prompt baselines CoLLM compares against, as rec_model choices."""
 import pytest
 import torch
-
 from test_models import _train_and_diff
 
 

@@ -1,10 +1,17 @@
 """PromptBuilder: ID slots, titles as tokens, truncation; template validation; slot embeddings."""
 import pytest
 import torch
-
-from collm_faissret.prompts import (SLOT_ITEM, SLOT_NONE, SLOT_USER, PromptBuilder, PromptError, has_id_slots,
-                                    load_template)
 from conftest import REPO
+
+from collm_faissret.prompts import (
+    SLOT_ITEM,
+    SLOT_NONE,
+    SLOT_USER,
+    PromptBuilder,
+    PromptError,
+    has_id_slots,
+    load_template,
+)
 
 STAGE1 = load_template(str(REPO / "prompt" / "stage1_movie.txt"))
 STAGE2 = load_template(str(REPO / "prompt" / "stage2_movie.txt"))

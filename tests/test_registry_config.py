@@ -2,13 +2,15 @@
 import copy
 
 import pytest
+from conftest import cli_args
 from omegaconf.errors import ReadonlyConfigError
 
-from collm_faissret import registry
-from collm_faissret import models  # noqa: F401  (registers collm and the CF models)
+from collm_faissret import (
+    models,  # noqa: F401  (registers collm and the CF models)
+    registry,
+)
 from collm_faissret.config import ConfigError, load_config, parse_options
 from collm_faissret.registry import RegistryError
-from conftest import cli_args
 
 
 @pytest.fixture

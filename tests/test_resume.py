@@ -19,11 +19,11 @@ import zipfile
 
 import pytest
 import torch
+from _reliability import REPO, STAGE1_RUN, TOTAL_STEPS, error_line, snapshot, stage1_config, subprocess_env
+from conftest import cli_args
 
 import train_collm
-from _reliability import REPO, STAGE1_RUN, TOTAL_STEPS, error_line, snapshot, stage1_config, subprocess_env
 from collm_faissret.checkpoint import load
-from conftest import cli_args
 
 # 18 micro-steps (3 epochs of 6), a checkpoint every 2. The steps cover: a kill
 # inside an accumulation window (3: resume from a mid-epoch checkpoint at 2),

@@ -2,13 +2,7 @@
 import numpy as np
 import pytest
 
-from collm_faissret.retrieval import (
-    IndexMismatchError,
-    ItemIndex,
-    RetrievalConfig,
-    auto_nlist,
-    embedding_hash,
-)
+from collm_faissret.retrieval import IndexMismatchError, ItemIndex, RetrievalConfig, auto_nlist, embedding_hash
 
 
 def clustered(n, dim, centers, seed, spread=0.3):

@@ -64,12 +64,12 @@ def toy(tmp_path):
     return SimpleNamespace(path=tmp_path, data=data, mf=mf.eval(), ckpt=ckpt)
 
 
-def _cfg_file(toy, **extra):
-    lines = ["model: {arch: MF, rec_config: {embedding_size: 2}, ckpt: %s}" % toy.ckpt,
+def _cfg_file(toy, model_extra="", retrieval_extra=""):
+    lines = ["model: {arch: MF, rec_config: {embedding_size: 2}, ckpt: %s%s}" % (toy.ckpt, model_extra),
              "datasets: {movielens_ood: {path: %s}}" % toy.path,
              "run: {task: retrieve_rank, evaluate: true, output_dir: %s, valid_splits: [], device: cpu}"
              % (toy.path / "out"),
-             "retrieval: {k: 3, metric_ks: [1, 3]}"]
+             "retrieval: {k: 3, metric_ks: [1, 3]%s}" % retrieval_extra]
     path = toy.path / "rr.yaml"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -140,7 +140,7 @@ def test_similarity_weighted_mean_small_arrays():
 
 def test_cold_user_borrows_tfidf_neighbours(toy):
     cs = ColdStartConfig(enabled=True, n_neighbors=2, cold_items=False)
-    cf = ColdStartCF(toy.mf, toy.data, cs)
+    cf = ColdStartCF(toy.mf, toy.data, cs, RetrievalConfig())
     # Warm documents: user 1 {1, 2}, user 2 {2, 3, 4}; idf 1 for item 2 (both), IDF_RARE otherwise.
     u1 = np.array([IDF_RARE, 1, 0, 0]) / math.hypot(IDF_RARE, 1)
     u2 = np.array([0, 1, IDF_RARE, IDF_RARE]) / math.sqrt(1 + 2 * IDF_RARE ** 2)
@@ -156,7 +156,7 @@ def test_cold_user_borrows_tfidf_neighbours(toy):
 def test_history_mix_and_warm_blend(toy):
     cs = ColdStartConfig(enabled=True, neighbors_weight=0, history_weight=1, global_weight=1, warm_alpha=0.5,
                          cold_items=False)
-    cf = ColdStartCF(toy.mf, toy.data, cs)
+    cf = ColdStartCF(toy.mf, toy.data, cs, RetrievalConfig())
     batch = {"uid": torch.tensor([3, 1]), "his": torch.tensor([[0, 2, 4], [0, 1, 2]]), "iid": torch.tensor([1, 1])}
     got = cf.user_embed(batch).numpy()
     hist = (ITEMS[2] + ITEMS[4]) / 2
@@ -167,16 +167,16 @@ def test_history_mix_and_warm_blend(toy):
 
 def test_cold_item_borrows_nearest_title(toy):
     cs = ColdStartConfig(enabled=True, item_neighbors=1, title_dim=0)
-    cf = ColdStartCF(toy.mf, toy.data, cs)
+    cf = ColdStartCF(toy.mf, toy.data, cs, RetrievalConfig())
     items = cf.item_embed(torch.arange(7)).numpy()
     np.testing.assert_allclose(items[6], ITEMS[1])  # "Star Wars Returns (1983)" -> "Star Wars (1977)"
     np.testing.assert_allclose(items[:6], ITEMS[:6])  # warm items keep their vectors
 
 
 def test_switch_off_keeps_original_embeddings(toy):
-    assert with_cold_start(toy.mf, toy.data, ColdStartConfig()) is toy.mf
+    assert with_cold_start(toy.mf, toy.data, ColdStartConfig(), RetrievalConfig()) is toy.mf
     cs = ColdStartConfig(enabled=True, cold_items=False)
-    cf = ColdStartCF(toy.mf, toy.data, cs)
+    cf = ColdStartCF(toy.mf, toy.data, cs, RetrievalConfig())
     batch = {"uid": torch.tensor([1, 2, 2]), "his": torch.tensor([[0, 1, 2]] * 3), "iid": torch.tensor([3, 5, 6])}
     torch.testing.assert_close(cf.score(batch), toy.mf.score(batch))  # warm users, alpha 0: unchanged
 
@@ -184,9 +184,21 @@ def test_switch_off_keeps_original_embeddings(toy):
 def test_history_models_are_refused(toy):
     sas = SASRec(toy.data.n_users, toy.data.n_items, RecConfig(embedding_size=2, n_heads=1))
     with pytest.raises(ColdStartError, match="model.cold_start.enabled: SASRec"):
-        with_cold_start(sas, toy.data, ColdStartConfig(enabled=True))
+        with_cold_start(sas, toy.data, ColdStartConfig(enabled=True), RetrievalConfig())
     with pytest.raises(ColdStartError, match="model.cold_start.user_repr"):
-        ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, user_repr="bm25"))
+        ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, user_repr="bm25"), RetrievalConfig())
+
+
+def test_cold_start_indexes_honour_retrieval_settings(toy):
+    """The neighbour indexes of cold start are built with the retrieval.* keys, not defaults."""
+    cfg = load_config(_cfg_file(toy, model_extra=", cold_start: {enabled: true}",
+                                retrieval_extra=", index_type: ivf_flat, nprobe: 3, use_gpu: false"))
+    task = RetrieveRankTask(cfg)
+    task.load_data()
+    cold = task.build_model(torch.device("cpu"))
+    assert isinstance(cold, ColdStartCF)
+    assert (cold._user_index.kind, cold._user_index.cfg.nprobe, cold._user_index.cfg.use_gpu) == ("ivf_flat", 3, False)
+    assert cold.index_cfg.nprobe == 3
 
 
 def test_excluded_neighbour_is_skipped():
@@ -199,7 +211,8 @@ def test_excluded_neighbour_is_skipped():
 
 
 def test_simulated_cold_rows_only_while_training(toy):
-    cf = ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, simulate_cold=1.0, cold_items=False))
+    cf = ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, simulate_cold=1.0, cold_items=False),
+                     RetrievalConfig())
     batch = {"uid": torch.tensor([1]), "his": torch.tensor([[0, 1, 2]]), "iid": torch.tensor([3])}
     np.testing.assert_allclose(cf.eval().user_embed(batch).numpy()[0], USERS[1])
     # Playing cold, user 1 may not borrow from itself: user 2 (shares item 2) is its only neighbour.

@@ -30,8 +30,16 @@ import sys
 from pathlib import Path
 
 from .collm_format import (
-    DataError, RawData, drop_untitled, interactions_frame, kcore_filter, make_parser,
-    numbered_lines, open_text, parse_args, run_prepare,
+    DataError,
+    RawData,
+    drop_untitled,
+    interactions_frame,
+    kcore_filter,
+    make_parser,
+    numbered_lines,
+    open_text,
+    parse_args,
+    run_prepare,
 )
 
 

@@ -35,8 +35,15 @@ import sys
 from pathlib import Path
 
 from .collm_format import (
-    DataError, RawData, drop_untitled, interactions_frame, make_parser, open_text, parse_args,
-    parse_int, run_prepare,
+    DataError,
+    RawData,
+    drop_untitled,
+    interactions_frame,
+    make_parser,
+    open_text,
+    parse_args,
+    parse_int,
+    run_prepare,
 )
 
 ENCODING = "latin-1"

@@ -47,6 +47,8 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError  # noqa: F401  (raised here; the scripts import it from this module)
+
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("uid", "iid", "label", "timestamp", "his", "his_title", "title", "flag", "not_cold")
 FORMATS = ("pickle", "parquet", "both")
@@ -54,15 +56,6 @@ FORMATS = ("pickle", "parquet", "both")
 
 class PrepareError(Exception):
     """A problem the user can fix (bad input, refused output): reported in one line, exit 2."""
-
-
-class DataError(PrepareError):
-    """Malformed raw input; the message names the file and the line number."""
-
-    def __init__(self, source: str, lineno: int, what: str):
-        super().__init__(f"{source}:{lineno}: {what}")
-        self.source = source
-        self.lineno = lineno
 
 
 class RawData(NamedTuple):
@@ -423,7 +416,7 @@ def run_prepare(args: argparse.Namespace, load: Callable[[], RawData]) -> int:
                                     tuple(args.split), args.max_his_keep)
         stats = compute_stats(frames, args.threshold, vars(args))
         write_output(frames, stats, args.out, args.format, args.force)
-    except (PrepareError, FileNotFoundError) as exc:
+    except (PrepareError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in raw.notes:

@@ -32,9 +32,22 @@ from pathlib import Path
 from typing import TextIO
 
 from .collm_format import (
-    DataError, PrepareError, RawData, drop_untitled, filter_since, interactions_frame,
-    make_parser, numbered_lines, open_text, open_zip_member, parse_args, parse_int, parse_rating_lines,
-    run_prepare, split_fields, zip_source_name,
+    DataError,
+    PrepareError,
+    RawData,
+    drop_untitled,
+    filter_since,
+    interactions_frame,
+    make_parser,
+    numbered_lines,
+    open_text,
+    open_zip_member,
+    parse_args,
+    parse_int,
+    parse_rating_lines,
+    run_prepare,
+    split_fields,
+    zip_source_name,
 )
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"

@@ -21,8 +21,18 @@ import sys
 from pathlib import Path
 
 from .collm_format import (
-    RawData, drop_untitled, filter_since, interactions_frame, make_parser, numbered_lines,
-    open_text, parse_args, parse_int, parse_rating_lines, run_prepare, split_fields,
+    RawData,
+    drop_untitled,
+    filter_since,
+    interactions_frame,
+    make_parser,
+    numbered_lines,
+    open_text,
+    parse_args,
+    parse_int,
+    parse_rating_lines,
+    run_prepare,
+    split_fields,
 )
 
 ENCODING = "latin-1"

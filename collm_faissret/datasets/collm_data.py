@@ -12,11 +12,9 @@ from typing import Dict
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError
+
 REQUIRED_COLUMNS = ("uid", "iid", "label", "his", "his_title", "title", "not_cold")
-
-
-class DataError(ValueError):
-    """Bad interaction data; the message names the file and the problem."""
 
 
 def _read(path_dir: str, stem: str) -> (pd.DataFrame, str):

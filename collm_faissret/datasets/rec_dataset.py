@@ -92,7 +92,8 @@ def collate(batch, pad_id: int = 0):
     Returns uid/iid/label/not_cold/row [B], his [B, his_len] and, with prompts,
     input_ids/attention_mask/slot [B, L].
     """
-    out = {k: torch.from_numpy(np.ascontiguousarray(batch[k])) for k in ("uid", "iid", "label", "not_cold", "row", "his")}
+    out = {k: torch.from_numpy(np.ascontiguousarray(batch[k]))
+           for k in ("uid", "iid", "label", "not_cold", "row", "his")}
     if "input_ids" in batch:
         seqs = batch["input_ids"]
         width = max(len(x) for x in seqs)

@@ -203,7 +203,7 @@ def build_collm(cfg, data, device, backbone=None):
     if m.ckpt:
         load_model_weights(model, load(m.ckpt, "model.ckpt")["model"], m.ckpt)
     if m.cold_start.enabled:
-        attach_cold_start(model, data, m, cfg.run.evaluate)
+        attach_cold_start(model, data, cfg)
     model.set_stage(*stage)
     if m.gradient_checkpointing:
         enable_checkpointing(llm)
@@ -222,21 +222,23 @@ def enable_checkpointing(llm):
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def attach_cold_start(model, data, mcfg, evaluate: bool):
+def attach_cold_start(model, data, cfg):
     """Give the CF model feeding the projector borrowed vectors for cold users/items.
 
     Done after the checkpoint is loaded: the wrapper's tables are derived from
     the CF weights, and checkpoints keep the unwrapped parameter names.
     """
+    from ..config import index_settings
     from ..retrieval.cold_start import with_cold_start
 
+    mcfg = cfg.model
     if model.cf is None:
         raise StageError(f"model.cold_start.enabled is true but {mcfg.prompt_path} has no ID slot: "
                          "no CF embedding enters the prompt")
-    if not mcfg.freeze_rec and not evaluate:
+    if not mcfg.freeze_rec and not cfg.run.evaluate:
         raise StageError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
                          "computed once from the CF weights, which must not change while training)")
-    model.cf = with_cold_start(model.cf, data, mcfg.cold_start)
+    model.cf = with_cold_start(model.cf, data, mcfg.cold_start, index_settings(cfg))
 
 
 CoLLM.from_config = staticmethod(build_collm)

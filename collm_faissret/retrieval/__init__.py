@@ -1,12 +1,5 @@
 """Item retrieval: a Faiss (or exact torch) inner-product index over item embeddings."""
-from .index import (
-    IndexMismatchError,
-    ItemIndex,
-    RetrievalConfig,
-    auto_nlist,
-    embedding_hash,
-    faiss_gpu_available,
-)
+from .index import IndexMismatchError, ItemIndex, RetrievalConfig, auto_nlist, embedding_hash, faiss_gpu_available
 
 __all__ = [
     "IndexMismatchError",

@@ -152,14 +152,13 @@ class ColdStartCF(nn.Module):
     id -> title) defaults to every title in ``data``.
     """
 
-    def __init__(self, base, data, cs, index_cfg: Optional[RetrievalConfig] = None,
-                 titles: Optional[Dict[int, str]] = None):
+    def __init__(self, base, data, cs, index_cfg: RetrievalConfig, titles: Optional[Dict[int, str]] = None):
         super().__init__()
         check_config(cs, base.name)
         self.base, self.cs = base, cs
         self.name, self.dim = base.name, base.dim
         self.n_users, self.n_items = base.n_users, base.n_items
-        self.index_cfg = index_cfg or RetrievalConfig()
+        self.index_cfg = index_cfg
         users, items = self._tables(base)
         train = data.splits["train"]
         self.warm_users = np.unique(train["uid"].to_numpy())
@@ -279,8 +278,9 @@ class ColdStartCF(nn.Module):
     forward = CFModel.forward  # {"loss", "logits"} from this wrapper's score
 
 
-def with_cold_start(cf, data, cs, index_cfg: Optional[RetrievalConfig] = None):
-    """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF around it."""
+def with_cold_start(cf, data, cs, index_cfg: RetrievalConfig):
+    """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF around it whose
+    neighbour indexes (users, cold items) are built with ``index_cfg`` (the ``retrieval`` keys)."""
     if cf is None or not cs.enabled:
         return cf
     return ColdStartCF(cf, data, cs, index_cfg)

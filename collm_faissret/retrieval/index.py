@@ -22,8 +22,6 @@ import faiss
 import numpy as np
 import torch
 
-from ..config import IndexSettings
-
 INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "torch_exact")
 IVF_KINDS = ("ivf_flat", "ivf_pq")
 # faiss warns below 39 training points per centroid; the auto nlist stays above it.
@@ -45,6 +43,20 @@ FORMAT_VERSION = 1
 
 class IndexMismatchError(ValueError):
     """A saved index does not match the embeddings / catalog / model it is used with."""
+
+
+@dataclass
+class IndexSettings:
+    """Faiss index keys, as the config's ``retrieval`` section holds them (RetrievalConfig
+    documents and validates them)."""
+    index_type: str = "auto"
+    nlist: int = 0
+    nprobe: int = 16
+    pq_m: int = 8
+    pq_nbits: int = 8
+    flat_threshold: int = 50000
+    use_gpu: bool = True
+    k: int = 10
 
 
 @dataclass

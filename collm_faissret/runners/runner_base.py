@@ -107,7 +107,8 @@ class RunnerBase:
         module = self.model
         module.eval()
         batches = eval_batches(ds.lengths(), self.run_cfg.batch_size_eval, dist.world_size(), dist.rank(), max_rows)
-        bar = tqdm(total=len(batches), desc=f"eval {split}", disable=None if self.is_main else True, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=len(batches), desc=f"eval {split}", disable=None if self.is_main else True, leave=False,
+                   dynamic_ncols=True)
         rows, scores = self.task.predict(module, ds, batches, self.device, self.amp_ctx, bar)
         bar.close()
         return self.task.report(ds, rows, scores), rows, scores
@@ -228,8 +229,8 @@ class RunnerBase:
                                                  collate_fn=self.task.collate, num_workers=rc.num_workers,
                                                  pin_memory=self.device.type == "cuda",
                                                  generator=torch.Generator().manual_seed(rc.seed + epoch))
-            bar = tqdm(total=iters, initial=start_in_epoch, desc=f"epoch {epoch}", disable=None if self.is_main else True,
-                       dynamic_ncols=True, leave=False)
+            bar = tqdm(total=iters, initial=start_in_epoch, desc=f"epoch {epoch}",
+                       disable=None if self.is_main else True, dynamic_ncols=True, leave=False)
             # Loss accumulators of the log interval (logging only); a mid-epoch
             # checkpoint carries them so a resumed run logs the same means.
             acc_sum, loss_n = state.pop("loss_acc", (0.0, 0)) if start_in_epoch else (0.0, 0)

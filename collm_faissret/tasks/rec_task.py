@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import registry
-from ..config import dataset_config
+from ..config import dataset_config, index_settings
 from ..datasets import RecRows, collate
 from ..dist import all_gather_objects
 from ..metrics import auc_report
@@ -26,7 +26,7 @@ class RecTask:
         self.pad_id = 0
 
     def load_data(self):
-        self.data = registry.get("dataset", self.ds_name).load(self.ds_cfg)
+        self.data = registry.get("dataset", self.ds_name)(self.ds_cfg)
         return self.data
 
     def build_model(self, device):
@@ -110,7 +110,8 @@ class CFTask(RecTask):
             # Rebuilt only when the weights changed (an optimizer step or a loaded checkpoint).
             key = tuple((p.data_ptr(), p._version) for p in model.parameters())
             if getattr(self, "_cold", (None,))[0] != key:
-                self._cold = (key, with_cold_start(model, self.data, self.cfg.model.cold_start))
+                self._cold = (key, with_cold_start(model, self.data, self.cfg.model.cold_start,
+                                                  index_settings(self.cfg)))
             model = self._cold[1]
         return super().predict(model, dataset, batches, device, amp_ctx, progress)
 
@@ -131,6 +132,3 @@ def load_cf_weights(model, mcfg) -> None:
         model.load_pretrained(mcfg.rec_config.pretrained_path)
     if mcfg.ckpt:
         load_model_weights(model, load(mcfg.ckpt, "model.ckpt")["model"], mcfg.ckpt)
-
-    def collate(self, items):
-        return collate(items)

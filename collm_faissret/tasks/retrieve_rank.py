@@ -13,7 +13,6 @@ Each split's dataset holds one row per (user, candidate), so the runner's
 batching, DDP gathering and predictions_<split>.csv work unchanged; the
 row's label says whether the candidate is a held-out positive.
 """
-import dataclasses
 import logging
 
 import numpy as np
@@ -21,13 +20,13 @@ import pandas as pd
 import torch
 
 from .. import registry
-from ..config import ConfigError, IndexSettings
+from ..config import ConfigError, index_settings
 from ..datasets import RecRows
 from ..metrics import auc_report
 from ..prompts import PromptBuilder
 from ..registry import register
 from ..retrieval.cold_start import with_cold_start
-from ..retrieval.index import ItemIndex, RetrievalConfig
+from ..retrieval.index import ItemIndex
 from ..retrieval.ranking import grouped_metrics, rerank, split_queries, top_k_unseen
 from ..retrieval.text import item_titles
 from .rec_task import RecTask, history_len, load_cf_weights
@@ -35,15 +34,6 @@ from .rec_task import RecTask, history_len, load_cf_weights
 log = logging.getLogger("collm_faissret")
 EMBEDDINGS = ("cf", "fece")
 TARGET_AWARE = ("DIN",)  # CF models whose user_embed attends over the history against the target
-INDEX_KEYS = tuple(f.name for f in dataclasses.fields(IndexSettings))
-
-
-def index_config(rcfg) -> RetrievalConfig:
-    """The ``retrieval`` section as an ItemIndex config; bad values name their key."""
-    try:
-        return RetrievalConfig(**{key: rcfg[key] for key in INDEX_KEYS})
-    except ValueError as err:
-        raise ConfigError(f"retrieval: {err}") from None
 
 
 @register("task", "retrieve_rank")
@@ -61,7 +51,7 @@ class RetrieveRankTask(RecTask):
         self.ks = sorted(set(r.metric_ks)) or [r.k]
         if self.ks[0] < 1 or self.ks[-1] > r.k:
             raise ConfigError(f"retrieval.metric_ks {list(r.metric_ks)} must lie in 1..retrieval.k ({r.k})")
-        self.index_cfg = index_config(r)
+        self.index_cfg = index_settings(cfg)
         self.cf_only = cfg.model.arch in registry.names("cf_model")
         if self.cf_only and r.embeddings == "fece":
             raise ConfigError(f"retrieval.embeddings fece needs a CoLLM model; model.arch is {cfg.model.arch}")
@@ -80,7 +70,7 @@ class RetrieveRankTask(RecTask):
             if hasattr(model, "fit_data"):
                 model.fit_data(self.data)
             load_cf_weights(model, m)
-            model = with_cold_start(model.to(device), self.data, m.cold_start)
+            model = with_cold_start(model.to(device), self.data, m.cold_start, self.index_cfg)
             self.retriever = model
         if self.retriever.name in TARGET_AWARE:
             raise ConfigError(f"retrieve_rank: {self.retriever.name}'s user vector depends on the target item, "
@@ -97,7 +87,7 @@ class RetrieveRankTask(RecTask):
             raise ConfigError(f"retrieval.embeddings fece: {m.prompt_path} has no ID slot, so no projector")
         cf = registry.get("cf_model", m.rec_model)(self.data.n_users, self.data.n_items, m.rec_config)
         cf.load_pretrained(m.rec_config.pretrained_path)
-        return with_cold_start(cf.to(device), self.data, m.cold_start)
+        return with_cold_start(cf.to(device), self.data, m.cold_start, self.index_cfg)
 
     # ----- candidates ----------------------------------------------------------
     def build_datasets(self, model):

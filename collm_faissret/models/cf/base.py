@@ -100,4 +100,5 @@ class CFModel(nn.Module):
             raise CFWeightsError(f"{path}: weights do not fit this {self.name} configuration "
                                  f"({str(err).splitlines()[-1].strip()})") from None
         if missing or unexpected:
-            raise CFWeightsError(f"{path}: weights do not match {self.name}: missing {missing}, unexpected {unexpected}")
+            raise CFWeightsError(f"{path}: weights do not match {self.name}: "
+                                 f"missing {missing}, unexpected {unexpected}")
