@@ -1,18 +1,22 @@
-"""Converters from raw public releases to the CoLLM interaction format.
+"""Converters from raw public releases to the CoLLM interaction format, and from
+CoLLM's own files (configs, Vicuna deltas) to what this project reads.
 
 ``collm-prepare NAME [options]`` (or ``python -m collm_faissret.data_prep NAME``)
 runs the converter of one data set; ``collm-prepare NAME --help`` lists its
 options. The ``dataset/prepare_*.py`` scripts of a checkout call the same code.
+``collm-prepare config`` converts a CoLLM YAML config, ``collm-prepare vicuna``
+applies a Vicuna delta to LLaMA weights.
 """
 import importlib
 import sys
 
 # NAME on the command line = module of this package. Imported only once chosen,
 # so `collm-prepare --help` does not load pandas.
-CONVERTERS = ("ml1m", "ml100k", "amazon_book", "bookcrossing")
+CONVERTERS = ("ml1m", "ml100k", "amazon_book", "bookcrossing", "config", "vicuna")
 
 USAGE = (f"usage: collm-prepare {{{','.join(CONVERTERS)}}} [options]\n"
-         "Convert a raw data set to the CoLLM format; `collm-prepare NAME --help` lists NAME's options.")
+         "Convert a raw data set to the CoLLM format (config: a CoLLM YAML config; vicuna: apply a Vicuna\n"
+         "delta); `collm-prepare NAME --help` lists NAME's options.")
 
 
 def main(argv=None) -> int:

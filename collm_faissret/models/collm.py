@@ -173,6 +173,7 @@ def build_collm(cfg, data, device, backbone=None):
     """
     from .. import registry
     from ..checkpoint import load, load_model_weights
+    from ..compat.collm_checkpoint import checkpoint_state
     from ..prompts import has_id_slots, load_template
     from .backbone import attach_lora, load_backbone, prepare_backbone, resolve_dtype
 
@@ -200,8 +201,8 @@ def build_collm(cfg, data, device, backbone=None):
     model = CoLLM(llm, tok, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots)
     model.template = template
     model.to(device)
-    if m.ckpt:
-        load_model_weights(model, load(m.ckpt, "model.ckpt")["model"], m.ckpt)
+    if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
+        load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
     if m.cold_start.enabled:
         attach_cold_start(model, data, cfg)
     model.set_stage(*stage)
