@@ -1,0 +1,212 @@
+"""``collm-prepare vicuna --base LLAMA_DIR --delta DELTA_DIR --out DIR``: Vicuna weights
+from LLaMA weights plus lmsys's delta, without FastChat.
+
+Every tensor of the result is ``base + delta`` (in the delta's dtype). Vicuna
+v0 deltas carry one more row in ``embed_tokens`` and ``lm_head`` than LLaMA
+(32,001 vs 32,000: a pad token); there the base is added into the first rows
+and the extra rows are the delta's own. v1.1 deltas have equal shapes.
+
+The delta is read shard by shard and each base tensor is fetched on its own
+(safetensors lazily, ``.bin`` shards memory-mapped), so the process holds about
+one output shard, not two whole models. Names must match one to one. The
+result is safetensors shards + ``model.safetensors.index.json`` and the delta's
+config, generation config and tokenizer files; it is written to a temporary
+directory next to ``--out`` and renamed at the end, so a failure leaves no
+half-written model. An ``--out`` that exists and is not empty is refused.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+INDEXES = (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin"))
+SINGLES = (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin"))
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+class DeltaError(ValueError):
+    """Inputs that cannot make a model (missing files, names or shapes that do not match)."""
+
+
+class Weights:
+    """The tensors of one save_pretrained directory, fetched one by one.
+
+    names: tensor name -> shard file name. A shard is opened when first asked
+    for (safetensors: lazily; .bin: memory-mapped) and kept until ``close``.
+    """
+
+    def __init__(self, directory: str, label: str):
+        self.dir, self.label = directory, label
+        if not os.path.isdir(directory):
+            raise DeltaError(f"{label} {directory}: directory not found")
+        self._open = {}
+        self.names, self.kind, self.index_file = self._find()
+
+    def _find(self):
+        for index, kind in INDEXES:
+            path = os.path.join(self.dir, index)
+            if os.path.isfile(path):
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        weight_map = json.load(fh)["weight_map"]
+                except (OSError, ValueError, KeyError) as err:
+                    raise DeltaError(f"{self.label} {path}: unreadable weight index ({err})") from None
+                for shard in sorted(set(weight_map.values())):
+                    if not os.path.isfile(os.path.join(self.dir, shard)):
+                        raise DeltaError(f"{self.label} {self.dir}: shard {shard} named by {index} is missing")
+                return dict(weight_map), kind, index
+        for single, kind in SINGLES:
+            if os.path.isfile(os.path.join(self.dir, single)):
+                return {name: single for name in self._shard(single).keys()}, kind, single
+        raise DeltaError(f"{self.label} {self.dir}: no weights (model.safetensors[.index.json] or "
+                         "pytorch_model.bin[.index.json])")
+
+    def _shard(self, file: str):
+        """An opened shard: a safetensors handle or a dict of (memory-mapped) tensors."""
+        if file not in self._open:
+            path = os.path.join(self.dir, file)
+            if file.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                self._open[file] = safe_open(path, framework="pt", device="cpu")
+            else:
+                self._open[file] = _load_bin(path, self.label)
+        return self._open[file]
+
+    def get(self, name: str):
+        shard = self._shard(self.names[name])
+        return shard.get_tensor(name) if hasattr(shard, "get_tensor") else shard[name]
+
+    def shards(self):
+        """Shard file names in order, each with its tensor names in index order."""
+        order = {}
+        for name, file in self.names.items():
+            order.setdefault(file, []).append(name)
+        return sorted(order.items())
+
+    def other_files(self):
+        """Files that are not weights (config, tokenizer, ...)."""
+        weights = set(self.names.values()) | {self.index_file}
+        return sorted(f for f in os.listdir(self.dir)
+                      if os.path.isfile(os.path.join(self.dir, f)) and f not in weights and not f.startswith("."))
+
+    def close(self):
+        self._open.clear()
+
+
+def _load_bin(path: str, label: str) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped: read it whole
+        pass
+    except (pickle.UnpicklingError, EOFError, OSError) as err:
+        raise DeltaError(f"{label} {path}: unreadable ({type(err).__name__}: {err})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise DeltaError(f"{label} {path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def check_names(base: Weights, delta: Weights) -> None:
+    """Every tensor name in both, or a one-line error naming the first that is not."""
+    only_delta = sorted(set(delta.names) - set(base.names))
+    only_base = sorted(set(base.names) - set(delta.names))
+    if only_delta:
+        raise DeltaError(f"tensor {only_delta[0]} is in the delta but not in the base "
+                         f"({len(only_delta)} such; another model family?)")
+    if only_base:
+        raise DeltaError(f"tensor {only_base[0]} is in the base but not in the delta ({len(only_base)} such)")
+
+
+def add(name: str, base, delta):
+    """base + delta in the delta's dtype; a delta with more rows (v0's pad row) keeps its extra rows."""
+    base = base.to(delta.dtype)
+    if base.shape == delta.shape:
+        return delta + base
+    if base.dim() != delta.dim() or base.shape[1:] != delta.shape[1:] or base.shape[0] > delta.shape[0]:
+        raise DeltaError(f"tensor {name}: base shape {tuple(base.shape)} does not fit delta shape "
+                         f"{tuple(delta.shape)} (only extra delta rows are allowed)")
+    out = delta.clone()
+    out[:base.shape[0]] += base
+    return out
+
+
+def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = True) -> dict:
+    """Write base + delta to ``out_dir``; return a summary (tensors, shards, padded names)."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise DeltaError(f"--out {out_dir} exists and is not empty; choose a new directory")
+    base, delta = Weights(base_dir, "--base"), Weights(delta_dir, "--delta")
+    check_names(base, delta)
+    extras = delta.other_files()
+    if "config.json" not in extras:
+        raise DeltaError(f"--delta {delta_dir}: no config.json")
+    if not any(f in extras for f in TOKENIZER_FILES):
+        raise DeltaError(f"--delta {delta_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".vicuna.", dir=parent)
+    shards = delta.shards()
+    weight_map, total, padded = {}, 0, []
+    bar = tqdm(total=len(delta.names), desc="apply delta", unit="tensor", disable=not progress)
+    try:
+        for i, (_, names) in enumerate(shards, 1):
+            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            out = {}
+            with torch.no_grad():
+                for name in names:
+                    d, b = delta.get(name), base.get(name)
+                    if b.shape != d.shape:
+                        padded.append(name)
+                    out[name] = add(name, b, d).contiguous()
+                    total += out[name].numel() * out[name].element_size()
+                    weight_map[name] = file
+                    bar.update(1)
+            save_file(out, os.path.join(tmp, file), metadata={"format": "pt"})
+            del out
+            delta.close()
+            base.close()
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as fh:
+            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, fh, indent=2)
+        for f in extras:
+            shutil.copy2(os.path.join(delta_dir, f), os.path.join(tmp, f))
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    return {"tensors": len(weight_map), "shards": len(shards), "padded": padded, "copied": extras}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="collm-prepare vicuna", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, metavar="LLAMA_DIR", help="LLaMA weights (save_pretrained layout)")
+    ap.add_argument("--delta", required=True, metavar="DELTA_DIR", help="Vicuna delta (e.g. vicuna-7b-delta-v0)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="new directory for the Vicuna weights")
+    args = ap.parse_args(argv)
+    try:
+        summary = apply_delta(args.base, args.delta, args.out)
+    except DeltaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    pad = (f"; extra delta rows kept in {', '.join(summary['padded'])}" if summary["padded"] else "")
+    print(f"wrote {args.out}: {summary['tensors']} tensors in {summary['shards']} shards{pad}; "
+          f"copied {', '.join(summary['copied'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
