@@ -91,8 +91,11 @@ def test_v0_bin_shards_pad_row(env, vocab, tmp_path):
     delta = save_bin_shards(delta_model, tmp_path / "delta", 2)
     add_tokenizer(env, tmp_path / "delta")
     out = tmp_path / "vicuna"
-    summary = apply_delta(str(tmp_path / "llama"), str(tmp_path / "delta"), str(out), progress=False)
-    assert sorted(summary["padded"]) == sorted(PADDED) and summary["shards"] == 2
+    summary = apply_delta(str(tmp_path / "llama"), str(tmp_path / "delta"), str(out), progress=False,
+                          max_shard_bytes=2_000)  # several output shards
+    assert sorted(summary["padded"]) == sorted(PADDED) and summary["shards"] > 2
+    shards = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
+    assert shards == [f"model-{i:05d}-of-{summary['shards']:05d}.safetensors" for i in range(1, summary["shards"] + 1)]
     result, expected = read_result(out), expected_sum(base, delta)
     assert set(result) == set(expected)
     for name in expected:
@@ -173,3 +176,18 @@ def test_refusals_leave_nothing(env, vocab, tmp_path, capsys):
     assert prepare_main(["vicuna", "--base", str(tmp_path / "llama"), "--delta", str(tmp_path / "delta"),
                          "--out", str(tmp_path / "out")]) == 0
     assert "extra delta rows kept in" in capsys.readouterr().out
+
+
+def test_memory_bench_runs(capsys):
+    """bench/vicuna_delta_memory.py end to end at a toy size (keeps the benchmark from rotting)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("vicuna_delta_memory", REPO / "bench" / "vicuna_delta_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--hidden", "32", "--layers", "1", "--vocab", "200", "--shards", "2",
+                        "--max-shard-mib", "0.01"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["input_shards"] == 2 and {"peak_anon_mib_apply_delta", "peak_rss_mib_whole_model_sum", "anon_ratio"} <= set(row)

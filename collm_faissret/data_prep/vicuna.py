@@ -7,8 +7,8 @@ v0 deltas carry one more row in ``embed_tokens`` and ``lm_head`` than LLaMA
 and the extra rows are the delta's own. v1.1 deltas have equal shapes.
 
 The delta is read shard by shard and each base tensor is fetched on its own
-(safetensors lazily, ``.bin`` shards memory-mapped), so the process holds about
-one output shard, not two whole models. Names must match one to one. The
+(safetensors lazily, ``.bin`` shards memory-mapped); output shards are capped
+(``--max-shard-gib``), so the process holds about one shard, not two whole models. Names must match one to one. The
 result is safetensors shards + ``model.safetensors.index.json`` and the delta's
 config, generation config and tokenizer files; it is written to a temporary
 directory next to ``--out`` and renamed at the end, so a failure leaves no
@@ -137,10 +137,54 @@ def add(name: str, base, delta):
     return out
 
 
-def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = True) -> dict:
-    """Write base + delta to ``out_dir``; return a summary (tensors, shards, padded names)."""
+class ShardWriter:
+    """Output tensors gathered into safetensors shards of at most ``max_bytes`` (a larger
+    tensor gets a shard of its own); named ``model-0000i-of-0000n`` once n is known."""
+
+    def __init__(self, directory: str, max_bytes: int):
+        self.dir, self.max_bytes = directory, max_bytes
+        self.pending, self.pending_bytes, self.files, self.weight_map, self.total = {}, 0, [], {}, 0
+
+    def add(self, name: str, tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.max_bytes:
+            self.flush()
+        self.pending[name] = tensor.contiguous()
+        self.pending_bytes += size
+        self.total += size
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        file = f"part-{len(self.files) + 1:05d}.safetensors"
+        save_file(self.pending, os.path.join(self.dir, file), metadata={"format": "pt"})
+        self.weight_map.update({name: file for name in self.pending})
+        self.files.append(file)
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> int:
+        """Flush, give the shards their final names, write the index; return the shard count."""
+        self.flush()
+        n = len(self.files)
+        final = {f: f"model-{i:05d}-of-{n:05d}.safetensors" for i, f in enumerate(self.files, 1)}
+        for old, new in final.items():
+            os.replace(os.path.join(self.dir, old), os.path.join(self.dir, new))
+        weight_map = {name: final[f] for name, f in sorted(self.weight_map.items())}
+        with open(os.path.join(self.dir, "model.safetensors.index.json"), "w", encoding="utf-8") as fh:
+            json.dump({"metadata": {"total_size": self.total}, "weight_map": weight_map}, fh, indent=2)
+        return n
+
+
+def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = True,
+                max_shard_bytes: int = 2 << 30) -> dict:
+    """Write base + delta to ``out_dir``; return a summary (tensors, shards, padded names).
+
+    Memory: one output shard (at most ``max_shard_bytes``) plus the pages of the
+    input shard being read (the delta's and the base's are released shard by shard).
+    """
     import torch
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
@@ -155,28 +199,20 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = Tr
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".vicuna.", dir=parent)
-    shards = delta.shards()
-    weight_map, total, padded = {}, 0, []
+    writer, padded = ShardWriter(tmp, max_shard_bytes), []
     bar = tqdm(total=len(delta.names), desc="apply delta", unit="tensor", disable=not progress)
     try:
-        for i, (_, names) in enumerate(shards, 1):
-            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            out = {}
+        for _, names in delta.shards():
             with torch.no_grad():
                 for name in names:
                     d, b = delta.get(name), base.get(name)
                     if b.shape != d.shape:
                         padded.append(name)
-                    out[name] = add(name, b, d).contiguous()
-                    total += out[name].numel() * out[name].element_size()
-                    weight_map[name] = file
+                    writer.add(name, add(name, b, d))
                     bar.update(1)
-            save_file(out, os.path.join(tmp, file), metadata={"format": "pt"})
-            del out
             delta.close()
             base.close()
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as fh:
-            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, fh, indent=2)
+        n_shards = writer.finish()
         for f in extras:
             shutil.copy2(os.path.join(delta_dir, f), os.path.join(tmp, f))
         if os.path.isdir(out_dir):
@@ -187,7 +223,7 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = Tr
         raise
     finally:
         bar.close()
-    return {"tensors": len(weight_map), "shards": len(shards), "padded": padded, "copied": extras}
+    return {"tensors": len(writer.weight_map), "shards": n_shards, "padded": padded, "copied": extras}
 
 
 def main(argv=None) -> int:
@@ -196,9 +232,14 @@ def main(argv=None) -> int:
     ap.add_argument("--base", required=True, metavar="LLAMA_DIR", help="LLaMA weights (save_pretrained layout)")
     ap.add_argument("--delta", required=True, metavar="DELTA_DIR", help="Vicuna delta (e.g. vicuna-7b-delta-v0)")
     ap.add_argument("--out", required=True, metavar="DIR", help="new directory for the Vicuna weights")
+    ap.add_argument("--max-shard-gib", type=float, default=2.0,
+                    help="output shard size cap in GiB; peak memory is about one such shard (default 2)")
     args = ap.parse_args(argv)
+    if args.max_shard_gib <= 0:
+        print("error: --max-shard-gib must be > 0", file=sys.stderr)
+        return 2
     try:
-        summary = apply_delta(args.base, args.delta, args.out)
+        summary = apply_delta(args.base, args.delta, args.out, max_shard_bytes=int(args.max_shard_gib * (1 << 30)))
     except DeltaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
