@@ -30,9 +30,12 @@ def tiny_llama(vocab: int, seed: int, dtype=torch.float32):
 
 
 def save_bin_shards(model, out, n_shards: int):
-    """lmsys's layout: torch.save per shard + pytorch_model.bin.index.json (+ config.json)."""
+    """lmsys's layout: torch.save per shard + pytorch_model.bin.index.json (+ config.json),
+    with the rotary inv_freq buffers transformers 4.2x saved too."""
     os.makedirs(out, exist_ok=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(model.config.num_hidden_layers):
+        state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.arange(4, dtype=torch.float32)
     names = list(state)
     weight_map = {}
     for i in range(n_shards):
@@ -96,7 +99,9 @@ def test_v0_bin_shards_pad_row(env, vocab, tmp_path):
     assert sorted(summary["padded"]) == sorted(PADDED) and summary["shards"] > 2
     shards = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
     assert shards == [f"model-{i:05d}-of-{summary['shards']:05d}.safetensors" for i in range(1, summary["shards"] + 1)]
-    result, expected = read_result(out), expected_sum(base, delta)
+    inv_freq = {k for k in delta if k.endswith("inv_freq")}
+    assert sorted(summary["derived"]) == sorted(inv_freq) and len(inv_freq) == 2
+    result, expected = read_result(out), expected_sum(base, {k: v for k, v in delta.items() if k not in inv_freq})
     assert set(result) == set(expected)
     for name in expected:
         assert result[name].dtype == torch.float16

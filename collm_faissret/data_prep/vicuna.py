@@ -24,6 +24,9 @@ import tempfile
 INDEXES = (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin"))
 SINGLES = (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin"))
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+# Buffers older transformers saved with the weights (LLaMA's rotary frequencies): derived
+# from config.json, ignored by today's loaders, and not to be summed (2x the frequencies).
+DERIVED = (".rotary_emb.inv_freq",)
 
 
 class DeltaError(ValueError):
@@ -199,17 +202,20 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = Tr
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".vicuna.", dir=parent)
-    writer, padded = ShardWriter(tmp, max_shard_bytes), []
+    writer, padded, derived = ShardWriter(tmp, max_shard_bytes), [], []
     bar = tqdm(total=len(delta.names), desc="apply delta", unit="tensor", disable=not progress)
     try:
         for _, names in delta.shards():
             with torch.no_grad():
                 for name in names:
+                    bar.update(1)
+                    if name.endswith(DERIVED):
+                        derived.append(name)
+                        continue
                     d, b = delta.get(name), base.get(name)
                     if b.shape != d.shape:
                         padded.append(name)
                     writer.add(name, add(name, b, d))
-                    bar.update(1)
             delta.close()
             base.close()
         n_shards = writer.finish()
@@ -223,7 +229,8 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = Tr
         raise
     finally:
         bar.close()
-    return {"tensors": len(writer.weight_map), "shards": n_shards, "padded": padded, "copied": extras}
+    return {"tensors": len(writer.weight_map), "shards": n_shards, "padded": padded, "derived": derived,
+            "copied": extras}
 
 
 def main(argv=None) -> int:
@@ -244,6 +251,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     pad = (f"; extra delta rows kept in {', '.join(summary['padded'])}" if summary["padded"] else "")
+    if summary["derived"]:
+        pad += f"; {len(summary['derived'])} rotary inv_freq buffers left out (computed from config.json)"
     print(f"wrote {args.out}: {summary['tensors']} tensors in {summary['shards']} shards{pad}; "
           f"copied {', '.join(summary['copied'])}")
     return 0
