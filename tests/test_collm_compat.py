@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import REPO, cli_args
 from omegaconf import OmegaConf
 
 import baseline_train
@@ -18,7 +19,6 @@ from collm_faissret.checkpoint import CheckpointError
 from collm_faissret.compat.collm_checkpoint import map_state
 from collm_faissret.compat.collm_config import ConvertError, convert
 from collm_faissret.data_prep import main as prepare_main
-from conftest import REPO, cli_args
 
 FIXTURES = REPO / "tests" / "fixtures" / "collm_configs"
 PROMPTS = str(REPO / "prompt")

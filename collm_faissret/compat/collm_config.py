@@ -290,7 +290,8 @@ class Converter:
         self.fixed(src, "run.task", "rec_pretrain", "another task", "rec_pretrain is run.task rec, the default")
         sched = src.pop("lr_sched", "linear_warmup_cosine_lr")
         if sched not in names("lr_scheduler"):
-            raise ConvertError(f"run.lr_sched: {sched!r} has no counterpart here (have {', '.join(names('lr_scheduler'))})")
+            have = ", ".join(names("lr_scheduler"))
+            raise ConvertError(f"run.lr_sched: {sched!r} has no counterpart here (have {have})")
         out["lr_sched"] = sched
         device = src.pop("device", "auto")
         out["device"] = "auto" if device == "cuda" else device
