@@ -252,6 +252,11 @@ class Converter:
         if theirs not in DATASETS:
             raise ConvertError(f"datasets.{theirs}: unknown CoLLM dataset builder (known: {', '.join(DATASETS)})")
         name, domain = DATASETS[theirs]
+        from .. import datasets  # noqa: F401  (fills the dataset registry)
+        from ..registry import names
+
+        if name not in names("dataset"):
+            raise ConvertError(f"datasets.{theirs}: our counterpart {name!r} is not registered")
         prefix = f"datasets.{theirs}"
         if name != theirs:
             self.note(prefix, f"-> datasets.{name} (same CoLLM data format)")
