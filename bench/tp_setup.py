@@ -91,6 +91,15 @@ def random_backbone(sizes: dict, tokenizer, dtype: torch.dtype, device: torch.de
     return model
 
 
+def loaded_backbone(path: str, dtype: torch.dtype, device: torch.device):
+    """A checkpoint directory's causal LM (its real weights) on ``device`` in ``dtype``, SDPA attention."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
 def write_random_mf(data, dim: int, path: str) -> str:
     """A CF weight file with random MF weights (stage 2 reads it; speed does not depend on values)."""
     from collm_faissret.checkpoint import save_atomic

@@ -46,7 +46,9 @@ DEFAULT_SEARCH = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=["tiny", "1b", "7b"], default="tiny", help="backbone shape (yardstick SIZES)")
+    ap.add_argument("--shape", default="tiny",
+                    help="backbone: tiny / 1b / 7b (the yardstick's SIZES, random weights and a word tokenizer) or "
+                         "a checkpoint directory (its weights and tokenizer, e.g. outputs/smollm2)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory (train/valid/test_ood2)")
     ap.add_argument("--batch-size", type=int, nargs="+", default=[8], help="training batch sizes")
@@ -79,6 +81,8 @@ def parse_args(argv=None):
         args.num_workers = 4 if args.device == "cuda" else 0
     if args.mem_search is None:
         args.mem_search = DEFAULT_SEARCH if args.grad_ckpt else []
+    if args.shape not in ("tiny", "1b", "7b") and not os.path.isdir(args.shape):
+        ap.error(f"--shape {args.shape!r}: neither tiny / 1b / 7b nor a checkpoint directory")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA device is available")
     return args
@@ -114,7 +118,7 @@ def measure_stage(args, env, stage, out_dir):
 
     iters = args.warmup + args.steps
     cfg = cfg_of(args.batch_size[0], args.eval_batch_size[0], iters)
-    backbone = (S.random_backbone(env.sizes, env.tokenizer, env.dtype, env.device), env.tokenizer)
+    backbone = (env.make_backbone(), env.tokenizer)
     task = H.BenchTask(cfg, env.data, backbone)
     runner = H.BenchRunner(cfg, task, env.device)
     runner._build()
@@ -213,12 +217,14 @@ def best_of(args, env, mode, batch_size, seq_len, measure):
 
 
 def bare_run(args, env, mode, batch_size, seq_len) -> dict:
-    """The yardstick's loop once, at our batch size and (rounded) mean padded width."""
-    dtype = "bf16" if env.device.type == "cuda" else "fp32"
-    ns = SimpleNamespace(size=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
+    """The bare loop (bench/tp_bare.py) once, at our batch size, dtype and (rounded) mean padded width."""
+    from tp_bare import run
+
+    dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[env.dtype]
+    ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
                          steps=args.steps, warmup=args.warmup)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own JSON line
-        bare = env.ref.run(ns, mode, batch_size)
+    with contextlib.redirect_stdout(io.StringIO()):
+        bare = run(ns, mode, batch_size, env.ref.SIZES)
     H.free_cuda()
     return bare
 
@@ -241,7 +247,7 @@ def bare_rows(args, env, rows):
 def setup(args, tmp):
     """Data, tokenizer, shape, yardstick and random MF weights shared by every stage."""
     from collm_faissret import dist
-    from collm_faissret.models.backbone import resolve_dtype
+    from collm_faissret.models.backbone import load_tokenizer, resolve_dtype
     from collm_faissret.tasks.rec_task import RecTask
 
     ref = S.load_reference(args.reference)
@@ -250,13 +256,19 @@ def setup(args, tmp):
         torch.set_num_threads(args.threads)
     cfg = S.stage_config(1, args.data, tmp, args.device, args.max_txt_len, 1, 1, 1, 0, False, True)
     data = RecTask(cfg).load_data()
-    sizes = dict(ref.SIZES[args.shape])
-    tokenizer = S.build_tokenizer(data, sizes["vocab_size"])
+    dtype = resolve_dtype("auto", device)
+    if os.path.isdir(args.shape):  # a real checkpoint: its tokenizer makes the prompts
+        tokenizer = load_tokenizer(args.shape)
+        make_backbone = lambda: S.loaded_backbone(args.shape, dtype, device)  # noqa: E731
+    else:
+        sizes = dict(ref.SIZES[args.shape])
+        tokenizer = S.build_tokenizer(data, sizes["vocab_size"])
+        make_backbone = lambda: S.random_backbone(sizes, tokenizer, dtype, device)  # noqa: E731
     mf_path = S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth"))
-    # CPU: the yardstick runs right after each of our runs (same load on the shared cores);
+    # CPU: the bare loop runs right after each of our runs (same load on the shared cores);
     # CUDA: after our model is freed, so each side's peak memory is its own.
-    return SimpleNamespace(ref=ref, device=device, data=data, sizes=sizes, tokenizer=tokenizer,
-                           dtype=resolve_dtype("auto", device), mf_path=mf_path, interleave=device.type == "cpu")
+    return SimpleNamespace(ref=ref, device=device, data=data, tokenizer=tokenizer, make_backbone=make_backbone,
+                           dtype=dtype, mf_path=mf_path, interleave=device.type == "cpu")
 
 
 def main(argv=None) -> int:

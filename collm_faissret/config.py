@@ -101,6 +101,7 @@ class ModelConfig:
     ckpt: Optional[str] = None
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     gradient_checkpointing: bool = False
+    answer_score: str = "yes"  # yes: logit of the Yes token (CoLLM); yes_minus_no: logit(Yes) - logit(No) (TALLRec)
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 
@@ -111,6 +112,10 @@ class DatasetConfig:
     train_file: str = "train_ood2"
     valid_file: str = "valid_ood2"
     test_file: str = "test_ood2"
+    # split -> rows kept, a seeded random sample in time order; the CF model's
+    # graph, cold start and the table sizes still see every row
+    sample_rows: Dict[str, int] = field(default_factory=dict)
+    sample_seed: int = 0
 
 
 @dataclass
@@ -282,6 +287,8 @@ FIELD_HELP = {
         "ckpt": "checkpoint to start from (stage 1's for stage 2; stage 2's for evaluate-only)",
         "dtype": "LLM weights: `auto` (bf16 on CUDA, fp32 on CPU), `fp32`, `bf16`, `fp16`",
         "gradient_checkpointing": "recompute LLM activations in the backward pass: less memory, more time",
+        "answer_score": "score read at the answer position: `yes` (logit of the Yes token, CoLLM's) or "
+                        "`yes_minus_no` (logit(Yes) - logit(No): a two-way softmax over the answers, TALLRec's)",
         "cold_start": "embeddings for users/items unseen in training, borrowed from warm ones",
     },
     "RecConfig": {
@@ -332,6 +339,9 @@ FIELD_HELP = {
         "train_file": "file stem of the training split",
         "valid_file": "file stem of the validation split",
         "test_file": "file stem of the test split",
+        "sample_rows": "`{split: N}`: train / evaluate on a seeded random sample of N rows of that split (kept in "
+                       "time order); sizes, graph CF models and cold start still read the whole split",
+        "sample_seed": "seed of the `sample_rows` draw (the same subset whatever `run.seed`)",
     },
     "RunConfig": {
         "task": "registry name: `rec` (CoLLM), `cf_rec` (baselines; forced by baseline_train.py), `retrieve_rank`",

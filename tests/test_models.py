@@ -148,11 +148,12 @@ def test_stage_error_through_cli(env, tmp_path, capsys):
 
 def test_answer_token_ids_come_from_tokenizer(stage2_model, tokenizer):
     model = stage2_model[2]
+    # the demo's word-level tokenizer: "Answer: Yes" -> [..., ":", "Yes"]
     assert model.yes_id == tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
     assert model.no_id == tokenizer("No", add_special_tokens=False)["input_ids"][0]
     assert tokenizer.convert_ids_to_tokens([model.yes_id, model.no_id]) == ["Yes", "No"]
     with pytest.raises(BackboneError, match="'Zebra' is an unknown token"):
-        answer_token_id(tokenizer, "Zebra")
+        answer_token_id(tokenizer, "Zebra", "#Answer:")
 
 
 def test_score_independent_of_left_padding(stage2_model):

@@ -87,7 +87,7 @@ def test_collm_prepare_dispatch(capsys):
     assert main(["--help"]) == 0 and "ml100k" in capsys.readouterr().out
     assert main(["netflix"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: unknown data set 'netflix'")
+    assert err.count("\n") == 1 and err.startswith("error: unknown command 'netflix'")
     assert main([]) == 2
 
 

@@ -4,6 +4,8 @@ The same code path serves Vicuna-7B, any LLaMA-family or Qwen2 checkpoint,
 and the embedded tiny backbone: AutoModelForCausalLM / AutoTokenizer with
 files on disk only (no hub access).
 """
+import importlib.util
+import json
 import os
 
 import torch
@@ -25,15 +27,59 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_backbone_dir(path: str) -> None:
+    """Name the first file a checkpoint directory lacks, before transformers reads it.
+
+    Layouts accepted: weights as one file or shards listed by an index
+    (safetensors or ``.bin``); a tokenizer as ``tokenizer.json``, a
+    SentencePiece ``tokenizer.model`` (LLaMA-1/2, Vicuna), or BPE
+    ``vocab.json`` + ``merges.txt`` (Qwen2, GPT-2).
+    """
+    key = f"model.llama_model {path}"
+    if not path or not os.path.isdir(path):
+        raise BackboneError(f"model.llama_model: directory not found: {path}")
+
+    def has(name):
+        return os.path.isfile(os.path.join(path, name))
+
+    if not has("config.json"):
+        raise BackboneError(f"{key}: no config.json (not a save_pretrained directory)")
+    indexes = [f for f in WEIGHT_INDEXES if has(f)]
+    if indexes:
+        with open(os.path.join(path, indexes[0])) as fh:
+            try:
+                shards = sorted(set(json.load(fh)["weight_map"].values()))
+            except (ValueError, KeyError):
+                raise BackboneError(f"{key}: {indexes[0]} is not a weight index (no weight_map)") from None
+        for shard in shards:
+            if not has(shard):
+                raise BackboneError(f"{key}: missing weight shard {shard} (listed in {indexes[0]})")
+    elif not any(has(f) for f in WEIGHT_FILES):
+        raise BackboneError(f"{key}: no weights ({' / '.join(WEIGHT_FILES)} or a sharded index)")
+    if has("tokenizer.json"):
+        return
+    if has("vocab.json"):
+        if not has("merges.txt"):
+            raise BackboneError(f"{key}: missing merges.txt (a BPE tokenizer's vocab.json needs it)")
+        return
+    if not has("tokenizer.model"):
+        raise BackboneError(f"{key}: missing tokenizer.model (or tokenizer.json / vocab.json + merges.txt)")
+    for module in ("sentencepiece", "google.protobuf"):
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise BackboneError(f"{key}: reading tokenizer.model needs the {module.split('.')[-1]} package: "
+                                f"pip install {module.split('.')[-1]}")
+
+
 def load_tokenizer(path: str):
+    """The backbone's tokenizer, padding on the left (the score is read at each row's last position)."""
     from transformers import AutoTokenizer
 
-    has_tok = any(os.path.isfile(os.path.join(path, f))
-                  for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json"))
-    if not has_tok:
-        raise BackboneError(f"model.llama_model {path}: no tokenizer files (tokenizer.json / tokenizer.model)")
     tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"  # the answer logit is read at the last position of every row
+    tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
@@ -43,10 +89,7 @@ def load_backbone(path: str, dtype: torch.dtype, device: torch.device):
     """Return (frozen causal LM on ``device``, tokenizer)."""
     from transformers import AutoModelForCausalLM
 
-    if not path or not os.path.isdir(path):
-        raise BackboneError(f"model.llama_model: directory not found: {path}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise BackboneError(f"model.llama_model {path}: no config.json (not a save_pretrained directory)")
+    check_backbone_dir(path)
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return prepare_backbone(model, dtype, device), tok
@@ -70,11 +113,42 @@ def attach_lora(model, lora_cfg):
     return get_peft_model(model, cfg)
 
 
-def answer_token_id(tokenizer, word: str) -> int:
-    """The first token of ``word`` as the model would emit it after "Answer:"."""
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise BackboneError(f"tokenizer cannot encode the answer word {word!r}")
-    if tokenizer.unk_token_id is not None and ids[0] == tokenizer.unk_token_id:
+def answer_marker(template: str) -> str:
+    """The text the answer follows: the template's last line ("#Answer:")."""
+    return template.rstrip().splitlines()[-1]
+
+
+def answer_token_id(tokenizer, word: str, marker: str = "Answer:") -> int:
+    """The first token the tokenizer produces for ``word`` written after ``marker``.
+
+    That is the token the LM emits: SentencePiece gives "▁Yes", byte-level BPE
+    " Yes", a word-level tokenizer "Yes". Encoding the word alone would give
+    "Yes" in BPE, a different token (SmolLM2: 10539 vs 9230).
+    """
+    prefix = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    full = tokenizer(f"{marker} {word}", add_special_tokens=False)["input_ids"]
+    if len(full) <= len(prefix) or full[:len(prefix)] != prefix:
+        raise BackboneError(f"the answer word {word!r} does not tokenise as a continuation of {marker!r}")
+    first = full[len(prefix)]
+    if tokenizer.unk_token_id is not None and first == tokenizer.unk_token_id:
         raise BackboneError(f"the answer word {word!r} is an unknown token for this tokenizer")
-    return ids[0]
+    return first
+
+
+def answer_token_ids(tokenizer, template: str, words=("Yes", "No")):
+    """(yes_id, no_id) for a prompt template; both words must start with different tokens."""
+    marker = answer_marker(template)
+    yes, no = (answer_token_id(tokenizer, w, marker) for w in words)
+    if yes == no:
+        raise BackboneError(f"the answer words {words[0]!r} and {words[1]!r} both start with token {yes} "
+                            f"({tokenizer.convert_ids_to_tokens(yes)!r}) after {marker!r}: the LM could not tell them apart")
+    return yes, no
+
+
+def describe_answer_tokens(tokenizer, template: str, yes_id: int, no_id: int) -> str:
+    """One log line: "answer tokens: ' Yes'=9230 ' No'=2838", each token as the text it adds
+    after the answer marker (SentencePiece's "▁Yes" shows as ' Yes' too)."""
+    prefix = tokenizer(answer_marker(template), add_special_tokens=False)["input_ids"]
+    head = tokenizer.decode(prefix)
+    return "answer tokens: " + " ".join(
+        f"{tokenizer.decode(prefix + [i])[len(head):]!r}={i}" for i in (yes_id, no_id))

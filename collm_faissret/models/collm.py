@@ -1,9 +1,13 @@
 """CoLLM: a causal LM that answers Yes/No, with collaborative embeddings as tokens.
 
 prompt ids -> input embeddings; the ID-slot positions get FECE projections of
-the CF model's user/item embeddings -> LM -> logit of the "Yes" token at the
-last (answer) position; BCE against the label.
+the CF model's user/item embeddings -> LM -> a score read at the last (answer)
+position; BCE against the label. The score is the logit of the "Yes" token
+(CoLLM's) or logit(Yes) - logit(No), the log-odds of a softmax over the two
+answers (TALLRec's), which sits near 0 for a pretrained LM from the first step.
 """
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,6 +15,8 @@ import torch.nn.functional as F
 from ..prompts import SLOT_ITEM, SLOT_USER
 from ..registry import register
 from .fece import Projector
+
+log = logging.getLogger(__name__)
 
 
 @register("model", "collm")
@@ -20,9 +26,15 @@ class CoLLM(nn.Module):
     A stage is the set of groups left trainable; everything else is frozen.
     """
 
-    def __init__(self, llm, tokenizer, cf_model=None, proj_token_num: int = 1, proj_mid_times: int = 10,
-                 proj_drop: float = 0.0, use_slots: bool = False):
+    ANSWER_SCORES = ("yes", "yes_minus_no")
+
+    def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
+                 proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,
+                 answer_score: str = "yes"):
+        """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
         super().__init__()
+        if answer_score not in self.ANSWER_SCORES:
+            raise StageError(f"model.answer_score {answer_score!r} unknown; use {' or '.join(self.ANSWER_SCORES)}")
         self.llm = llm
         self.tokenizer = tokenizer
         self.use_slots = use_slots
@@ -31,9 +43,14 @@ class CoLLM(nn.Module):
         if use_slots:
             llm_dim = llm.get_input_embeddings().embedding_dim
             self.proj = Projector(cf_model.dim, llm_dim, proj_token_num, proj_mid_times, proj_drop)
-        from .backbone import answer_token_id
-        self.yes_id = answer_token_id(tokenizer, "Yes")
-        self.no_id = answer_token_id(tokenizer, "No")
+        self.yes_id, self.no_id = answer_ids
+        self.answer_score = answer_score
+
+    @property
+    def zero_shot(self) -> bool:
+        """Evaluate-only may run without a checkpoint: a text-only prompt scores with the
+        backbone as loaded (LoRA starts as the identity); a projector needs training."""
+        return not self.use_slots
 
     def param_groups(self):
         """{"lora": [(name, param)], "fece": [...], "rec": [...]} — every tunable part by group."""
@@ -98,7 +115,7 @@ class CoLLM(nn.Module):
     def forward(self, batch):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
-        Returns {"loss": scalar or None, "logits": [B] float32 Yes-logits}.
+        Returns {"loss": scalar or None, "logits": [B] float32 answer scores (see answer_score)}.
         """
         mask = batch["attention_mask"]
         # Left padding: positions count from each row's first real token, so a
@@ -106,7 +123,10 @@ class CoLLM(nn.Module):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.llm(inputs_embeds=self.inputs_embeds(batch), attention_mask=self.attention_mask(mask),
                        position_ids=position_ids, use_cache=False, logits_to_keep=1)
-        logits = out.logits[:, -1, self.yes_id].float()
+        last = out.logits[:, -1]  # [B, V]
+        logits = last[:, self.yes_id].float()
+        if self.answer_score == "yes_minus_no":
+            logits = logits - last[:, self.no_id].float()
         loss = None
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
@@ -175,7 +195,8 @@ def build_collm(cfg, data, device, backbone=None):
     from ..checkpoint import load, load_model_weights
     from ..compat.collm_checkpoint import checkpoint_state
     from ..prompts import has_id_slots, load_template
-    from .backbone import attach_lora, load_backbone, prepare_backbone, resolve_dtype
+    from .backbone import answer_token_ids, attach_lora, describe_answer_tokens, load_backbone, prepare_backbone, \
+        resolve_dtype
 
     m = cfg.model
     if not m.llama_model and backbone is None:
@@ -198,7 +219,9 @@ def build_collm(cfg, data, device, backbone=None):
         cf = cf_cls(data.n_users, data.n_items, m.rec_config)
         if m.rec_config.pretrained_path:
             cf.load_pretrained(m.rec_config.pretrained_path)
-    model = CoLLM(llm, tok, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots)
+    answer_ids = answer_token_ids(tok, template)
+    log.info(describe_answer_tokens(tok, template, *answer_ids))
+    model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots, m.answer_score)
     model.template = template
     model.to(device)
     if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names

@@ -176,10 +176,13 @@ class RunnerBase:
             os.replace(path + ".tmp", path)
 
     def evaluate_only(self):
-        if not self.cfg.model.ckpt:
+        if not self.cfg.model.ckpt and not self.model.zero_shot:
             raise RunError("run.evaluate is true but model.ckpt is not set: which checkpoint to evaluate?")
         self._write_config()
-        log.info("evaluate-only from %s", self.cfg.model.ckpt)
+        if self.cfg.model.ckpt:
+            log.info("evaluate-only from %s", self.cfg.model.ckpt)
+        else:
+            log.info("evaluate-only, zero-shot: no checkpoint, the backbone as loaded")
         result = {"best_epoch": None, "ckpt": self.cfg.model.ckpt}
         for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):
             metrics, rows, scores = self.evaluate(split)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import registry
-from ..config import dataset_config, index_settings
+from ..config import ConfigError, dataset_config, index_settings
 from ..datasets import RecRows, collate
 from ..dist import all_gather_objects
 from ..metrics import auc_report
@@ -42,7 +42,7 @@ class RecTask:
         builder = PromptBuilder(model.tokenizer, model.template, m.proj_token_num, m.max_txt_len)
         his_len = history_len(self.cfg, self.ds_cfg)
         return {split: RecRows(df, self.ds_cfg.max_his, builder, name=split, his_len=his_len)
-                for split, df in self.data.splits.items()}
+                for split, df in sampled_splits(self.data, self.ds_cfg).items()}
 
     def collate(self, items):
         return collate(items, self.pad_id)
@@ -99,7 +99,8 @@ class CFTask(RecTask):
 
     def build_datasets(self, model):
         his_len = history_len(self.cfg, self.ds_cfg)
-        return {split: RecRows(df, 0, None, name=split, his_len=his_len) for split, df in self.data.splits.items()}
+        return {split: RecRows(df, 0, None, name=split, his_len=his_len)
+                for split, df in sampled_splits(self.data, self.ds_cfg).items()}
 
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
         """As RecTask.predict; with model.cold_start.enabled, cold users/items get borrowed
@@ -114,6 +115,23 @@ class CFTask(RecTask):
                                                   index_settings(self.cfg)))
             model = self._cold[1]
         return super().predict(model, dataset, batches, device, amp_ctx, progress)
+
+
+def sampled_splits(data, ds_cfg) -> dict:
+    """split -> DataFrame, cut to ``ds_cfg.sample_rows[split]`` rows (seeded, time order kept)."""
+    for split in ds_cfg.sample_rows:
+        if split not in data.splits:
+            raise ConfigError(f"datasets.*.sample_rows: no split {split!r} (have {', '.join(data.splits)})")
+    out = {}
+    for split, df in data.splits.items():
+        n = ds_cfg.sample_rows.get(split)
+        if n is not None and n < 1:
+            raise ConfigError(f"datasets.*.sample_rows.{split} must be >= 1, got {n}")
+        if n is not None and n < len(df):
+            keep = np.sort(np.random.RandomState(ds_cfg.sample_seed).choice(len(df), n, replace=False))
+            df = df.iloc[keep].reset_index(drop=True)
+        out[split] = df
+    return out
 
 
 def history_len(cfg, ds_cfg) -> int:

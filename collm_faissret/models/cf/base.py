@@ -47,6 +47,7 @@ class CFModel(nn.Module):
     """
 
     name = "CF"
+    zero_shot = False  # evaluate-only needs trained weights (model.ckpt)
 
     def __init__(self, n_users: int, n_items: int, rec_cfg):
         super().__init__()

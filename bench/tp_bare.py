@@ -1,0 +1,88 @@
+"""The yardstick's bare transformers + peft LoRA loop, with two changes that make the
+comparison with our steps fair and let it run at a real checkpoint's shape:
+
+* the LM head runs at the last position only (``logits_to_keep=1``), as ours does:
+  the shared yardstick computes [B, L, vocab] logits and reads one column, which at
+  SmolLM2's 49k vocabulary is a large share of its time;
+* ``shape`` may be a checkpoint directory: its config and weights are loaded with
+  ``from_pretrained`` (named shapes are the yardstick's SIZES, random weights).
+
+Everything else is the yardstick's: fixed-length random ids, LoRA r=8 on q/v,
+BCE on the Yes logit, AdamW, the same warm-up / timed steps and FLOP count.
+"""
+import os
+import time
+
+import torch
+
+
+def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device):
+    """(LoRA model, vocab size): a directory loaded with from_pretrained, else the yardstick's shape."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if os.path.isdir(shape):
+        model = AutoModelForCausalLM.from_pretrained(shape, dtype=dtype).to(device)
+    else:
+        cfg = LlamaConfig(**sizes[shape], max_position_embeddings=2048)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = LlamaForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(previous)
+    model.config._attn_implementation = "sdpa"
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), model.config.vocab_size
+
+
+def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
+    """One measurement; args: shape, device, dtype (bf16/fp16/fp32), seq_len, steps, warmup."""
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    torch.manual_seed(0)
+    model, vocab = build(args.shape, sizes, dtype, device)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    yes_id = 8241 % vocab
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        ids = torch.randint(3, vocab, (batch_size, args.seq_len), device=device)
+        labels = torch.randint(0, 2, (batch_size,), device=device).float()
+        if mode == "train":
+            model.train()
+            logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1, yes_id].float()
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids, logits_to_keep=1).logits[:, -1, yes_id].float()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    dt = (time.perf_counter() - t0) / args.steps
+    tokens = batch_size * args.seq_len
+    per_tok = (4 if mode == "train" else 2) * frozen
+    out = dict(reference="bare_loop_last_position", shape=args.shape, mode=mode, dtype=args.dtype,
+               batch_size=batch_size, seq_len=args.seq_len, steps=args.steps, sec_per_step=round(dt, 5),
+               samples_per_s=round(batch_size / dt, 2), tokens_per_s=round(tokens / dt, 1),
+               model_tflops=round(per_tok * tokens / dt / 1e12, 4))
+    if device.type == "cuda":
+        out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    del model, opt
+    return out
