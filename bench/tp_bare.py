@@ -84,5 +84,4 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
                model_tflops=round(per_tok * tokens / dt / 1e12, 4))
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-    del model, opt
     return out

@@ -54,7 +54,8 @@ def train_sentencepiece(texts, out_dir: str, vocab_size: int = 320) -> str:
         fh.write("\n".join(_corpus(texts)))
     prefix = os.path.join(out_dir, "sp")
     spm.SentencePieceTrainer.train(input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
-                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False,
+                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   hard_vocab_limit=False,
                                    minloglevel=2)
     os.remove(corpus)
     return prefix + ".model"

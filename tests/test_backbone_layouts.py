@@ -5,11 +5,11 @@ import copy
 import json
 import shutil
 
+import backbone_layouts
 import pytest
 import torch
 from conftest import REPO, cli_args
 
-import backbone_layouts
 from collm_faissret.models.backbone import BackboneError, answer_token_ids, load_tokenizer
 
 TEMPLATE = (REPO / "prompt" / "stage1_movie.txt").read_text()

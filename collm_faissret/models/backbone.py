@@ -141,7 +141,8 @@ def answer_token_ids(tokenizer, template: str, words=("Yes", "No")):
     yes, no = (answer_token_id(tokenizer, w, marker) for w in words)
     if yes == no:
         raise BackboneError(f"the answer words {words[0]!r} and {words[1]!r} both start with token {yes} "
-                            f"({tokenizer.convert_ids_to_tokens(yes)!r}) after {marker!r}: the LM could not tell them apart")
+                            f"({tokenizer.convert_ids_to_tokens(yes)!r}) after {marker!r}: "
+                            "the LM could not tell them apart")
     return yes, no
 
 

@@ -195,8 +195,14 @@ def build_collm(cfg, data, device, backbone=None):
     from ..checkpoint import load, load_model_weights
     from ..compat.collm_checkpoint import checkpoint_state
     from ..prompts import has_id_slots, load_template
-    from .backbone import answer_token_ids, attach_lora, describe_answer_tokens, load_backbone, prepare_backbone, \
-        resolve_dtype
+    from .backbone import (
+        answer_token_ids,
+        attach_lora,
+        describe_answer_tokens,
+        load_backbone,
+        prepare_backbone,
+        resolve_dtype,
+    )
 
     m = cfg.model
     if not m.llama_model and backbone is None:
