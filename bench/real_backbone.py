@@ -54,7 +54,7 @@ def parse_args(argv=None):
     ap.add_argument("--stage2-lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16 if cuda else 4)
     ap.add_argument("--eval-batch-size", type=int, default=64 if cuda else 16)
-    ap.add_argument("--answer-score", default="yes_minus_no", choices=["yes", "yes_minus_no"])
+    ap.add_argument("--answer-score", default="yes_minus_no", choices=["yes_logit", "yes_minus_no"])
     ap.add_argument("--eval-dtype", default="auto", help="model.dtype of the evaluate-only runs")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--steps", nargs="+", default=["mf", "zero_shot", "stage1", "stage2", "stage2_cold"],

@@ -101,7 +101,9 @@ class ModelConfig:
     ckpt: Optional[str] = None
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     gradient_checkpointing: bool = False
-    answer_score: str = "yes"  # yes: logit of the Yes token (CoLLM); yes_minus_no: logit(Yes) - logit(No) (TALLRec)
+    # yes_logit: logit of the Yes token (CoLLM); yes_minus_no: logit(Yes) - logit(No) (TALLRec).
+    # Not "yes": YAML reads a bare yes as the boolean true.
+    answer_score: str = "yes_logit"
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 
@@ -287,7 +289,7 @@ FIELD_HELP = {
         "ckpt": "checkpoint to start from (stage 1's for stage 2; stage 2's for evaluate-only)",
         "dtype": "LLM weights: `auto` (bf16 on CUDA, fp32 on CPU), `fp32`, `bf16`, `fp16`",
         "gradient_checkpointing": "recompute LLM activations in the backward pass: less memory, more time",
-        "answer_score": "score read at the answer position: `yes` (logit of the Yes token, CoLLM's) or "
+        "answer_score": "score read at the answer position: `yes_logit` (logit of the Yes token, CoLLM's) or "
                         "`yes_minus_no` (logit(Yes) - logit(No): a two-way softmax over the answers, TALLRec's)",
         "cold_start": "embeddings for users/items unseen in training, borrowed from warm ones",
     },

@@ -99,7 +99,7 @@ def test_answer_score_yes_minus_no_is_the_two_way_log_odds(stage2_model):
     model = copy.deepcopy(model).eval()
     batch = task.collate(datasets["test"].__getitems__([0, 1, 2, 3]))
     with torch.no_grad():
-        model.answer_score = "yes"
+        model.answer_score = "yes_logit"
         yes = model(batch)["logits"]
         model.answer_score = "yes_minus_no"
         diff = model(batch)["logits"]
@@ -110,3 +110,13 @@ def test_answer_score_yes_minus_no_is_the_two_way_log_odds(stage2_model):
     torch.testing.assert_close(diff, last[:, model.yes_id] - last[:, model.no_id])
     # the two-way softmax's probability of Yes is sigmoid(yes - no)
     torch.testing.assert_close(torch.sigmoid(diff), torch.softmax(last[:, [model.yes_id, model.no_id]], -1)[:, 0])
+
+
+def test_a_bare_yes_in_yaml_is_refused_by_name(env, tmp_path, capsys):
+    """YAML reads `answer_score: yes` as the boolean true: the choices avoid the word, and
+    what arrives is refused naming the key."""
+    import train_collm
+
+    rc = train_collm.main(cli_args(env.config("stage1", tmp_path / "run"), "model.answer_score=yes"))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc != 0 and len(err) == 1 and "model.answer_score 'True' unknown; use yes_logit or yes_minus_no" in err[0]

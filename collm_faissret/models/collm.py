@@ -26,11 +26,11 @@ class CoLLM(nn.Module):
     A stage is the set of groups left trainable; everything else is frozen.
     """
 
-    ANSWER_SCORES = ("yes", "yes_minus_no")
+    ANSWER_SCORES = ("yes_logit", "yes_minus_no")
 
     def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
                  proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,
-                 answer_score: str = "yes"):
+                 answer_score: str = "yes_logit"):
         """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
         super().__init__()
         if answer_score not in self.ANSWER_SCORES:
