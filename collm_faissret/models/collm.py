@@ -33,8 +33,7 @@ class CoLLM(nn.Module):
                  answer_score: str = "yes_logit"):
         """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
         super().__init__()
-        if answer_score not in self.ANSWER_SCORES:
-            raise StageError(f"model.answer_score {answer_score!r} unknown; use {' or '.join(self.ANSWER_SCORES)}")
+        self.check_answer_score(answer_score)
         self.llm = llm
         self.tokenizer = tokenizer
         self.use_slots = use_slots
@@ -45,6 +44,11 @@ class CoLLM(nn.Module):
             self.proj = Projector(cf_model.dim, llm_dim, proj_token_num, proj_mid_times, proj_drop)
         self.yes_id, self.no_id = answer_ids
         self.answer_score = answer_score
+
+    @classmethod
+    def check_answer_score(cls, name: str) -> None:
+        if name not in cls.ANSWER_SCORES:
+            raise StageError(f"model.answer_score {name!r} unknown; use {' or '.join(cls.ANSWER_SCORES)}")
 
     @property
     def zero_shot(self) -> bool:
@@ -209,6 +213,7 @@ def build_collm(cfg, data, device, backbone=None):
         raise StageError("model.llama_model is required for arch collm (a local save_pretrained directory)")
     if not m.prompt_path:
         raise StageError("model.prompt_path is required for arch collm")
+    CoLLM.check_answer_score(m.answer_score)  # before anything is loaded
     template = load_template(m.prompt_path)
     slots = has_id_slots(template)
     stage = check_stage(m, slots, cfg.run.evaluate)
