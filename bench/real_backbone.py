@@ -58,14 +58,20 @@ def parse_args(argv=None):
     ap.add_argument("--eval-dtype", default="auto", help="model.dtype of the evaluate-only runs")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--steps", nargs="+", default=["mf", "zero_shot", "stage1", "stage2", "stage2_cold"],
-                    choices=["mf", "zero_shot", "stage1", "stage2", "stage2_cold", "dtypes"],
-                    help="steps to run (stage 2 needs stage 1's and MF's outputs, from this run or an earlier one)")
+                    choices=["mf", "zero_shot", "stage1", "stage1_train", "stage1_test", "stage2", "stage2_train",
+                             "stage2_test", "stage2_cold", "dtypes"],
+                    help="steps to run; stageN = stageN_train then stageN_test (stage 2 needs stage 1's and MF's "
+                         "outputs, from this run or an earlier one with the same --out: steps may run in parallel "
+                         "processes)")
     ap.add_argument("--compare-dtypes", type=int, default=0, metavar="N",
                     help="also score N test rows with stage 1's checkpoint in fp32 and in bf16 (samples/s, AUC)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the row samples")
     ap.add_argument("--valid-only", action="store_true",
                     help="train the LLM stages and report their validation AUC only (no test scoring): "
                          "for choosing settings such as --answer-score on validation")
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: print the table of every summary*.json in --out (steps run as separate "
+                         "processes) and write summary.json")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads of each step (OMP_NUM_THREADS); 0: torch's default")
     return ap.parse_args(argv)
@@ -135,11 +141,18 @@ class Bench:
         self.record("zero-shot", m, "zero_shot")
 
     def stage1(self):
+        self.stage1_train()
+        if not self.args.valid_only:
+            self.stage1_test()
+
+    def stage1_train(self):
         a = self.args
         m = self.run("stage1_train", "train_collm.py", "collm_stage1_ml1m.yaml",
                      self.llm_opts() + self.data_opts() + self.train_opts(a.stage1_epochs, a.stage1_lr))
-        if a.valid_only:
-            return self.record("stage 1", m, "stage1_train")
+        self.record("stage 1 (training run)", m, "stage1_train")
+
+    def stage1_test(self):
+        a = self.args
         m = self.run("stage1", "train_collm.py", "collm_stage1_ml1m.yaml",
                      self.llm_opts(a.eval_dtype) + self.data_opts()
                      + ["run.evaluate=true", f"model.ckpt={self.out}/stage1_train/checkpoint_best.pth"])
@@ -149,13 +162,20 @@ class Bench:
         return [f"model.rec_config.pretrained_path={self.out}/mf/cf_model.pth"]
 
     def stage2(self):
+        self.stage2_train()
+        if not self.args.valid_only:
+            self.stage2_test()
+
+    def stage2_train(self):
         a = self.args
         m = self.run("stage2_train", "train_collm.py", "collm_stage2_mf_ml1m.yaml",
                      self.llm_opts() + self.data_opts() + self.stage2_opts()
                      + self.train_opts(a.stage2_epochs, a.stage2_lr)
                      + [f"model.ckpt={self.out}/stage1_train/checkpoint_best.pth"])
-        if a.valid_only:
-            return self.record("stage 2", m, "stage2_train")
+        self.record("stage 2 (training run)", m, "stage2_train")
+
+    def stage2_test(self):
+        a = self.args
         m = self.run("stage2", "train_collm.py", "collm_stage2_mf_ml1m.yaml",
                      self.llm_opts(a.eval_dtype) + self.data_opts() + self.stage2_opts()
                      + ["run.evaluate=true", "model.freeze_proj=true",
@@ -220,8 +240,33 @@ def table(rows):
     return "\n".join(lines)
 
 
+RUN_DIRS = {"MF": "mf", "MF subset": "mf_subset", "zero-shot": "zero_shot", "stage 1 (training run)": "stage1_train",
+            "stage 1": "stage1", "stage 2 (training run)": "stage2_train", "stage 2": "stage2",
+            "stage 2 + cold start": "stage2_cold"}
+
+
+def collect(args) -> int:
+    """One table from the run directories in --out (steps may have run as separate processes)."""
+    rows = {}
+    for name, run_dir in RUN_DIRS.items():
+        path = os.path.join(args.out, run_dir, "metrics.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                m = json.load(fh)
+            rows[name] = {"test": m.get("test"), "valid": m.get("valid"), "step": run_dir}
+    summary = {"settings": vars(args), "rows": rows, "goals": goals(rows)}
+    with open(os.path.join(args.out, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(table(rows))
+    for goal, met in summary["goals"].items():
+        print(f"goal {'met    ' if met else 'not met'}: {goal}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.collect:
+        return collect(args)
     if not os.path.isdir(args.backbone):
         sys.path.insert(0, REPO)
         from collm_faissret.data_prep.backbone import build
@@ -237,7 +282,8 @@ def main(argv=None) -> int:
                "seconds": bench.timings, "total_seconds": round(time.time() - start, 1)}
     if bench.dtype_result is not None:
         summary["dtypes"] = bench.dtype_result
-    with open(os.path.join(bench.out, "summary.json"), "w") as fh:
+    name = "summary.json" if set(args.steps) >= {"zero_shot", "stage1", "stage2"} else f"summary_{'_'.join(steps)}.json"
+    with open(os.path.join(bench.out, name), "w") as fh:
         json.dump(summary, fh, indent=2)
     print("\n" + table(bench.rows))
     for goal, met in summary["goals"].items():
@@ -247,7 +293,7 @@ def main(argv=None) -> int:
         print(f"scoring {d['fp32']['rows']} test rows: fp32 {d['fp32']['seconds']} s AUC {d['fp32']['auc']:.4f}; "
               f"bf16 {d['bf16']['seconds']} s AUC {d['bf16']['auc']:.4f} (diff {d['auc_diff']:+.4f})")
     print(f"total {summary['total_seconds']} s; per step: {bench.timings}")
-    print(f"wrote {os.path.join(bench.out, 'summary.json')}")
+    print(f"wrote {os.path.join(bench.out, name)}")
     return 0
 
 
