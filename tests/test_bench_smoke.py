@@ -106,3 +106,23 @@ def test_act_memory_extrapolation():
     full = module.extrapolate(one, two, 32)
     assert full == {"saved": 110 + 31 * 100, "weights": 1000 + 31 * 500, "trainable": 10 + 31 * 4,
                     "saved_per_layer": 100}
+
+
+def test_real_backbone_smallest_run_prints_every_row(env, tmp_path, capsys):
+    """bench/real_backbone.py end to end at its smallest sizes, on the session's tiny data and
+    backbone (the real run uses SmolLM2 and ML-1M): every row of the table, and the goals."""
+    spec = importlib.util.spec_from_file_location("real_backbone", REPO / "bench" / "real_backbone.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rb"
+    rc = bench.main(["--data", str(env.data_dir), "--backbone", str(env.backbone_dir), "--out", str(out),
+                     "--train-rows", "16", "--valid-rows", "16", "--test-rows", "24", "--device", "cpu",
+                     "--eval-dtype", "fp32", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("MF", "zero-shot", "stage 1", "stage 2", "stage 2 + cold start"):
+        assert summary["rows"][name]["test"]["n_rows"] == 24, name
+        assert any(line.startswith(name) for line in printed.splitlines()), name
+    assert set(summary["goals"]) == {"stage 1 test AUC >= 0.60", "stage 2 >= MF and >= stage 1 (same test rows)",
+                                     "moonshot: stage 2 + cold start >= 0.7295"}
