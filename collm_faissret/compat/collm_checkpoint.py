@@ -17,6 +17,10 @@ other ``llama_model*`` tensors (the frozen LLaMA)              skipped: they com
 
 Anything else trained (their SASRec / DIN encoders, the one-hot linear of
 their prompt baselines) has no counterpart and is refused by name.
+
+Their MF weight file (``baseline_train_mf_ood.py``: ``torch.save`` of the
+model's state dict, ``user_embedding.weight`` / ``item_embedding.weight``)
+also reads as a ``rec_config.pretrained_path``: :func:`collm_cf_payload`.
 """
 import logging
 import re
@@ -24,13 +28,14 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import LOAD_ERRORS, CheckpointError
 
 log = logging.getLogger("collm_faissret")
 
 PROJ = {"llama_proj.0.": "proj.mlp.0.", "llama_proj.2.": "proj.mlp.3."}
 CF = {"rec_encoder.user_embedding.": "cf.user.", "rec_encoder.item_embedding.": "cf.item.",
       "rec_encoder.embedding_user.": "cf.user.", "rec_encoder.embedding_item.": "cf.item."}
+COLLM_MF_FILE = {"user_embedding.weight": "user.weight", "item_embedding.weight": "item.weight"}
 LLM_PREFIXES = ("llama_model_lora.", "llama_model.")
 OURS_LLM = "llm.base_model.model."
 _LORA = re.compile(r"\.(lora_[AB])\.(?:default\.)?weight$")
@@ -97,3 +102,21 @@ def checkpoint_state(payload: dict, path: str) -> Dict[str, torch.Tensor]:
     log.info("model.ckpt %s is a CoLLM checkpoint: mapped %s; skipped %d frozen LLaMA tensors (from "
              "model.llama_model)", path, ", ".join(f"{n} {g}" for g, n in sorted(groups.items())), len(skipped))
     return mapped
+
+
+def collm_cf_payload(path: str):
+    """A CoLLM MF weight file as our cf_model.pth payload (sizes from its tables), or None
+    when the file is not one. The caller checks the sizes against the data as for its own files."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS:
+        return None
+    if not isinstance(state, dict) or set(state) != set(COLLM_MF_FILE):
+        return None
+    user, item = state["user_embedding.weight"], state["item_embedding.weight"]
+    if user.dim() != 2 or item.dim() != 2 or user.shape[1] != item.shape[1]:
+        return None
+    log.info("rec_config.pretrained_path %s is a CoLLM MF weight file: users %d, items %d, dim %d",
+             path, user.shape[0], item.shape[0], user.shape[1])
+    return {"cf_model": "MF", "n_users": user.shape[0], "n_items": item.shape[0], "dim": user.shape[1],
+            "state_dict": {COLLM_MF_FILE[k]: v for k, v in state.items()}}

@@ -221,8 +221,8 @@ class Converter:
         path = src.pop("pretrained_path", None)
         if path and path != "not_have":
             out["pretrained_path"] = path
-            self.note("model.rec_config.pretrained_path", "kept; it must be a cf_model.pth written by collm-baseline "
-                                                          "(CoLLM's own rec weight files are another format)")
+            self.note("model.rec_config.pretrained_path", "kept; a cf_model.pth written by collm-baseline, or "
+                                                          "CoLLM's own MF weight file (its other CF files do not load)")
         elif path:
             self.note("model.rec_config.pretrained_path", "not_have -> unset")
         rules = {**REC_COMMON, **REC_KEYS[rec_model]}

@@ -87,9 +87,16 @@ class CFModel(nn.Module):
                 "dim": self.dim, "state_dict": self.state_dict(), "config": config_yaml}
 
     def load_pretrained(self, path: str) -> None:
-        """Load a baseline_train weight file; refuse one made for another model or data."""
-        payload = read_payload(path, "rec_config.pretrained_path", "cf_model", CFWeightsError,
-                               origin="CF weight (baseline_train.py cf_model.pth)")
+        """Load a baseline_train weight file (or CoLLM's MF one); refuse one made for another model or data."""
+        try:
+            payload = read_payload(path, "rec_config.pretrained_path", "cf_model", CFWeightsError,
+                                   origin="CF weight (baseline_train.py cf_model.pth)")
+        except CFWeightsError:
+            from ...compat.collm_checkpoint import collm_cf_payload
+
+            payload = collm_cf_payload(path)
+            if payload is None:
+                raise
         if payload["cf_model"] != self.name:
             raise CFWeightsError(f"{path}: holds {payload['cf_model']} weights, but rec_model is {self.name}")
         for key, mine in (("n_users", self.n_users), ("n_items", self.n_items), ("dim", self.dim)):
