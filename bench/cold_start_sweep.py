@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from collm_faissret import registry  # noqa: E402
-from collm_faissret.config import ColdStartConfig, RecConfig  # noqa: E402
+from collm_faissret.config import ColdStartConfig, Config  # noqa: E402
 from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
 from collm_faissret.metrics import auc_report  # noqa: E402
-from collm_faissret.models import cf  # noqa: E402,F401  (registers the CF models)
-from collm_faissret.retrieval.cold_start import ColdStartCF  # noqa: E402
+from collm_faissret.models.cf import build_cf  # noqa: E402
+from collm_faissret.models.cf.cold_start import ColdStartCF  # noqa: E402
+from collm_faissret.models.cf.text import item_titles  # noqa: E402
 from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
-from collm_faissret.retrieval.text import item_titles  # noqa: E402
 
 # Key -> values tried, in this order; each round keeps the best valid AUC.
 GRID = {
@@ -84,12 +84,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = load_interactions(args.data, {"train": "train_ood2", "valid": "valid_ood2", "test": "test_ood2"})
-    rec_cfg = RecConfig(embedding_size=args.dim)
-    base = registry.get("cf_model", args.arch)(data.n_users, data.n_items, rec_cfg)
-    if hasattr(base, "fit_data"):
-        base.fit_data(data)
-    base.load_pretrained(args.weights)
-    base.eval()
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"model": {"rec_model": args.arch, "rec_config": {
+        "embedding_size": args.dim, "pretrained_path": args.weights}}})
+    base = build_cf(cfg, data, torch.device("cpu")).eval()
     splits = {s: RecRows(data.splits[s], 0, None, name=s, his_len=MAX_HISTORY) for s in ("valid", "test")}
     titles = item_titles(data)
     rows = [{"setting": "off", "split": s, **summary(evaluate(base, splits[s]))} for s in ("valid", "test")]

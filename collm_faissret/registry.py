@@ -28,13 +28,16 @@ def _table(kind: str) -> Dict[str, object]:
 
 
 def register(kind: str, name: str) -> Callable:
-    """Class decorator: ``@register("cf_model", "MF")``."""
+    """Decorator: ``@register("cf_model", "MF")``. A registered class gets ``name`` as its
+    ``name`` attribute, so it knows the name configs use for it without repeating it."""
     table = _table(kind)
 
     def wrap(obj):
         if name in table:
             raise RegistryError(f"{kind} {name!r} is already registered (by {table[name]!r})")
         table[name] = obj
+        if isinstance(obj, type):
+            obj.name = name
         return obj
 
     return wrap

@@ -16,9 +16,9 @@ import torch
 import train_collm
 from collm_faissret.config import ColdStartConfig, RecConfig, load_config
 from collm_faissret.datasets import load_interactions
+from collm_faissret.models.cf.cold_start import ColdStartCF, ColdStartError, similarity_weighted_mean, with_cold_start
 from collm_faissret.models.cf.mf import MF
 from collm_faissret.models.cf.sasrec import SASRec
-from collm_faissret.retrieval.cold_start import ColdStartCF, ColdStartError, similarity_weighted_mean, with_cold_start
 from collm_faissret.retrieval.index import ItemIndex, RetrievalConfig
 from collm_faissret.retrieval.ranking import grouped_metrics, rerank
 from collm_faissret.tasks.retrieve_rank import RetrieveRankTask

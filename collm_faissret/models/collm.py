@@ -195,7 +195,6 @@ def build_collm(cfg, data, device, backbone=None):
     model.llama_model (benchmarks build random-weight 7B shapes this way: no
     13 GB save/load); it gets the same freezing, dtype and device as a loaded one.
     """
-    from .. import registry
     from ..checkpoint import load, load_model_weights
     from ..compat.collm_checkpoint import checkpoint_state
     from ..prompts import has_id_slots, load_template
@@ -207,6 +206,7 @@ def build_collm(cfg, data, device, backbone=None):
         prepare_backbone,
         resolve_dtype,
     )
+    from .cf import build_cf
 
     m = cfg.model
     if not m.llama_model and backbone is None:
@@ -217,7 +217,6 @@ def build_collm(cfg, data, device, backbone=None):
     template = load_template(m.prompt_path)
     slots = has_id_slots(template)
     stage = check_stage(m, slots, cfg.run.evaluate)
-    cf_cls = registry.get("cf_model", m.rec_model) if slots else None
     dtype = resolve_dtype(m.dtype, device)
     if backbone is None:
         llm, tok = load_backbone(m.llama_model, dtype, device)
@@ -225,11 +224,7 @@ def build_collm(cfg, data, device, backbone=None):
         llm, tok = prepare_backbone(backbone[0], dtype, device), backbone[1]
     if m.lora_config.use_lora:
         llm = attach_lora(llm, m.lora_config)
-    cf = None
-    if slots:
-        cf = cf_cls(data.n_users, data.n_items, m.rec_config)
-        if m.rec_config.pretrained_path:
-            cf.load_pretrained(m.rec_config.pretrained_path)
+    cf = build_cf(cfg, data, device) if slots else None
     answer_ids = answer_token_ids(tok, template)
     log.info(describe_answer_tokens(tok, template, *answer_ids))
     model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots, m.answer_score)
@@ -263,8 +258,7 @@ def attach_cold_start(model, data, cfg):
     Done after the checkpoint is loaded: the wrapper's tables are derived from
     the CF weights, and checkpoints keep the unwrapped parameter names.
     """
-    from ..config import index_settings
-    from ..retrieval.cold_start import with_cold_start
+    from .cf import cold_start_view
 
     mcfg = cfg.model
     if model.cf is None:
@@ -273,7 +267,7 @@ def attach_cold_start(model, data, cfg):
     if not mcfg.freeze_rec and not cfg.run.evaluate:
         raise StageError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
                          "computed once from the CF weights, which must not change while training)")
-    model.cf = with_cold_start(model.cf, data, mcfg.cold_start, index_settings(cfg))
+    model.cf = cold_start_view(model.cf, cfg, data)
 
 
 CoLLM.from_config = staticmethod(build_collm)

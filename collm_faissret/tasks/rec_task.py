@@ -7,10 +7,11 @@ import numpy as np
 import torch
 
 from .. import registry
-from ..config import ConfigError, dataset_config, index_settings
+from ..config import ConfigError, dataset_config
 from ..datasets import RecRows, collate
 from ..dist import all_gather_objects
 from ..metrics import auc_report
+from ..models.cf import build_cf, cold_start_view
 from ..prompts import PromptBuilder
 from ..registry import register
 
@@ -90,12 +91,7 @@ class CFTask(RecTask):
     """A collaborative model alone: model.arch names a ``cf_model`` (MF, LightGCN, ...)."""
 
     def build_model(self, device):
-        cf_cls = registry.get("cf_model", self.cfg.model.arch)
-        model = cf_cls(self.data.n_users, self.data.n_items, self.cfg.model.rec_config)
-        if hasattr(model, "fit_data"):
-            model.fit_data(self.data)  # graph models read the training interactions
-        load_cf_weights(model, self.cfg.model)
-        return model.to(device)
+        return build_cf(self.cfg, self.data, device, name=self.cfg.model.arch, ckpt=self.cfg.model.ckpt)
 
     def build_datasets(self, model):
         his_len = history_len(self.cfg, self.ds_cfg)
@@ -105,14 +101,11 @@ class CFTask(RecTask):
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
         """As RecTask.predict; with model.cold_start.enabled, cold users/items get borrowed
         embeddings computed from the model's weights as they are now (after training)."""
-        from ..retrieval.cold_start import with_cold_start
-
         if self.cfg.model.cold_start.enabled:
             # Rebuilt only when the weights changed (an optimizer step or a loaded checkpoint).
             key = tuple((p.data_ptr(), p._version) for p in model.parameters())
             if getattr(self, "_cold", (None,))[0] != key:
-                self._cold = (key, with_cold_start(model, self.data, self.cfg.model.cold_start,
-                                                  index_settings(self.cfg)))
+                self._cold = (key, cold_start_view(model, self.cfg, self.data))
             model = self._cold[1]
         return super().predict(model, dataset, batches, device, amp_ctx, progress)
 
@@ -140,13 +133,3 @@ def history_len(cfg, ds_cfg) -> int:
     cold = m.cold_start.history_len if m.cold_start.enabled else 0
     return max(ds_cfg.max_his, m.rec_config.max_len, cold)
 
-
-def load_cf_weights(model, mcfg) -> None:
-    """A CF model's weights: rec_config.pretrained_path (a cf_model.pth), then model.ckpt (a run
-    checkpoint, e.g. for evaluate-only) on top when set."""
-    from ..checkpoint import load, load_model_weights
-
-    if mcfg.rec_config.pretrained_path:
-        model.load_pretrained(mcfg.rec_config.pretrained_path)
-    if mcfg.ckpt:
-        load_model_weights(model, load(mcfg.ckpt, "model.ckpt")["model"], mcfg.ckpt)

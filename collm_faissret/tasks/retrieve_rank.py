@@ -23,17 +23,16 @@ from .. import registry
 from ..config import ConfigError, index_settings
 from ..datasets import RecRows
 from ..metrics import auc_report
+from ..models.cf import build_cf
+from ..models.cf.text import item_titles
 from ..prompts import PromptBuilder
 from ..registry import register
-from ..retrieval.cold_start import with_cold_start
 from ..retrieval.index import ItemIndex
 from ..retrieval.ranking import grouped_metrics, rerank, split_queries, top_k_unseen
-from ..retrieval.text import item_titles
-from .rec_task import RecTask, history_len, load_cf_weights
+from .rec_task import RecTask, history_len
 
 log = logging.getLogger("collm_faissret")
 EMBEDDINGS = ("cf", "fece")
-TARGET_AWARE = ("DIN",)  # CF models whose user_embed attends over the history against the target
 
 
 @register("task", "retrieve_rank")
@@ -65,16 +64,14 @@ class RetrieveRankTask(RecTask):
             model = super().build_model(device)
             self.retriever = self._stage1_cf(model, device) if model.cf is None else model.cf
         else:
-            m = self.cfg.model
-            model = registry.get("cf_model", m.arch)(self.data.n_users, self.data.n_items, m.rec_config)
-            if hasattr(model, "fit_data"):
-                model.fit_data(self.data)
-            load_cf_weights(model, m)
-            model = with_cold_start(model.to(device), self.data, m.cold_start, self.index_cfg)
+            model = build_cf(self.cfg, self.data, device, name=self.cfg.model.arch, ckpt=self.cfg.model.ckpt,
+                             cold_start=True)
             self.retriever = model
-        if self.retriever.name in TARGET_AWARE:
+        if registry.get("cf_model", self.retriever.name).target_aware:
             raise ConfigError(f"retrieve_rank: {self.retriever.name}'s user vector depends on the target item, "
-                              "so it cannot query an item index; retrieve with MF, LightGCN or SASRec")
+                              "so it cannot query an item index; retrieve with one of "
+                              + ", ".join(n for n in registry.names("cf_model")
+                                          if not registry.get("cf_model", n).target_aware))
         return model
 
     def _stage1_cf(self, model, device):
@@ -85,9 +82,7 @@ class RetrieveRankTask(RecTask):
                               "model.rec_config.pretrained_path (a baseline_train.py cf_model.pth)")
         if self.cfg.retrieval.embeddings == "fece":
             raise ConfigError(f"retrieval.embeddings fece: {m.prompt_path} has no ID slot, so no projector")
-        cf = registry.get("cf_model", m.rec_model)(self.data.n_users, self.data.n_items, m.rec_config)
-        cf.load_pretrained(m.rec_config.pretrained_path)
-        return with_cold_start(cf.to(device), self.data, m.cold_start, self.index_cfg)
+        return build_cf(self.cfg, self.data, device, cold_start=True)
 
     # ----- candidates ----------------------------------------------------------
     def build_datasets(self, model):

@@ -46,8 +46,14 @@ class CFModel(nn.Module):
     zero, so a user never seen in training adds nothing.
     """
 
-    name = "CF"
+    name = "CF"  # set by registry.register to the registered name
     zero_shot = False  # evaluate-only needs trained weights (model.ckpt)
+
+    # Capabilities, read through the registry (``registry.get("cf_model", name).target_aware``);
+    # a new model states its own here instead of being added to name lists elsewhere.
+    target_aware = False  # user_embed attends over the history against the target item: no item index can serve it
+    supports_cold_start = False  # the user is a per-uid table that cold start can fill with borrowed vectors
+    fits_data = False  # reads the training interactions (``fit_data``) before use, e.g. to build a graph
 
     def __init__(self, n_users: int, n_items: int, rec_cfg):
         super().__init__()
@@ -63,6 +69,9 @@ class CFModel(nn.Module):
         if self.user_bias is not None:
             logits = logits + self.user_bias[batch["uid"]]
         return logits
+
+    def fit_data(self, data) -> None:
+        """Read ``data.splits["train"]`` (only models with ``fits_data = True`` need to)."""
 
     def user_embed(self, batch) -> torch.Tensor:
         raise NotImplementedError

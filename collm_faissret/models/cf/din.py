@@ -25,7 +25,7 @@ def mlp(sizes, dropout: float) -> nn.Sequential:
 
 @register("cf_model", "DIN")
 class DIN(CFModel):
-    name = "DIN"
+    target_aware = True  # the user vector attends over the history against the target item
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)

@@ -38,7 +38,8 @@ def normalized_adjacency(users, items, n_users: int, n_items: int):
 
 @register("cf_model", "LightGCN")
 class LightGCN(CFModel):
-    name = "LightGCN"
+    supports_cold_start = True
+    fits_data = True  # the graph comes from the training interactions
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)

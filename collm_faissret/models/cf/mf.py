@@ -7,7 +7,7 @@ from .base import CFModel
 
 @register("cf_model", "MF")
 class MF(CFModel):
-    name = "MF"
+    supports_cold_start = True
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)

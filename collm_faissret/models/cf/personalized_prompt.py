@@ -11,7 +11,7 @@ from .mf import MF
 
 @register("cf_model", "personalized_prompt")
 class PersonalizedPrompt(MF):
-    name = "personalized_prompt"
+    supports_cold_start = False  # its vectors are learned through the LLM, not borrowed
 
     def __init__(self, n_users, n_items, rec_cfg):
         # Small init: the projector starts near a constant token, like a soft prompt.

@@ -44,8 +44,6 @@ class Block(nn.Module):
 
 @register("cf_model", "SASRec")
 class SASRec(CFModel):
-    name = "SASRec"
-
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.02):
         # A small item init: the encoding leaves the final LayerNorm with entries
         # of size ~1, so items at std 0.1 would start every logit with noise of

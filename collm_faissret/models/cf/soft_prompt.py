@@ -13,8 +13,6 @@ from .base import CFModel
 
 @register("cf_model", "soft_prompt")
 class SoftPrompt(CFModel):
-    name = "soft_prompt"
-
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)
         self.user_vec = nn.Parameter(torch.randn(self.dim) * init_std)

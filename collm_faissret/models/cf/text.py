@@ -9,7 +9,7 @@ from typing import Dict
 
 import numpy as np
 
-from ..datasets.collm_data import clean_history
+from ...datasets.collm_data import clean_history
 
 SVD_SEED = 0  # fixed: the same titles always give the same vectors
 

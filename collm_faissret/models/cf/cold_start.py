@@ -3,7 +3,7 @@
 A CF model trained on the training split has no learned vector for a user or
 item that first appears later (on CoLLM's ML-1M split 43% of test rows; MF
 then scores all of them alike). ``ColdStartCF`` wraps a trained CF model whose
-user is a per-uid table (MF, LightGCN) and keeps its interface
+user is a per-uid table (its class says ``supports_cold_start``) and keeps its interface
 (user_embed / item_embed / score / forward), replacing:
 
 * a cold item's vector by the similarity-weighted mean of its nearest warm
@@ -27,14 +27,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import ConfigError
-from ..models.cf.base import CFModel
-from .index import ItemIndex, RetrievalConfig
+from ... import registry
+from ...config import ConfigError
+from ...retrieval.index import ItemIndex, RetrievalConfig
+from .base import CFModel
 from .text import item_titles, title_vectors
 
-# CF models whose user_embed reads only batch["uid"] from a table. SASRec and
-# DIN build the user from the row's history already, so nothing is cold there.
-SUPPORTED_MODELS = ("MF", "LightGCN")
 USER_REPRS = ("tfidf", "item_mean")
 QUERY_ELEMENTS = 2 ** 24  # cap on the floats of one batch of dense TF-IDF queries
 
@@ -43,11 +41,18 @@ class ColdStartError(ConfigError):
     """Cold-start settings that cannot work; the message names the model.cold_start key."""
 
 
+def supported_models():
+    """Registered CF models whose class says ``supports_cold_start`` (a per-uid user table;
+    SASRec and DIN build the user from the row's history already, so nothing is cold there)."""
+    return [n for n in registry.names("cf_model") if registry.get("cf_model", n).supports_cold_start]
+
+
 def check_config(cs, model_name: str) -> None:
     """Raise ColdStartError for an unsupported model or an out-of-range setting."""
-    if model_name not in SUPPORTED_MODELS:
+    if not registry.get("cf_model", model_name).supports_cold_start:
         raise ColdStartError(f"model.cold_start.enabled: {model_name} has no per-user table to fill "
-                             f"(it builds users from their history already); supported: {', '.join(SUPPORTED_MODELS)}")
+                             "(it builds users from their history already); supported: "
+                             + ", ".join(supported_models()))
     if cs.user_repr not in USER_REPRS:
         raise ColdStartError(f"model.cold_start.user_repr {cs.user_repr!r}: use one of {', '.join(USER_REPRS)}")
     weights = (cs.neighbors_weight, cs.history_weight, cs.global_weight)
