@@ -104,6 +104,8 @@ class ModelConfig:
     # yes_logit: logit of the Yes token (CoLLM); yes_minus_no: logit(Yes) - logit(No) (TALLRec).
     # Not "yes": YAML reads a bare yes as the boolean true.
     answer_score: str = "yes_logit"
+    quantization: str = "none"  # none / int8 / nf4 (bitsandbytes; LoRA on top: QLoRA)
+    low_resource: bool = False  # CoLLM's key: true loads the LLM in 8 bits (= quantization int8)
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
 
 
@@ -153,6 +155,7 @@ class RunConfig:
     save_every_n_steps: int = 0
     nonfinite: str = "stop"  # a non-finite training loss: stop (error, last good checkpoint kept) or skip the update
     dist_timeout_s: int = 600  # torch.distributed collectives give up after this long (a dead peer)
+    distributed: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2: weights sharded across ranks)
     tensorboard: bool = True  # scalars (loss, lr, samples/s, valid AUC/UAUC) in <output_dir>/tensorboard/
 
 
@@ -193,6 +196,7 @@ def parse_options(options: Optional[List[str]]) -> List[str]:
 
 
 NONFINITE_MODES = ("stop", "skip")
+DISTRIBUTED_MODES = ("ddp", "fsdp")
 # run.<key> -> smallest valid value; None stays valid where the schema allows it.
 _RUN_MINIMUMS = {"batch_size_train": 1, "batch_size_eval": 1, "accum_grad_iters": 1, "max_epoch": 1,
                  "iters_per_epoch": 1, "log_freq": 1, "patience": 1, "num_workers": 0, "max_eval_rows": 1,
@@ -208,6 +212,8 @@ def check_run_values(run, label: str) -> None:
             raise ConfigError(f"{label}: run.{key} must be >= {low}, got {value}")
     if run.nonfinite not in NONFINITE_MODES:
         raise ConfigError(f"{label}: run.nonfinite {run.nonfinite!r} unknown; use {' or '.join(NONFINITE_MODES)}")
+    if run.distributed not in DISTRIBUTED_MODES:
+        raise ConfigError(f"{label}: run.distributed {run.distributed!r} unknown; use {' or '.join(DISTRIBUTED_MODES)}")
 
 
 def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfig:
@@ -291,6 +297,9 @@ FIELD_HELP = {
         "gradient_checkpointing": "recompute LLM activations in the backward pass: less memory, more time",
         "answer_score": "score read at the answer position: `yes_logit` (logit of the Yes token, CoLLM's) or "
                         "`yes_minus_no` (logit(Yes) - logit(No): a two-way softmax over the answers, TALLRec's)",
+        "quantization": "LLM linear layers loaded by bitsandbytes: `none`, `int8` (8-bit) or `nf4` (4-bit, double "
+                        "quantization, bf16 compute on CUDA); LoRA, projector and CF model stay full precision",
+        "low_resource": "CoLLM's switch: `true` loads the LLM in 8 bits (the same as `quantization: int8`)",
         "cold_start": "embeddings for users/items unseen in training, borrowed from warm ones",
     },
     "RecConfig": {
@@ -376,6 +385,8 @@ FIELD_HELP = {
         "save_every_n_steps": "also write `checkpoint_last.pth` every N micro-steps; 0: at epoch ends only",
         "nonfinite": "on a non-finite training loss: `stop` (error, last good checkpoint kept) or `skip` the update",
         "dist_timeout_s": "seconds a torch.distributed collective waits for a dead peer before failing",
+        "distributed": "under torchrun: `ddp` (every rank holds the whole model) or `fsdp` (FSDP2: each decoder "
+                       "layer and the rest sharded across ranks; bf16 mixed precision on CUDA)",
         "tensorboard": "write scalars (loss, lr, samples/s, valid AUC/UAUC) to `<output_dir>/tensorboard/` (rank 0)",
     },
     "RetrievalSection": {

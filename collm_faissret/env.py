@@ -15,7 +15,7 @@ import os
 import sys
 from importlib import metadata
 
-PACKAGES = ("torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "omegaconf")
+PACKAGES = ("torch", "transformers", "peft", "faiss-cpu", "faiss-gpu", "omegaconf", "bitsandbytes")
 
 
 def package_versions() -> dict:
@@ -79,6 +79,8 @@ def config_problems(cfg, facts: dict, versions: dict) -> list:
         for pkg in ("transformers",) + (("peft",) if m.lora_config.use_lora else ()):
             if versions[pkg] is None:
                 problems.append(f"package {pkg} is not installed (model.arch collm)")
+        if (m.quantization != "none" or m.low_resource) and versions["bitsandbytes"] is None:
+            problems.append("package bitsandbytes is not installed (model.quantization / model.low_resource)")
         if not m.llama_model:
             problems.append("model.llama_model is not set (model.arch collm needs a save_pretrained directory)")
         elif not os.path.isfile(os.path.join(m.llama_model, "config.json")):
@@ -102,6 +104,7 @@ def report_lines(versions: dict, facts: dict) -> list:
     lines = [f"{name}: {versions[name] or 'not installed'}" for name in ("torch", "transformers", "peft")]
     lines.append(f"faiss: {facts['faiss_version']} ({faiss_pkg})")
     lines.append(f"omegaconf: {versions['omegaconf'] or 'not installed'}")
+    lines.append(f"bitsandbytes: {versions['bitsandbytes'] or 'not installed'} (model.quantization int8 / nf4)")
     lines.append("CUDA devices: " + ("; ".join(facts["devices"]) if facts["devices"] else "none"))
     lines.append(f"faiss GPU support: {'yes' if facts['faiss_gpu'] else 'no'}")
     lines.append(f"bf16 on CUDA: {'yes' if facts['bf16'] else 'no' if facts['cuda'] else 'no (no CUDA)'}")

@@ -2,7 +2,10 @@
 
 The same code path serves Vicuna-7B, any LLaMA-family or Qwen2 checkpoint,
 and the embedded tiny backbone: AutoModelForCausalLM / AutoTokenizer with
-files on disk only (no hub access).
+files on disk only (no hub access). Weights stream from the files onto their
+device shard by shard (transformers' ``device_map``), never as a full fp32
+copy on the host; with ``model.quantization`` int8 / nf4 the linear layers
+are quantized by bitsandbytes as they load (QLoRA).
 """
 import importlib.util
 import json
@@ -85,14 +88,92 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_backbone(path: str, dtype: torch.dtype, device: torch.device):
-    """Return (frozen causal LM on ``device``, tokenizer)."""
+QUANTIZATIONS = ("none", "int8", "nf4")
+
+
+def resolve_quantization(mcfg) -> str:
+    """model.quantization, with CoLLM's ``model.low_resource: true`` read as int8."""
+    kind = mcfg.quantization
+    if kind not in QUANTIZATIONS:
+        raise BackboneError(f"model.quantization {kind!r} unknown; use {', '.join(QUANTIZATIONS)}")
+    if mcfg.low_resource:
+        if kind == "nf4":
+            raise BackboneError("model.low_resource: true is CoLLM's 8-bit loading (int8) but model.quantization "
+                                "is nf4: set only one of them")
+        return "int8"
+    return kind
+
+
+def quantization_config(kind: str, dtype: torch.dtype, device: torch.device):
+    """transformers' BitsAndBytesConfig for ``kind`` (int8 / nf4), or None for none.
+
+    nf4 uses double quantization (the block scales are quantized too) and
+    computes in bf16 on CUDA, in ``dtype`` elsewhere. Raises BackboneError when
+    this machine cannot run bitsandbytes.
+    """
+    if kind == "none":
+        return None
+    if device.type not in ("cuda", "cpu"):
+        raise BackboneError(f"model.quantization {kind}: bitsandbytes runs on cuda or cpu, not {device.type}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise BackboneError(f"model.quantization {kind} needs the bitsandbytes package "
+                            "(pip install bitsandbytes==0.50.2), which is not installed") from None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if device.type == "cuda" else dtype
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_backbone(path: str, dtype: torch.dtype, device: torch.device, quantization: str = "none",
+                  load_device=None):
+    """Return (frozen causal LM on ``device``, tokenizer).
+
+    Weights go from the files straight to ``load_device`` (default ``device``)
+    in ``dtype``: no fp32 host copy. FSDP loads onto the CPU (``load_device``
+    cpu) and moves one decoder layer at a time onto the GPU as it shards.
+    """
     from transformers import AutoModelForCausalLM
 
     check_backbone_dir(path)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return prepare_backbone(model, dtype, device), tok
+    quant = quantization_config(quantization, dtype, device)
+    target = device if quant is not None or load_device is None else load_device
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant,
+                                                 device_map={"": target})
+    if quant is not None:
+        keep_cpu_weights_exact(model, device)
+        return prepare_quantized(model), tok
+    return prepare_backbone(model, dtype, target), tok
+
+
+def prepare_quantized(model):
+    """peft's k-bit preparation (frozen base; norms, embeddings and head upcast to fp32 for
+    stable training), without its gradient checkpointing: model.gradient_checkpointing decides."""
+    from peft import prepare_model_for_kbit_training
+
+    model.config.use_cache = False
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def keep_cpu_weights_exact(model, device: torch.device):
+    """Turn off bitsandbytes' CPU 4-bit inference repacking (on CPUs with AVX512-BF16).
+
+    In eval mode it rewrites each weight into a CPU layout whose block scales are
+    rounded to bf16, and every state_dict() (a checkpoint save, a peft adapter save)
+    converts it back: the frozen base drifts a little at each evaluation, training
+    continues on the rounded weights, and a reloaded checkpoint scores differently.
+    It also needs layer widths in whole 64-weight blocks. Off, the weights stay as loaded.
+    """
+    if device.type != "cpu":
+        return
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def prepare_backbone(model, dtype: torch.dtype, device: torch.device):

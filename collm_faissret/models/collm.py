@@ -195,6 +195,7 @@ def build_collm(cfg, data, device, backbone=None):
     model.llama_model (benchmarks build random-weight 7B shapes this way: no
     13 GB save/load); it gets the same freezing, dtype and device as a loaded one.
     """
+    from .. import dist
     from ..checkpoint import load, load_model_weights
     from ..compat.collm_checkpoint import checkpoint_state
     from ..prompts import has_id_slots, load_template
@@ -205,6 +206,7 @@ def build_collm(cfg, data, device, backbone=None):
         load_backbone,
         prepare_backbone,
         resolve_dtype,
+        resolve_quantization,
     )
     from .cf import build_cf
 
@@ -218,10 +220,21 @@ def build_collm(cfg, data, device, backbone=None):
     slots = has_id_slots(template)
     stage = check_stage(m, slots, cfg.run.evaluate)
     dtype = resolve_dtype(m.dtype, device)
+    quantization = resolve_quantization(m)
+    fsdp = cfg.run.distributed == "fsdp" and dist.is_dist()
+    if fsdp and quantization != "none":
+        raise StageError(f"run.distributed fsdp with model.quantization {quantization}: bitsandbytes' quantized "
+                         "weights cannot be sharded by FSDP2 here; use run.distributed=ddp (each rank holds the "
+                         "quantized model) or quantization none with fsdp")
+    # FSDP shards onto the GPU layer by layer: the backbone waits on the host (in its dtype) until then
+    load_device = torch.device("cpu") if fsdp else device
     if backbone is None:
-        llm, tok = load_backbone(m.llama_model, dtype, device)
+        llm, tok = load_backbone(m.llama_model, dtype, device, quantization, load_device)
+    elif quantization != "none":
+        raise StageError(f"model.quantization {quantization} loads from model.llama_model (bitsandbytes "
+                         "quantizes while loading); an in-memory backbone cannot be quantized")
     else:
-        llm, tok = prepare_backbone(backbone[0], dtype, device), backbone[1]
+        llm, tok = prepare_backbone(backbone[0], dtype, load_device), backbone[1]
     if m.lora_config.use_lora:
         llm = attach_lora(llm, m.lora_config)
     cf = build_cf(cfg, data, device) if slots else None
@@ -229,7 +242,7 @@ def build_collm(cfg, data, device, backbone=None):
     log.info(describe_answer_tokens(tok, template, *answer_ids))
     model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots, m.answer_score)
     model.template = template
-    model.to(device)
+    model.to(load_device)
     if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
         load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
     if m.cold_start.enabled:
