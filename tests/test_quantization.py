@@ -9,11 +9,11 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from _reliability import error_line
+from conftest import cli_args, load_model
 
 import train_collm
-from _reliability import error_line
 from collm_faissret.checkpoint import load
-from conftest import cli_args, load_model
 
 pytest.importorskip("bitsandbytes")
 
