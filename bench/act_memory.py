@@ -18,6 +18,10 @@ tensors of the backward pass. The attention kernels also differ (CPU flash /
 math kernels here, CUDA flash / memory-efficient there). So the figure is an
 estimate: compare it with the bare loop's row, whose measured H200 peak the
 issue tracker records (7B, batch 4, 256 tokens: 18.05 GiB).
+
+Beside each of our rows: the memory planner's estimate (collm_faissret/planner.py,
+what ``python -m collm_faissret.env --plan`` prints) for the same shape, stage,
+batch and padded length, without its CUDA allowance, and plan / measured.
 """
 import argparse
 import json
@@ -38,6 +42,8 @@ for _p in (HERE, os.path.dirname(HERE)):
 
 import tp_harness as H  # noqa: E402
 import tp_setup as S  # noqa: E402
+
+from collm_faissret import planner  # noqa: E402
 
 GIB = 2 ** 30
 CPU = torch.device("cpu")
@@ -93,7 +99,7 @@ def extrapolate(one: dict, two: dict, depth: int) -> dict:
 
 
 def ours(env, stage, batch_size, depth_layers):
-    """Bytes of the project's step at ``depth_layers`` decoder layers, and the batch's shape."""
+    """Bytes of the project's step at ``depth_layers`` decoder layers, the batch's shape, and the config."""
     cfg = S.stage_config(stage, env.args.data, env.tmp, "cpu", env.args.max_txt_len, batch_size, batch_size, 1, 0,
                          False, True, env.mf_path, dtype="bf16")
     sizes = dict(env.sizes, num_hidden_layers=depth_layers)
@@ -104,7 +110,7 @@ def ours(env, stage, batch_size, depth_layers):
         rows = H.longest_rows(task, task.build_datasets(model)["train"], batch_size)
         env.batches[key] = task.collate(rows.__getitems__(list(range(batch_size))))
     batch = env.batches[key]
-    shape = {"seq_len": int(batch["input_ids"].shape[1]), "tokens": int(batch["attention_mask"].sum())}
+    shape = {"seq_len": int(batch["input_ids"].shape[1]), "tokens": int(batch["attention_mask"].sum()), "cfg": cfg}
     return step_memory(model, lambda: task.train_step(model, batch)), shape
 
 
@@ -134,7 +140,13 @@ def measure(env, who, stage, batch_size, fn):
     two, _ = fn(2)
     full = extrapolate(one, two, env.sizes["num_hidden_layers"])
     total = full["weights"] + full["trainable"] + full["saved"]
-    return {"who": who, "stage": stage, "batch_size": batch_size, **shape, "shape": env.args.shape,
+    cfg = shape.pop("cfg", None)
+    plan = {}
+    if cfg is not None:  # the planner at the same shape, stage, batch and padded length; CF tables as built
+        est = planner.estimate(planner_shape(env.sizes), cfg.model, "none", "ddp", batch_size, shape["seq_len"],
+                               overhead_gib=0.0, cf_rows=env.data.n_users + env.data.n_items)
+        plan = {"plan_gib": round(est["total"] / GIB, 3), "plan_ratio": round(est["total"] / total, 3)}
+    return {"who": who, "stage": stage, "batch_size": batch_size, **shape, "shape": env.args.shape, **plan,
             "saved_per_layer_mib": round(full["saved_per_layer"] / 2 ** 20, 2),
             "saved_gib": round(full["saved"] / GIB, 3), "weights_gib": round(full["weights"] / GIB, 3),
             "grads_adam_gib": round(full["trainable"] / GIB, 4), "estimate_gib": round(total / GIB, 3),
@@ -142,16 +154,23 @@ def measure(env, who, stage, batch_size, fn):
             "seconds": round(time.time() - t0, 1)}
 
 
+def planner_shape(sizes: dict) -> dict:
+    """The yardstick's SIZES entry with LlamaConfig's defaults made explicit."""
+    return {"num_key_value_heads": sizes["num_attention_heads"], "tie_word_embeddings": False, **sizes}
+
+
 def print_table(rows):
     head = (f"{'who':>5} {'stage':>5} {'bs':>4} {'len':>5} {'tokens':>7} | {'saved/layer MiB':>15} "
-            f"{'saved GiB':>9} {'weights GiB':>11} {'grad+Adam':>9} | {'estimate GiB':>12} {'limit':>6} {'fits':>5}")
+            f"{'saved GiB':>9} {'weights GiB':>11} {'grad+Adam':>9} | {'estimate GiB':>12} {'limit':>6} {'fits':>5} "
+            f"| {'plan GiB':>8} {'plan/est':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['who']:>5} {str(r['stage'] or '-'):>5} {r['batch_size']:>4} {r['seq_len']:>5} {r['tokens']:>7} | "
               f"{r['saved_per_layer_mib']:>15.1f} {r['saved_gib']:>9.3f} {r['weights_gib']:>11.3f} "
               f"{r['grads_adam_gib']:>9.4f} | {r['estimate_gib']:>12.3f} {r['limit_gib']:>6.1f} "
-              f"{'yes' if r['fits'] else 'no':>5}")
+              f"{'yes' if r['fits'] else 'no':>5} | {r.get('plan_gib', float('nan')):>8.3f} "
+              f"{r.get('plan_ratio', float('nan')):>8.3f}")
 
 
 def main(argv=None) -> int:

@@ -196,7 +196,6 @@ def parse_options(options: Optional[List[str]]) -> List[str]:
 
 
 NONFINITE_MODES = ("stop", "skip")
-DISTRIBUTED_MODES = ("ddp", "fsdp")
 # run.<key> -> smallest valid value; None stays valid where the schema allows it.
 _RUN_MINIMUMS = {"batch_size_train": 1, "batch_size_eval": 1, "accum_grad_iters": 1, "max_epoch": 1,
                  "iters_per_epoch": 1, "log_freq": 1, "patience": 1, "num_workers": 0, "max_eval_rows": 1,
@@ -212,8 +211,6 @@ def check_run_values(run, label: str) -> None:
             raise ConfigError(f"{label}: run.{key} must be >= {low}, got {value}")
     if run.nonfinite not in NONFINITE_MODES:
         raise ConfigError(f"{label}: run.nonfinite {run.nonfinite!r} unknown; use {' or '.join(NONFINITE_MODES)}")
-    if run.distributed not in DISTRIBUTED_MODES:
-        raise ConfigError(f"{label}: run.distributed {run.distributed!r} unknown; use {' or '.join(DISTRIBUTED_MODES)}")
 
 
 def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfig:

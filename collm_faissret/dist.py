@@ -72,6 +72,22 @@ def shutdown(wait_for_peers: bool = True):
         dist.destroy_process_group()
 
 
+def sum_over_ranks(total: torch.Tensor, count: int):
+    """(sum of ``total``, sum of ``count``) over every rank, as (float, int); ``total`` a 0-d
+    tensor on this rank's device. One all-reduce, a host sync: for log intervals, not every step."""
+    if not is_dist():
+        return total.item(), count
+    both = torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)])
+    dist.all_reduce(both)
+    return both[0].item(), int(both[1].item())
+
+
+def mean_over_ranks(total: torch.Tensor, count: int) -> float:
+    """sum / count over every rank; nan when the count is 0."""
+    total, count = sum_over_ranks(total, count)
+    return total / count if count else float("nan")
+
+
 def all_gather_objects(obj):
     """List of ``obj`` from every rank (just [obj] without a process group)."""
     if not is_dist():

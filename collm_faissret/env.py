@@ -9,6 +9,12 @@ With --cfg-path it also checks what that config needs: CUDA for run.device
 cuda, bf16 for dtype / AMP on CUDA, the backbone directory, the data files,
 prompt, checkpoints. Exit status: 0 when nothing is missing, 1 when something
 is (one ``missing:`` line each), 2 when the config itself does not load.
+
+  python -m collm_faissret.env --cfg-path CONFIG --plan [--shape 7b|13b] [--gpus N --gib 24]
+
+prints instead the estimated training memory per GPU of that config (its
+backbone's config.json, or a named shape) for each quantization x distribution,
+and the largest batch that fits (collm_faissret/planner.py says how).
 """
 import argparse
 import os
@@ -117,7 +123,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cfg-path", default=None, help="check what this YAML config needs")
     ap.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, as for training")
+    ap.add_argument("--plan", action="store_true", help="estimate training memory per GPU (needs --cfg-path)")
+    ap.add_argument("--shape", choices=["7b", "13b"], help="plan for this backbone shape instead of the config's")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs to plan for (default: those here, at least 1)")
+    ap.add_argument("--gib", type=float, default=None, help="memory per GPU in GiB (default: the first GPU's, or 24)")
     args = ap.parse_args(argv)
+    if args.plan and not args.cfg_path:
+        ap.error("--plan needs --cfg-path (batch size, prompt length and stage come from the config)")
     cfg = None
     if args.cfg_path:
         from .config import ConfigError, load_config
@@ -127,6 +139,8 @@ def main(argv=None) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if args.plan:
+        return print_plan(cfg, args)
     versions, facts = package_versions(), machine()
     print("\n".join(report_lines(versions, facts)))
     if cfg is None:
@@ -136,6 +150,36 @@ def main(argv=None) -> int:
         print(f"missing: {line}")
     print(f"config {args.cfg_path}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
     return 1 if problems else 0
+
+
+def print_plan(cfg, args) -> int:
+    """The planner's table for ``cfg``; 2 when the backbone's shape cannot be read."""
+    from . import planner
+
+    if args.shape:
+        shape, source = planner.SHAPES[args.shape], f"named shape {args.shape}"
+    else:
+        try:
+            shape, source = planner.shape_from_config_json(cfg.model.llama_model or ""), cfg.model.llama_model
+        except (OSError, KeyError, ValueError) as err:
+            print(f"error: model.llama_model {cfg.model.llama_model}: cannot read the shape from config.json "
+                  f"({type(err).__name__}: {err}); pass --shape 7b or 13b", file=sys.stderr)
+            return 2
+    gpus, gib = args.gpus, args.gib
+    if gpus is None or gib is None:
+        import torch
+
+        cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = gpus or max(cuda, 1)
+        gib = gib or (torch.cuda.get_device_properties(0).total_memory / planner.GIB if cuda else 24.0)
+    batch, seq_len = cfg.run.batch_size_train, cfg.model.max_txt_len
+    rows = planner.plan(shape, cfg.model, batch, seq_len, gpus, gib)
+    print(f"backbone: {source} ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
+          f"intermediate {shape['intermediate_size']}, vocab {shape['vocab_size']})")
+    print(f"per GPU at run.batch_size_train {batch}, prompts of model.max_txt_len {seq_len} tokens, "
+          f"{gpus} GPU(s) of {gib:g} GiB; estimates in GiB (planner.py), not measurements")
+    print("\n".join(planner.table_lines(rows, gib)))
+    return 0
 
 
 if __name__ == "__main__":

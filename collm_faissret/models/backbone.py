@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from ..planner import QUANTIZATIONS  # model.quantization's values
+
 
 class BackboneError(ValueError):
     """A backbone directory that cannot be loaded."""
@@ -88,7 +90,6 @@ def load_tokenizer(path: str):
     return tok
 
 
-QUANTIZATIONS = ("none", "int8", "nf4")
 
 
 def resolve_quantization(mcfg) -> str:

@@ -81,12 +81,12 @@ class CoLLM(nn.Module):
 
         The 7B backbone and a frozen pretrained CF model are never copied; a
         stage-2 checkpoint still holds stage 1's LoRA, so it evaluates alone.
+        Detached parameters where they live (a sharded run's are DTensors: the
+        runner gathers them).
         """
         groups = self.param_groups()
-        keep = [n for n, _ in groups["lora"] + groups["fece"]]
-        keep += [n for n, p in groups["rec"] if p.requires_grad]
-        state = self.state_dict()
-        return {k: state[k].detach().cpu() for k in keep}
+        keep = groups["lora"] + groups["fece"] + [(n, p) for n, p in groups["rec"] if p.requires_grad]
+        return {n: p.detach() for n, p in keep}
 
     def inputs_embeds(self, batch):
         """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs."""

@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from .. import dist, faults
-from ..checkpoint import CheckpointError, load, load_model_weights, rng_state, save_atomic, set_rng_state
+from ..checkpoint import CheckpointError, load, rng_state, save_atomic, set_rng_state
 from ..config import to_yaml
 from ..datasets.sampler import TrainBatchStream, eval_batches
 from ..registry import get, register
 from .nonfinite import NonFiniteGuard, rows_text
+from .parallel import strategy
 from .tb import ScalarLog
 
 log = logging.getLogger("collm_faissret")
@@ -63,6 +64,7 @@ class RunnerBase:
         self.out = cfg.run.output_dir
         self.is_main = dist.is_main()
         self.tb = ScalarLog(self.out, cfg.run.tensorboard and self.is_main)
+        self.parallel = strategy(cfg.run.distributed, device)
 
     # ----- setup -------------------------------------------------------------
     def amp_ctx(self):
@@ -106,10 +108,13 @@ class RunnerBase:
         ds = self.datasets[split]
         module = self.model
         module.eval()
-        batches = eval_batches(ds.lengths(), self.run_cfg.batch_size_eval, dist.world_size(), dist.rank(), max_rows)
+        size = self.run_cfg.batch_size_eval
+        batches = eval_batches(ds.lengths(), size, dist.world_size(), dist.rank(), max_rows)
+        batches = self.parallel.even_batches(batches, eval_batches(ds.lengths(), size, 1, 0, max_rows)[0])
         bar = tqdm(total=len(batches), desc=f"eval {split}", disable=None if self.is_main else True, leave=False,
                    dynamic_ncols=True)
         rows, scores = self.task.predict(module, ds, batches, self.device, self.amp_ctx, bar)
+        self.parallel.after_eval(module)
         bar.close()
         return self.task.report(ds, rows, scores), rows, scores
 
@@ -137,21 +142,26 @@ class RunnerBase:
 
     # ----- checkpoints -------------------------------------------------------
     def _payload(self, state):
-        return {"model": self.model.saved_state_dict() if hasattr(self.model, "saved_state_dict")
-                else {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "config": to_yaml(self.cfg), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.parallel.model_state(self.model), "config": to_yaml(self.cfg),
+                "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
                 "scaler": self.scaler.state_dict(), "rng": rng_state(), **state}
 
     def save_checkpoint(self, name, state):
+        """Write a checkpoint (rank 0); returns its payload there, None on other ranks."""
+        # FSDP: every rank takes part in gathering the shards; rank 0 writes
+        payload = self._payload(state) if self.is_main or self.parallel.collective_save() else None
         if self.is_main:
-            save_atomic(self._payload(state), os.path.join(self.out, name))
+            save_atomic(payload, os.path.join(self.out, name))
         dist.barrier()
+        return payload if self.is_main else None
 
-    def save_adapter(self):
-        """LoRA in peft's own format, loadable by PeftModel.from_pretrained."""
+    def save_adapter(self, payload):
+        """LoRA in peft's own format, loadable by PeftModel.from_pretrained; from the
+        checkpoint's gathered tensors (a sharded or quantized model's own state_dict is not)."""
         llm = getattr(self.model, "llm", None)
         if self.is_main and llm is not None and hasattr(llm, "save_pretrained") and hasattr(llm, "peft_config"):
-            llm.save_pretrained(os.path.join(self.out, "adapter"))
+            lora = {k[len("llm."):]: v for k, v in payload["model"].items() if k.startswith("llm.")}
+            llm.save_pretrained(os.path.join(self.out, "adapter"), state_dict=lora)
 
     # ----- main entry --------------------------------------------------------
     def run(self):
@@ -183,6 +193,7 @@ class RunnerBase:
             log.info("evaluate-only from %s", self.cfg.model.ckpt)
         else:
             log.info("evaluate-only, zero-shot: no checkpoint, the backbone as loaded")
+        self.parallel.shard(self.model)
         result = {"best_epoch": None, "ckpt": self.cfg.model.ckpt}
         for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):
             metrics, rows, scores = self.evaluate(split)
@@ -194,6 +205,8 @@ class RunnerBase:
 
     def train(self):
         rc = self.run_cfg
+        self.parallel.shard(self.model)  # before the optimizer: FSDP replaces the parameters by shards
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling
         train_ds = self.datasets["train"]
@@ -210,10 +223,7 @@ class RunnerBase:
         elif self.is_main and os.path.exists(os.path.join(self.out, "metrics.jsonl")):
             os.remove(os.path.join(self.out, "metrics.jsonl"))  # a fresh run starts a fresh log of evaluations
         self._write_config()
-        model = self.model
-        if dist.is_dist():
-            model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        model = self.parallel.prepare(self.model)
         valid_split = rc.valid_splits[0]
         guard = NonFiniteGuard(rc.nonfinite, self.device, self.out)
         kill_at = faults.kill_step(dist.rank())  # test-only fault injection, None otherwise
@@ -237,8 +247,10 @@ class RunnerBase:
             # Loss accumulators of the log interval (logging only); a mid-epoch
             # checkpoint carries them so a resumed run logs the same means.
             acc_sum, loss_n = state.pop("loss_acc", (0.0, 0)) if start_in_epoch else (0.0, 0)
+            if not self.is_main:  # the checkpoint holds every rank's sums: rank 0 carries them
+                acc_sum, loss_n = 0.0, 0
             loss_sum, t0, seen = torch.tensor(acc_sum, device=self.device), time.time(), 0
-            skip_update = False
+            skip_update = save_due = False
             for i, batch in enumerate(loader, start=start_in_epoch):
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with self.amp_ctx():
@@ -266,17 +278,13 @@ class RunnerBase:
                     state["opt_step"] += 1
                     skip_update = False
                     every = rc.save_every_n_steps
-                    if every and i + 1 < iters and state["step"] // every > saved_at // every:
-                        guard.check()
-                        state["loss_acc"] = (loss_sum.item(), loss_n)
-                        self.save_checkpoint("checkpoint_last.pth", state)
-                        del state["loss_acc"]
-                        saved_at = state["step"]
+                    save_due = every and i + 1 < iters and state["step"] // every > saved_at // every
                 bar.update(1)
                 if (i + 1) % rc.log_freq == 0 or i + 1 == iters:
                     guard.check()
-                    # A host sync, at log intervals only; nan when every step of the interval was skipped.
-                    mean_loss = (loss_sum / loss_n).item() if loss_n else float("nan")
+                    # A host sync, at log intervals only; the mean over every rank's rows,
+                    # nan when every step of the interval was skipped.
+                    mean_loss = dist.mean_over_ranks(loss_sum, loss_n)
                     rate = seen * dist.world_size() / max(time.time() - t0, 1e-9)
                     eta = (iters - i - 1) * len(batch["label"]) * dist.world_size() / max(rate, 1e-9)
                     log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f samples/s eta %.0fs", epoch, i + 1, iters,
@@ -285,6 +293,13 @@ class RunnerBase:
                     self._log_interval(state, mean_loss, sched.lr_at(max(state["opt_step"] - 1, 0)), rate)
                     loss_sum.zero_()
                     loss_n = 0
+                if save_due:  # after the log line of this step: a resumed run does not log it again
+                    guard.check()
+                    state["loss_acc"] = dist.sum_over_ranks(loss_sum, loss_n)
+                    self.save_checkpoint("checkpoint_last.pth", state)
+                    del state["loss_acc"]
+                    saved_at = state["step"]
+                    save_due = False
             bar.close()
 
             metrics, _, _ = self.evaluate(valid_split, rc.max_eval_rows)
@@ -301,8 +316,7 @@ class RunnerBase:
             improved = metrics["auc"] > state["best_auc"]
             if improved:
                 state.update(best_auc=metrics["auc"], best_epoch=epoch, bad_epochs=0)
-                self.save_checkpoint("checkpoint_best.pth", state)
-                self.save_adapter()
+                self.save_adapter(self.save_checkpoint("checkpoint_best.pth", state))
             else:
                 state["bad_epochs"] += 1
             self.save_checkpoint("checkpoint_last.pth", state)
@@ -314,8 +328,8 @@ class RunnerBase:
 
     def _resume(self, path):
         payload = load(path, "run.resume_ckpt_path")
-        load_model_weights(self.model, payload["model"], path)
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self.parallel.load_model(self.model, payload["model"], path)
+        self.parallel.load_optimizer(self.model, self.optimizer, payload["optimizer"], path)
         self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
         state = {k: payload[k] for k in ("epoch", "step", "opt_step", "best_auc", "best_epoch", "bad_epochs",
@@ -346,7 +360,7 @@ class RunnerBase:
         best = os.path.join(self.out, "checkpoint_best.pth")
         if not os.path.isfile(best):
             raise CheckpointError(f"no best checkpoint in {self.out}")
-        load_model_weights(self.model, load(best)["model"], best)
+        self.parallel.load_model(self.model, load(best)["model"], best)
         result = {"best_epoch": state["best_epoch"], "best_valid_auc": state["best_auc"],
                   "nonfinite_skipped_steps": state["nonfinite_skipped"]}
         for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):

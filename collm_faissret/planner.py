@@ -1,0 +1,181 @@
+"""Training memory per GPU, estimated from a backbone's shape: what fits on which card.
+
+  python -m collm_faissret.env --cfg-path CONFIG --plan [--shape 7b|13b] [--gpus N --gib 24]
+
+For each of model.quantization {none, int8, nf4} x run.distributed {ddp, fsdp}
+at the config's run.batch_size_train and model.max_txt_len (the longest
+prompt), the estimated peak of one GPU and the largest batch that fits the
+stated memory. The parts:
+
+* weights: linear layers of the decoder in bf16 (2 bytes), int8 (1 byte and an
+  fp32 scale per output row) or NF4 (half a byte, an 8-bit scale per 64 weights
+  and an fp32 scale per 256 of those); embeddings, head and norms in bf16, or in
+  fp32 when quantized (peft's k-bit preparation upcasts them).
+* trainable parameters (LoRA of the stage, projector): fp32 weight, gradient and
+  AdamW's two moments, 16 bytes each; a frozen adapter 4 bytes.
+* activations: what autograd keeps for the backward pass of one decoder layer,
+  per token, times layers and batch tokens, plus the batch's attention mask.
+  Per token and layer, in bf16 (2 bytes) unless said: two RMSNorm inputs kept in
+  fp32 (2 x 4H), q/k/v/output of attention (4H), the fp32 copy of the input and
+  the dropout mask each LoRA module keeps (5 x its input width), the MLP's gate,
+  up and SiLU outputs (3I). Frozen linear layers keep nothing (their input is only
+  needed for a weight gradient). With model.gradient_checkpointing each layer
+  keeps only its bf16 input (2H), and one layer's activations exist at a time.
+* fsdp: every weight and optimizer state divided by the GPU count, plus the
+  gathered bf16 weights of two decoder layers (the running one and the next,
+  prefetched) and of the root (embeddings, head), which stay gathered through
+  a step. Not with int8 / nf4: bitsandbytes' weights are not sharded (the
+  runner refuses the combination), so those rows say so.
+* a fixed allowance for the CUDA context, cuBLAS workspaces and allocator slack
+  (OVERHEAD_GIB, an assumption, not a measurement).
+
+bench/act_memory.py measures the same parts on CPU (autograd's saved tensors of
+real 1- and 2-layer builds) and prints this module's estimate beside them.
+"""
+import json
+import math
+import os
+
+GIB = 2 ** 30
+OVERHEAD_GIB = 0.75
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # per weight: 4-bit code + double-quantized block scales
+
+# Named shapes (LLaMA / Vicuna); others come from the backbone's config.json.
+SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
+}
+QUANTIZATIONS = ("none", "int8", "nf4")  # model.quantization's values (models/backbone.py reads them here)
+DISTRIBUTED = ("ddp", "fsdp")
+
+
+def shape_from_config_json(path: str) -> dict:
+    """The sizes of a save_pretrained directory's config.json (LLaMA-family keys)."""
+    with open(os.path.join(path, "config.json")) as fh:
+        cfg = json.load(fh)
+    shape = {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                 "num_attention_heads", "vocab_size")}
+    shape["num_key_value_heads"] = cfg.get("num_key_value_heads") or shape["num_attention_heads"]
+    shape["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", False))
+    return shape
+
+
+def linear_dims(shape: dict) -> dict:
+    """(inputs, outputs) of each linear layer of one decoder layer."""
+    h, i = shape["hidden_size"], shape["intermediate_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def weight_bytes(shape: dict, quantization: str) -> dict:
+    """{"layer": bytes of one decoder layer, "root": embeddings + head + final norm}."""
+    h, v = shape["hidden_size"], shape["vocab_size"]
+    dims = linear_dims(shape).values()
+    linear = sum(a * b for a, b in dims)
+    rows = sum(b for _, b in dims)
+    other_bytes = 4 if quantization != "none" else 2
+    per_weight = {"none": 2, "int8": 1, "nf4": NF4_BYTES}[quantization]
+    layer = linear * per_weight + (rows * 4 if quantization == "int8" else 0) + 2 * h * other_bytes
+    root = (v * h * (1 if shape["tie_word_embeddings"] else 2) + h) * other_bytes
+    return {"layer": layer, "root": root}
+
+
+def trainable_params(shape: dict, model_cfg) -> dict:
+    """{"trained": parameters the stage trains, "frozen_adapter": LoRA kept frozen (stage 2)}."""
+    lora = 0
+    if model_cfg.lora_config.use_lora:
+        dims = linear_dims(shape)
+        per_layer = sum(model_cfg.lora_config.r * sum(dims[n]) for n in model_cfg.lora_config.target_modules
+                        if n in dims)
+        lora = per_layer * shape["num_hidden_layers"]
+    proj = 0
+    if not model_cfg.freeze_proj:
+        d, m, k = model_cfg.rec_config.embedding_size, model_cfg.proj_mid_times, model_cfg.proj_token_num
+        proj = d * d * m + d * m + d * m * shape["hidden_size"] * k + shape["hidden_size"] * k
+    trained = proj + (lora if not model_cfg.freeze_lora else 0)
+    return {"trained": trained, "frozen_adapter": lora if model_cfg.freeze_lora else 0}
+
+
+def activation_bytes_per_token(shape: dict, lora_targets) -> float:
+    """Autograd's saved bytes for one token in one decoder layer (see the module doc)."""
+    h, i = shape["hidden_size"], shape["intermediate_size"]
+    dims = linear_dims(shape)
+    lora_inputs = sum(dims[n][0] for n in lora_targets if n in dims)
+    kv = dims["k_proj"][1]
+    norms = 2 * 4 * h
+    attention = 2 * (2 * h + 2 * kv)  # q, k, v and the attention output
+    mlp = 2 * 3 * i
+    return norms + attention + mlp + 5 * lora_inputs
+
+
+def estimate(shape: dict, model_cfg, quantization: str, distributed: str, batch: int, seq_len: int,
+             gpus: int = 1, overhead_gib: float = OVERHEAD_GIB, cf_rows: int = 0) -> dict:
+    """Bytes per GPU by part, and the total, for one training step at ``batch`` x ``seq_len``.
+
+    cf_rows: users + items of the CF model's fp32 tables (stage 2), when known; the
+    command line does not read the data, and ML-1M's MF (64-d) is 2.5 MB.
+    """
+    layers = shape["num_hidden_layers"]
+    w = weight_bytes(shape, quantization)
+    t = trainable_params(shape, model_cfg)
+    targets = list(model_cfg.lora_config.target_modules) if model_cfg.lora_config.use_lora else []
+    per_layer = activation_bytes_per_token(shape, targets)
+    if model_cfg.gradient_checkpointing:  # each layer keeps its bf16 input; one layer is recomputed at a time
+        per_layer_total = 2 * shape["hidden_size"] * layers + per_layer
+    else:
+        per_layer_total = per_layer * layers
+    per_sample = per_layer_total * seq_len + seq_len * seq_len  # + the bool attention mask
+    shards = gpus if distributed == "fsdp" else 1
+    parts = {
+        "weights": (w["layer"] * layers + w["root"]) / shards
+        + (4 * cf_rows * model_cfg.rec_config.embedding_size if not model_cfg.freeze_proj else 0),
+        "trainable": (16 * t["trained"] + 4 * t["frozen_adapter"]) / shards,
+        "gathered": 2 * w["layer"] + w["root"] if distributed == "fsdp" and gpus > 1 else 0.0,
+        "activations": per_sample * batch,
+        "overhead": overhead_gib * GIB,
+    }
+    return {"parts": parts, "total": sum(parts.values()), "per_sample": per_sample}
+
+
+def largest_batch(est: dict, batch: int, budget_bytes: float) -> int:
+    """The largest batch whose estimate stays within ``budget_bytes`` (0 when none does)."""
+    fixed = est["total"] - est["parts"]["activations"]
+    return max(0, math.floor((budget_bytes - fixed) / est["per_sample"]))
+
+
+def plan(shape: dict, model_cfg, batch: int, seq_len: int, gpus: int, gib: float) -> list:
+    """One row per (quantization, distributed): estimate at ``batch``, largest batch within ``gib``."""
+    rows = []
+    for quantization in QUANTIZATIONS:
+        for distributed in DISTRIBUTED:
+            row = {"quantization": quantization, "distributed": distributed, "gpus": gpus, "batch": batch,
+                   "seq_len": seq_len}
+            if distributed == "fsdp" and quantization != "none":
+                row["note"] = "not supported (bitsandbytes weights are not sharded)"
+            elif distributed == "fsdp" and gpus < 2:
+                row["note"] = "needs 2+ GPUs"
+            else:
+                est = estimate(shape, model_cfg, quantization, distributed, batch, seq_len, gpus)
+                row.update({k: round(v / GIB, 2) for k, v in est["parts"].items()})
+                row["total_gib"] = round(est["total"] / GIB, 2)
+                row["fits"] = est["total"] <= gib * GIB
+                row["max_batch"] = largest_batch(est, batch, gib * GIB)
+            rows.append(row)
+    return rows
+
+
+def table_lines(rows: list, gib: float) -> list:
+    head = (f"{'quant':>5} {'dist':>4} | {'weights':>7} {'train':>6} {'gather':>6} {'activ':>6} {'other':>5} | "
+            f"{'GiB/GPU':>7} {'fits ' + format(gib, 'g'):>8} {'max batch':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "note" in r:
+            lines.append(f"{r['quantization']:>5} {r['distributed']:>4} | {r['note']}")
+            continue
+        lines.append(f"{r['quantization']:>5} {r['distributed']:>4} | {r['weights']:>7.2f} {r['trainable']:>6.2f} "
+                     f"{r['gathered']:>6.2f} {r['activations']:>6.2f} {r['overhead']:>5.2f} | "
+                     f"{r['total_gib']:>7.2f} {'yes' if r['fits'] else 'no':>8} {r['max_batch']:>9}")
+    return lines
