@@ -47,8 +47,8 @@ MODEL_KEYS = {
     "end_sym": _drop("nothing is generated here: the Yes logit at the answer position is read"),
     "user_num": _drop(SIZES), "item_num": _drop(SIZES),
     "rec_precision": _drop("the CF model runs in fp32; model.dtype sets the LLM's precision"),
-    "low_resource": _drop("8-bit loading is not converted; see model.dtype"),
-    "device_8bit": _drop("8-bit loading is not converted; see model.dtype"),
+    "low_resource": SAME,  # true: the LLM loads in 8 bits (model.quantization int8)
+    "device_8bit": _drop("the 8-bit LLM loads on each rank's own device"),
 }
 LORA_KEYS = {"use_lora": SAME, "r": SAME, "alpha": SAME, "target_modules": SAME, "dropout": SAME}
 _SASREC_SIZE = "one size here (rec_config.embedding_size) for the ID embeddings the projector reads"

@@ -1,0 +1,73 @@
+"""The memory planner: parameter counts against real models, hand-computed byte
+counts, and the ``--plan`` command line."""
+import pytest
+from conftest import REPO, load_model
+
+from collm_faissret import env as env_cli
+from collm_faissret import planner
+from collm_faissret.config import load_config
+
+STAGE2 = str(REPO / "train_configs" / "collm_stage2_mf_ml1m.yaml")
+
+
+def test_7b_weights_match_llama_7b_parameter_count():
+    """LLaMA-7B has 6,738,415,616 parameters: 2 bytes each in bf16."""
+    w = planner.weight_bytes(planner.SHAPES["7b"], "none")
+    assert w["layer"] * 32 + w["root"] == 2 * 6_738_415_616
+
+
+def test_quantized_weight_bytes_by_hand():
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=10, tie_word_embeddings=True)
+    # q 64x64, k/v 64x32, o 64x64, gate/up 64x128, down 128x64: 36864 weights, 64+32+32+64+128+128+64 = 512 rows
+    int8 = planner.weight_bytes(shape, "int8")
+    assert int8["layer"] == 36864 * 1 + 512 * 4 + 2 * 64 * 4  # + two fp32 norms
+    assert int8["root"] == (10 * 64 + 64) * 4  # tied embeddings + final norm, fp32
+    nf4 = planner.weight_bytes(shape, "nf4")
+    assert nf4["layer"] == pytest.approx(36864 * (0.5 + 1 / 64 + 4 / 16384) + 2 * 64 * 4)
+
+
+def test_planner_counts_match_the_built_model(env, tmp_path):
+    """Backbone weights and trainable / frozen-adapter parameters of conftest's tiny
+    stage-2 model, read from its config.json, equal the built model's own counts."""
+    cfg, _, model, _ = load_model(env.config("stage2", tmp_path))
+    shape = planner.shape_from_config_json(str(env.backbone_dir))
+    base = model.llm.get_base_model()
+    n_base = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+    w = planner.weight_bytes(shape, "none")
+    assert w["layer"] * shape["num_hidden_layers"] + w["root"] == 2 * n_base
+    counts = planner.trainable_params(shape, cfg.model)
+    assert counts["trained"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert counts["frozen_adapter"] == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_fsdp_shards_weights_and_batch_limit():
+    cfg = load_config(STAGE2, ["run.output_dir=/tmp/unused"])
+    shape = planner.SHAPES["13b"]
+    one = planner.estimate(shape, cfg.model, "none", "ddp", 4, 256)
+    two = planner.estimate(shape, cfg.model, "none", "fsdp", 4, 256, gpus=2)
+    assert two["parts"]["weights"] == pytest.approx(one["parts"]["weights"] / 2)
+    assert two["parts"]["activations"] == one["parts"]["activations"]
+    budget = two["total"] + 0.5 * two["per_sample"]
+    assert planner.largest_batch(two, 4, budget) == 4
+    assert planner.largest_batch(two, 4, budget + two["per_sample"]) == 5
+
+
+def test_plan_13b_on_two_24gib_cards_prints_a_fit_under_22(capsys):
+    rc = env_cli.main(["--cfg-path", STAGE2, "--plan", "--shape", "13b", "--gpus", "2", "--gib", "22",
+                       "--options", "run.batch_size_train=4", "model.max_txt_len=256", "run.output_dir=/tmp/unused"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("none", "int8", "nf4"))]
+    assert len(rows) == 6
+    fitting = [r for r in rows if "|" in r[3:] and r[-2] == "yes"]
+    assert fitting and all(float(r[-3]) <= 22 for r in fitting)
+    assert any(r[:2] == ["nf4", "ddp"] for r in fitting)
+    assert "not supported" in out  # int8 / nf4 with fsdp
+
+
+def test_plan_needs_a_shape(tmp_path, capsys):
+    rc = env_cli.main(["--cfg-path", STAGE2, "--plan", "--options", f"model.llama_model={tmp_path}",
+                       "run.output_dir=/tmp/unused"])
+    assert rc == 2
+    assert "cannot read the shape from config.json" in capsys.readouterr().err
