@@ -147,20 +147,20 @@ class RunnerBase:
                 "scaler": self.scaler.state_dict(), "rng": rng_state(), **state}
 
     def save_checkpoint(self, name, state):
-        """Write a checkpoint (rank 0); returns its payload there, None on other ranks."""
-        # FSDP: every rank takes part in gathering the shards; rank 0 writes
-        payload = self._payload(state) if self.is_main or self.parallel.collective_save() else None
+        payload = self._payload(state) if self.is_main or self.parallel.collective_save() else None  # FSDP: all
         if self.is_main:
             save_atomic(payload, os.path.join(self.out, name))
         dist.barrier()
-        return payload if self.is_main else None
 
-    def save_adapter(self, payload):
-        """LoRA in peft's own format, loadable by PeftModel.from_pretrained; from the
-        checkpoint's gathered tensors (a sharded or quantized model's own state_dict is not)."""
+    def save_adapter(self):
+        """LoRA in peft's own format, loadable by PeftModel.from_pretrained; from the gathered
+        saved parameters (a sharded model's own state_dict holds shards). Every rank calls it."""
         llm = getattr(self.model, "llm", None)
-        if self.is_main and llm is not None and hasattr(llm, "save_pretrained") and hasattr(llm, "peft_config"):
-            lora = {k[len("llm."):]: v for k, v in payload["model"].items() if k.startswith("llm.")}
+        if llm is None or not hasattr(llm, "save_pretrained") or not hasattr(llm, "peft_config"):
+            return
+        state = self.parallel.model_state(self.model)  # a collective under FSDP
+        if self.is_main:
+            lora = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
             llm.save_pretrained(os.path.join(self.out, "adapter"), state_dict=lora)
 
     # ----- main entry --------------------------------------------------------
@@ -316,7 +316,8 @@ class RunnerBase:
             improved = metrics["auc"] > state["best_auc"]
             if improved:
                 state.update(best_auc=metrics["auc"], best_epoch=epoch, bad_epochs=0)
-                self.save_adapter(self.save_checkpoint("checkpoint_best.pth", state))
+                self.save_checkpoint("checkpoint_best.pth", state)
+                self.save_adapter()
             else:
                 state["bad_epochs"] += 1
             self.save_checkpoint("checkpoint_last.pth", state)
