@@ -153,10 +153,9 @@ class RunnerBase:
         dist.barrier()
 
     def save_adapter(self):
-        """LoRA in peft's own format, loadable by PeftModel.from_pretrained; from the gathered
-        saved parameters (a sharded model's own state_dict holds shards). Every rank calls it."""
+        """LoRA in peft's format (PeftModel.from_pretrained), from gathered parameters; every rank calls it."""
         llm = getattr(self.model, "llm", None)
-        if llm is None or not hasattr(llm, "save_pretrained") or not hasattr(llm, "peft_config"):
+        if llm is None or not hasattr(llm, "peft_config"):
             return
         state = self.parallel.model_state(self.model)  # a collective under FSDP
         if self.is_main:
@@ -282,8 +281,7 @@ class RunnerBase:
                 bar.update(1)
                 if (i + 1) % rc.log_freq == 0 or i + 1 == iters:
                     guard.check()
-                    # A host sync, at log intervals only; the mean over every rank's rows,
-                    # nan when every step of the interval was skipped.
+                    # A host sync, at log intervals only; all ranks' mean, nan when every step was skipped.
                     mean_loss = dist.mean_over_ranks(loss_sum, loss_n)
                     rate = seen * dist.world_size() / max(time.time() - t0, 1e-9)
                     eta = (iters - i - 1) * len(batch["label"]) * dist.world_size() / max(rate, 1e-9)
@@ -293,11 +291,10 @@ class RunnerBase:
                     self._log_interval(state, mean_loss, sched.lr_at(max(state["opt_step"] - 1, 0)), rate)
                     loss_sum.zero_()
                     loss_n = 0
-                if save_due:  # after the log line of this step: a resumed run does not log it again
+                if save_due:  # after this step's log line: a resumed run must not log it again
                     guard.check()
-                    state["loss_acc"] = dist.sum_over_ranks(loss_sum, loss_n)
-                    self.save_checkpoint("checkpoint_last.pth", state)
-                    del state["loss_acc"]
+                    acc = dist.sum_over_ranks(loss_sum, loss_n)  # the log interval's sums so far
+                    self.save_checkpoint("checkpoint_last.pth", {**state, "loss_acc": acc})
                     saved_at = state["step"]
                     save_due = False
             bar.close()
