@@ -19,20 +19,12 @@ import torch
 def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device):
     """(LoRA model, vocab size): a directory loaded with from_pretrained, else the yardstick's shape."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from tp_setup import llama_of_shape, loaded_backbone
 
     if os.path.isdir(shape):
-        model = AutoModelForCausalLM.from_pretrained(shape, dtype=dtype).to(device)
+        model = loaded_backbone(shape, dtype, device)
     else:
-        cfg = LlamaConfig(**sizes[shape], max_position_embeddings=2048)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = LlamaForCausalLM(cfg)
-        finally:
-            torch.set_default_dtype(previous)
-    model.config._attn_implementation = "sdpa"
+        model = llama_of_shape(sizes[shape], dtype, device)
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)

@@ -73,13 +73,19 @@ def build_tokenizer(data, vocab_size: int):
 
 def random_backbone(sizes: dict, tokenizer, dtype: torch.dtype, device: torch.device):
     """LlamaForCausalLM of the shape ``sizes`` (the yardstick's SIZES entry) with random
-    weights, built directly on ``device`` in ``dtype`` as the yardstick builds its own."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    weights and the tokenizer's special ids."""
     if len(tokenizer) > sizes["vocab_size"]:
         raise ValueError(f"tokenizer has {len(tokenizer)} ids, more than the shape's vocab {sizes['vocab_size']}")
-    cfg = LlamaConfig(**sizes, max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return llama_of_shape(sizes, dtype, device, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def llama_of_shape(sizes: dict, dtype: torch.dtype, device: torch.device, **special_ids):
+    """Random-weight LlamaForCausalLM of the shape ``sizes``, built directly on ``device`` in
+    ``dtype`` as the yardstick builds its own; SDPA attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**sizes, max_position_embeddings=2048, **special_ids)
     cfg._attn_implementation = "sdpa"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
