@@ -76,6 +76,7 @@ def build(name: str, out: str) -> str:
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     del loaded
+    n_params = sum(p.numel() for p in model.parameters())
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
@@ -85,14 +86,14 @@ def build(name: str, out: str) -> str:
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, MARKER), "w") as fh:
             json.dump({"name": name, "source": SOURCES[name][1], "file": filename,
-                       "parameters": sum(p.numel() for p in model.parameters())}, fh, indent=1)
+                       "parameters": n_params}, fh, indent=1)
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"{name}: wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+    print(f"{name}: wrote {out} ({n_params / 1e6:.1f}M parameters, "
           f"{time.time() - start:.0f} s)")
     return out
 
