@@ -108,7 +108,7 @@ def ours(env, stage, batch_size, depth_layers):
     key = (stage, batch_size)
     if key not in env.batches:  # the prompts do not depend on the depth: tokenised once
         rows = H.longest_rows(task, task.build_datasets(model)["train"], batch_size)
-        env.batches[key] = task.collate(rows.__getitems__(list(range(batch_size))))
+        env.batches[key] = model.collate_fn(rows.__getitems__(list(range(batch_size))))
     batch = env.batches[key]
     shape = {"seq_len": int(batch["input_ids"].shape[1]), "tokens": int(batch["attention_mask"].sum()), "cfg": cfg}
     return step_memory(model, lambda: task.train_step(model, batch)), shape

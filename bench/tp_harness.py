@@ -68,6 +68,7 @@ class _Clocked:
 
     def __init__(self, model, clock):
         self.model, self.clock = model, clock
+        self.collate_fn = model.collate_fn
 
     def __call__(self, batch):
         self.clock.tick()
@@ -85,9 +86,7 @@ class BenchTask(RecTask):
         return self.data  # loaded once for every stage of the benchmark
 
     def build_model(self, device):
-        model = build_collm(self.cfg, self.data, device, backbone=self.backbone)
-        self.pad_id = model.tokenizer.pad_token_id
-        return model
+        return build_collm(self.cfg, self.data, device, backbone=self.backbone)
 
     def train_step(self, model, batch):
         if self.clock is not None:

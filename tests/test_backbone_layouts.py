@@ -97,7 +97,7 @@ def test_answer_words_sharing_a_first_token_are_refused(env, tmp_path):
 def test_answer_score_yes_minus_no_is_the_two_way_log_odds(stage2_model):
     _, task, model, datasets = stage2_model
     model = copy.deepcopy(model).eval()
-    batch = task.collate(datasets["test"].__getitems__([0, 1, 2, 3]))
+    batch = model.collate_fn(datasets["test"].__getitems__([0, 1, 2, 3]))
     with torch.no_grad():
         model.answer_score = "yes_logit"
         yes = model(batch)["logits"]

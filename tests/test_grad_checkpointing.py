@@ -14,7 +14,7 @@ def _grads_and_saved(cfg_path, *options):
     not do: transformers recomputes a layer's forward without its module hooks.
     """
     _, task, model, datasets = load_model(cfg_path, "model.lora_config.dropout=0.0", *options)
-    batch = task.collate(datasets["train"].__getitems__(list(range(8))))
+    batch = model.collate_fn(datasets["train"].__getitems__(list(range(8))))
     saved = [0]
 
     def pack(t):

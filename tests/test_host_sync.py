@@ -33,7 +33,7 @@ def host_reads(fn):
 
 def test_training_step_and_scoring_read_nothing_back(stage2_model):
     _, task, model, datasets = stage2_model
-    batch = task.collate(datasets["train"].__getitems__([0, 1, 2, 3, 4, 5]))
+    batch = model.collate_fn(datasets["train"].__getitems__([0, 1, 2, 3, 4, 5]))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max(), "the batch must hold padding for the mask path to be exercised"
 
@@ -58,7 +58,7 @@ def test_own_attention_mask_matches_the_library_mask(stage2_model):
     from collm_faissret.models import collm
 
     _, task, model, datasets = stage2_model
-    batch = task.collate(datasets["train"].__getitems__([0, 1, 2, 3, 4, 5]))
+    batch = model.collate_fn(datasets["train"].__getitems__([0, 1, 2, 3, 4, 5]))
     model.eval()  # no LoRA dropout: both passes see the same function
 
     def logits_and_grads():

@@ -173,7 +173,7 @@ def test_score_independent_of_left_padding(stage2_model):
 
     def logits(rows):
         with torch.no_grad():
-            return model(task.collate(ds.__getitems__(rows)))["logits"]
+            return model(model.collate_fn(ds.__getitems__(rows)))["logits"]
 
     alone = logits([short])
     padded = logits([longest, short])
@@ -182,7 +182,7 @@ def test_score_independent_of_left_padding(stage2_model):
     assert torch.allclose(alone[0], mixed[1], atol=1e-5, rtol=0)
     assert torch.allclose(logits([longest])[0], padded[0], atol=1e-5, rtol=0)
     # and the logit is the Yes-token logit at the last position of the plain LM output
-    batch = task.collate(ds.__getitems__([short]))
+    batch = model.collate_fn(ds.__getitems__([short]))
     with torch.no_grad():
         ref = model.llm(inputs_embeds=model.inputs_embeds(batch)).logits[0, -1, model.yes_id]
     assert torch.allclose(alone[0], ref, atol=1e-5, rtol=0)

@@ -150,7 +150,7 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
     lengths = ds.lengths()
     rows = [int(lengths.argmin()), int(lengths.argmax())]
     assert lengths[rows[0]] < lengths[rows[1]]  # the first row gets left padding
-    batch = task.collate(ds.__getitems__(rows))
+    batch = model.collate_fn(ds.__getitems__(rows))
     k = model.proj.token_num
     model.eval()
     with torch.no_grad():
@@ -161,7 +161,7 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
     slot = batch["slot"]
     pad = int((batch["attention_mask"][0] == 0).sum())
     assert pad == lengths[rows[1]] - lengths[rows[0]]
-    assert (batch["input_ids"][0, :pad] == task.pad_id).all()
+    assert (batch["input_ids"][0, :pad] == model.pad_id).all()
     for b in range(2):
         user_pos = (slot[b] == SLOT_USER).nonzero().flatten()
         item_pos = (slot[b] == SLOT_ITEM).nonzero().flatten()
@@ -173,5 +173,5 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
     # the slot placeholders were really replaced, not left as the placeholder token's embedding
     assert not torch.allclose(emb[0, (slot[0] == SLOT_USER)], tok_emb[0, (slot[0] == SLOT_USER)])
     # the padded row's slots sit at its own positions shifted by the padding
-    single = task.collate(ds.__getitems__(rows[:1]))
+    single = model.collate_fn(ds.__getitems__(rows[:1]))
     assert torch.equal(single["slot"][0], slot[0, pad:])

@@ -7,12 +7,14 @@ position; BCE against the label. The score is the logit of the "Yes" token
 answers (TALLRec's), which sits near 0 for a pretrained LM from the first step.
 """
 import logging
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..prompts import SLOT_ITEM, SLOT_USER
+from ..datasets.rec_dataset import collate
+from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder
 from ..registry import register
 from .fece import Projector
 
@@ -24,18 +26,25 @@ class CoLLM(nn.Module):
     """Parameter groups: "lora" (adapter), "fece" (projector), "rec" (CF model).
 
     A stage is the set of groups left trainable; everything else is frozen.
+    The model owns its inputs: ``prompts`` (the PromptBuilder of its template,
+    tokenizer and ``proj_token_num``), ``pad_id``, ``collate_fn`` and
+    ``history_len`` (history ids per row its CF model reads).
     """
 
     ANSWER_SCORES = ("yes_logit", "yes_minus_no")
 
     def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
                  proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,
-                 answer_score: str = "yes_logit"):
+                 answer_score: str = "yes_logit", template: str = None, max_txt_len: int = 1024):
         """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
         super().__init__()
         self.check_answer_score(answer_score)
         self.llm = llm
         self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.template = template
+        # One route for proj_token_num: the projector and the prompt's slot count read the same argument.
+        self.prompts = None if template is None else PromptBuilder(tokenizer, template, proj_token_num, max_txt_len)
         self.use_slots = use_slots
         self.cf = cf_model if use_slots else None
         self.proj = None
@@ -55,6 +64,16 @@ class CoLLM(nn.Module):
         """Evaluate-only may run without a checkpoint: a text-only prompt scores with the
         backbone as loaded (LoRA starts as the identity); a projector needs training."""
         return not self.use_slots
+
+    @property
+    def history_len(self) -> int:
+        """History ids per row the CF model reads (0 without one)."""
+        return 0 if self.cf is None else self.cf.history_len
+
+    @property
+    def collate_fn(self):
+        """RecRows items -> a batch, prompts left-padded with this tokenizer's pad id."""
+        return partial(collate, pad_id=self.pad_id)
 
     def param_groups(self):
         """{"lora": [(name, param)], "fece": [...], "rec": [...]} — every tunable part by group."""
@@ -240,8 +259,8 @@ def build_collm(cfg, data, device, backbone=None):
     cf = build_cf(cfg, data, device) if slots else None
     answer_ids = answer_token_ids(tok, template)
     log.info(describe_answer_tokens(tok, template, *answer_ids))
-    model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots, m.answer_score)
-    model.template = template
+    model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots,
+                  m.answer_score, template, m.max_txt_len)
     model.to(load_device)
     if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
         load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)

@@ -238,7 +238,7 @@ class RunnerBase:
             # Pinned host batches on CUDA: a copy from pageable memory makes the host
             # wait for every queued kernel first (a hidden sync per step).
             loader = torch.utils.data.DataLoader(train_ds, batch_sampler=_take(batches, iters - start_in_epoch),
-                                                 collate_fn=self.task.collate, num_workers=rc.num_workers,
+                                                 collate_fn=self.model.collate_fn, num_workers=rc.num_workers,
                                                  pin_memory=self.device.type == "cuda",
                                                  generator=torch.Generator().manual_seed(rc.seed + epoch))
             bar = tqdm(total=iters, initial=start_in_epoch, desc=f"epoch {epoch}",

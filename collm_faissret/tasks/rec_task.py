@@ -1,18 +1,18 @@
 """Recommendation tasks: build data and model from a config, score rows, compute AUC/UAUC.
 
 ``rec`` is CoLLM (prompts through the LLM); ``cf_rec`` trains a collaborative
-model alone (baseline_train.py). A task never touches the optimizer.
+model alone (baseline_train.py). A task builds data and calls the model; what
+the model needs from a row (prompt builder, history length, collate function)
+the model states itself. A task never touches the optimizer.
 """
 import numpy as np
 import torch
 
 from .. import registry
 from ..config import ConfigError, dataset_config
-from ..datasets import RecRows, collate
+from ..datasets import RecRows
 from ..dist import all_gather_objects
 from ..metrics import auc_report
-from ..models.cf import build_cf, cold_start_view
-from ..prompts import PromptBuilder
 from ..registry import register
 
 
@@ -20,33 +20,29 @@ from ..registry import register
 class RecTask:
     """CoLLM on CoLLM-format data."""
 
+    model_kind = "model"  # the registry that model.arch names
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.ds_name, self.ds_cfg = dataset_config(cfg)
         self.data = None
-        self.pad_id = 0
 
     def load_data(self):
         self.data = registry.get("dataset", self.ds_name)(self.ds_cfg)
         return self.data
 
     def build_model(self, device):
-        """Resolve model.arch in the ``model`` registry and build it for the loaded data."""
-        model_cls = registry.get("model", self.cfg.model.arch)
-        model = model_cls.from_config(self.cfg, self.data, device)
-        self.pad_id = model.tokenizer.pad_token_id
-        return model
+        """model.arch resolved in the registry, built from the config for the loaded data."""
+        return registry.get(self.model_kind, self.cfg.model.arch).from_config(self.cfg, self.data, device)
+
+    def rows(self, df, split, model, his_len: int = 0) -> RecRows:
+        """One split as the model's inputs: its prompts, and the history ids it (or ``his_len``) reads."""
+        return RecRows(df, self.ds_cfg.max_his, model.prompts, name=split,
+                       his_len=max(self.ds_cfg.max_his, model.history_len, his_len))
 
     def build_datasets(self, model):
-        """split name -> RecRows with prompts built by the model's tokenizer."""
-        m = self.cfg.model
-        builder = PromptBuilder(model.tokenizer, model.template, m.proj_token_num, m.max_txt_len)
-        his_len = history_len(self.cfg, self.ds_cfg)
-        return {split: RecRows(df, self.ds_cfg.max_his, builder, name=split, his_len=his_len)
-                for split, df in sampled_splits(self.data, self.ds_cfg).items()}
-
-    def collate(self, items):
-        return collate(items, self.pad_id)
+        """split name -> RecRows."""
+        return {split: self.rows(df, split, model) for split, df in sampled_splits(self.data, self.ds_cfg).items()}
 
     @staticmethod
     def train_step(model, batch):
@@ -56,7 +52,7 @@ class RecTask:
     @torch.inference_mode()
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
         """Score this rank's batches; gather all ranks. Returns (rows [N], scores [N]) sorted by row."""
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=self.collate,
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=model.collate_fn,
                                              num_workers=self.cfg.run.num_workers,
                                              pin_memory=device.type == "cuda")  # async copies, as in training
         rows, scores = [], []
@@ -90,24 +86,13 @@ class RecTask:
 class CFTask(RecTask):
     """A collaborative model alone: model.arch names a ``cf_model`` (MF, LightGCN, ...)."""
 
-    def build_model(self, device):
-        return build_cf(self.cfg, self.data, device, name=self.cfg.model.arch, ckpt=self.cfg.model.ckpt)
-
-    def build_datasets(self, model):
-        his_len = history_len(self.cfg, self.ds_cfg)
-        return {split: RecRows(df, 0, None, name=split, his_len=his_len)
-                for split, df in sampled_splits(self.data, self.ds_cfg).items()}
+    model_kind = "cf_model"
 
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
-        """As RecTask.predict; with model.cold_start.enabled, cold users/items get borrowed
-        embeddings computed from the model's weights as they are now (after training)."""
-        if self.cfg.model.cold_start.enabled:
-            # Rebuilt only when the weights changed (an optimizer step or a loaded checkpoint).
-            key = tuple((p.data_ptr(), p._version) for p in model.parameters())
-            if getattr(self, "_cold", (None,))[0] != key:
-                self._cold = (key, cold_start_view(model, self.cfg, self.data))
-            model = self._cold[1]
-        return super().predict(model, dataset, batches, device, amp_ctx, progress)
+        """As RecTask.predict, with the model's scoring view (cold start: borrowed vectors
+        computed from the weights as they are now)."""
+        return super().predict(model.for_scoring(), dataset, batches, device, amp_ctx, progress)
+
 
 
 def sampled_splits(data, ds_cfg) -> dict:
@@ -125,11 +110,3 @@ def sampled_splits(data, ds_cfg) -> dict:
             df = df.iloc[keep].reset_index(drop=True)
         out[split] = df
     return out
-
-
-def history_len(cfg, ds_cfg) -> int:
-    """History ids kept per row: the prompt's titles, what sequence CF models and cold start read."""
-    m = cfg.model
-    cold = m.cold_start.history_len if m.cold_start.enabled else 0
-    return max(ds_cfg.max_his, m.rec_config.max_len, cold)
-

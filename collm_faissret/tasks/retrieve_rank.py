@@ -25,11 +25,10 @@ from ..datasets import RecRows
 from ..metrics import auc_report
 from ..models.cf import build_cf
 from ..models.cf.text import item_titles
-from ..prompts import PromptBuilder
 from ..registry import register
 from ..retrieval.index import ItemIndex
 from ..retrieval.ranking import grouped_metrics, rerank, split_queries, top_k_unseen
-from .rec_task import RecTask, history_len
+from .rec_task import RecTask
 
 log = logging.getLogger("collm_faissret")
 EMBEDDINGS = ("cf", "fece")
@@ -59,14 +58,14 @@ class RetrieveRankTask(RecTask):
 
     # ----- model -------------------------------------------------------------
     def build_model(self, device):
-        """CoLLM (cold start attached by build_collm) or, for a CF model.arch, the CF model alone."""
-        if not self.cf_only:
+        """CoLLM (cold start attached by build_collm) or, for a CF model.arch, the CF model alone
+        (its scoring view: borrowed vectors for cold rows when cold start is on)."""
+        if self.cf_only:
+            model = registry.get("cf_model", self.cfg.model.arch).from_config(self.cfg, self.data, device)
+            model = self.retriever = model.for_scoring()
+        else:
             model = super().build_model(device)
             self.retriever = self._stage1_cf(model, device) if model.cf is None else model.cf
-        else:
-            model = build_cf(self.cfg, self.data, device, name=self.cfg.model.arch, ckpt=self.cfg.model.ckpt,
-                             cold_start=True)
-            self.retriever = model
         if registry.get("cf_model", self.retriever.name).target_aware:
             raise ConfigError(f"retrieve_rank: {self.retriever.name}'s user vector depends on the target item, "
                               "so it cannot query an item index; retrieve with one of "
@@ -75,24 +74,17 @@ class RetrieveRankTask(RecTask):
         return model
 
     def _stage1_cf(self, model, device):
-        """A text-only prompt has no CF model inside: retrieval loads rec_config.pretrained_path."""
-        m = self.cfg.model
-        if not m.rec_config.pretrained_path:
-            raise ConfigError(f"retrieve_rank: {m.prompt_path} has no ID slot, so retrieval needs "
-                              "model.rec_config.pretrained_path (a baseline_train.py cf_model.pth)")
+        """A text-only prompt has no CF model inside: retrieval builds one from rec_config.pretrained_path."""
         if self.cfg.retrieval.embeddings == "fece":
-            raise ConfigError(f"retrieval.embeddings fece: {m.prompt_path} has no ID slot, so no projector")
-        return build_cf(self.cfg, self.data, device, cold_start=True)
+            raise ConfigError("retrieval.embeddings fece: the prompt has no ID slot, so no projector")
+        return build_cf(self.cfg, self.data, device, cold_start=True,
+                        need_weights="retrieve_rank: the prompt has no ID slot, so retrieval needs its own CF model")
 
     # ----- candidates ----------------------------------------------------------
     def build_datasets(self, model):
         """train (unused, the runner expects it) and one candidate set per evaluated split."""
-        his_len = history_len(self.cfg, self.ds_cfg)
+        his_len = max(self.ds_cfg.max_his, model.history_len, self.retriever.history_len)
         out = {"train": RecRows(self.data.splits["train"], 0, None, name="train", his_len=his_len)}
-        builder = None
-        if not self.cf_only:
-            m = self.cfg.model
-            builder = PromptBuilder(model.tokenizer, model.template, m.proj_token_num, m.max_txt_len)
         self.titles = item_titles(self.data)
         catalog = np.array(sorted(i for i in self.titles if 0 < i < self.data.n_items), dtype=np.int64)
         self.index = ItemIndex.build(self._vectors(model, items=torch.from_numpy(catalog)), catalog, self.index_cfg)
@@ -100,7 +92,7 @@ class RetrieveRankTask(RecTask):
                  self.cfg.retrieval.embeddings)
         for split in list(self.cfg.run.valid_splits) + list(self.cfg.run.test_splits):
             if split in self.data.splits:
-                out[split] = self._candidates(model, split, builder, his_len)
+                out[split] = self._candidates(model, split, his_len)
         return out
 
     @torch.no_grad()
@@ -122,7 +114,7 @@ class RetrieveRankTask(RecTask):
     def _device(module):
         return next(module.parameters()).device
 
-    def _candidates(self, model, split, builder, his_len) -> RecRows:
+    def _candidates(self, model, split, his_len) -> RecRows:
         """One row per (queried user, retrieved candidate), with the ranking facts attached."""
         r = self.cfg.retrieval
         q = split_queries(self.data.splits[split], self.data.splits["train"], r.exclude_seen)
@@ -142,7 +134,7 @@ class RetrieveRankTask(RecTask):
             "label": [int(int(i) in q.relevant[u]) for u, i in zip(user_row, iids)],
             "not_cold": [int(int(u) in warm_users and int(i) in warm_items) for u, i in zip(rows["uid"], iids)],
             "title": [self.titles[int(i)] for i in iids], "his": rows["his"], "his_title": rows["his_title"]})
-        ds = RecRows(frame, self.ds_cfg.max_his, builder, name=split, his_len=his_len)
+        ds = RecRows(frame, self.ds_cfg.max_his, model.prompts, name=split, his_len=his_len)
         row_of = np.full(cand.shape, -1, dtype=np.int64)
         row_of[user_row, slot] = np.arange(len(frame))
         ds.ranking = {"uids": q.uids, "relevant": q.relevant, "cand": cand, "row_of": row_of,

@@ -5,12 +5,14 @@ score(batch) -> [B] logits; forward(batch) -> {"loss", "logits"} with BCE.
 ``batch`` holds at least uid [B], iid [B], his [B, max_his] (0-padded left)
 and label [B] for the loss.
 """
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...checkpoint import read_payload
+from ...datasets.rec_dataset import collate
 
 
 class CFWeightsError(ValueError):
@@ -54,6 +56,31 @@ class CFModel(nn.Module):
     target_aware = False  # user_embed attends over the history against the target item: no item index can serve it
     supports_cold_start = False  # the user is a per-uid table that cold start can fill with borrowed vectors
     fits_data = False  # reads the training interactions (``fit_data``) before use, e.g. to build a graph
+
+    # Inputs, as CoLLM states its own: no prompt, history ids per row the model reads
+    # (sequence models set it), and the batch collate function.
+    prompts = None
+    pad_id = 0
+    history_len = 0
+    # Set by build_cf when model.cold_start.enabled: model -> the view that scores with
+    # borrowed vectors for cold users/items (rebuilt when the weights change).
+    scoring_view = None
+
+    @classmethod
+    def from_config(cls, cfg, data, device):
+        """This model as ``model.arch`` (a baseline run): see ``build_cf``."""
+        from .factory import build_cf
+
+        return build_cf(cfg, data, device, name=cls.name)
+
+    @property
+    def collate_fn(self):
+        """RecRows items -> a batch of tensors (no prompts to pad)."""
+        return partial(collate, pad_id=self.pad_id)
+
+    def for_scoring(self):
+        """The model that scores rows: this one, or its cold-start view when cold start is on."""
+        return self if self.scoring_view is None else self.scoring_view(self)
 
     def __init__(self, n_users: int, n_items: int, rec_cfg):
         super().__init__()

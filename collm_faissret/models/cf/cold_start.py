@@ -162,6 +162,8 @@ class ColdStartCF(nn.Module):
         check_config(cs, base.name)
         self.base, self.cs = base, cs
         self.name, self.dim = base.name, base.dim
+        self.prompts, self.pad_id = None, base.pad_id
+        self.history_len = max(base.history_len, cs.history_len)
         self.n_users, self.n_items = base.n_users, base.n_items
         self.index_cfg = index_cfg
         users, items = self._tables(base)
@@ -281,6 +283,10 @@ class ColdStartCF(nn.Module):
         return self.base.with_biases((self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1), batch)
 
     forward = CFModel.forward  # {"loss", "logits"} from this wrapper's score
+    collate_fn = CFModel.collate_fn
+
+    def for_scoring(self):
+        return self
 
 
 def with_cold_start(cf, data, cs, index_cfg: RetrievalConfig):

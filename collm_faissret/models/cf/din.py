@@ -30,6 +30,7 @@ class DIN(CFModel):
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)
         self.max_len = rec_cfg.max_len
+        self.history_len = rec_cfg.max_len  # history ids each row must carry
         self.item = history_item_table(n_items, self.dim, init_std)
         self.user = user_offset_table(n_users, self.dim, rec_cfg.user_id)
         self.attn = mlp([4 * self.dim, *rec_cfg.attn_hidden, 1], 0.0)

@@ -50,6 +50,7 @@ class SASRec(CFModel):
         # std ~0.1 * sqrt(d) that training then memorises (worse valid AUC).
         super().__init__(n_users, n_items, rec_cfg)
         self.max_len = rec_cfg.max_len
+        self.history_len = rec_cfg.max_len  # history ids each row must carry
         self.item = history_item_table(n_items, self.dim, init_std)
         self.pos = nn.Embedding(self.max_len, self.dim)
         nn.init.normal_(self.pos.weight, std=init_std)
