@@ -4,6 +4,10 @@ Kept free of imports, so ``collm-prepare`` stays light.
 """
 
 
+class PrepareError(Exception):
+    """A problem the user can fix (bad input, refused output): reported in one line, exit 2."""
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file and, where known, the line or row.
 

@@ -33,29 +33,33 @@ Python lists and ``title`` as pandas' string dtype; the values are the same.
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import math
 import shutil
 import sys
 import uuid
-import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError  # noqa: F401  (raised here; the scripts import it from this module)
+from ..errors import DataError, PrepareError
+
+# The raw-reading helpers, re-exported: the scripts import everything shared from this module.
+from .raw_text import (  # noqa: F401
+    numbered_lines,
+    open_text,
+    open_zip_member,
+    parse_int,
+    parse_rating_lines,
+    split_fields,
+    zip_source_name,
+)
 
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("uid", "iid", "label", "timestamp", "his", "his_title", "title", "flag", "not_cold")
 FORMATS = ("pickle", "parquet", "both")
-
-
-class PrepareError(Exception):
-    """A problem the user can fix (bad input, refused output): reported in one line, exit 2."""
 
 
 class RawData(NamedTuple):
@@ -64,77 +68,6 @@ class RawData(NamedTuple):
     interactions: pd.DataFrame
     titles: Mapping[object, str]
     notes: list[str]
-
-
-# ---------------------------------------------------------------- raw reading
-
-
-def numbered_lines(stream: Iterable[str]) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` (1-based, line ending stripped), skipping blank lines."""
-    for lineno, line in enumerate(stream, start=1):
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield lineno, line
-
-
-def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    """Open a text file, transparently decompressing ``.gz``; missing files raise FileNotFoundError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding=encoding)
-    # newline="" keeps csv quoting intact; numbered_lines strips endings itself.
-    return open(path, encoding=encoding, newline="")
-
-
-def open_zip_member(zip_path: Path, member: str, encoding: str = "utf-8") -> io.TextIOBase:
-    """Open one member of a zip (or wheel) as text, without extracting it."""
-    if not Path(zip_path).is_file():
-        raise FileNotFoundError(f"{zip_path}: no such file")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise PrepareError(f"{zip_path}: not a valid zip file") from None
-    with archive:
-        try:
-            raw = archive.open(member)
-        except KeyError:
-            raise FileNotFoundError(f"{zip_path}: has no member {member}") from None
-    # Closing the archive first is fine: zipfile keeps the file open until the member closes.
-    return io.TextIOWrapper(raw, encoding=encoding, newline="")
-
-
-def zip_source_name(zip_path: Path, member: str) -> str:
-    """How error messages name a file inside an archive."""
-    return f"{zip_path}[{member}]"
-
-
-def split_fields(line: str, sep: str, n_fields: int, source: str, lineno: int) -> list[str]:
-    """Split ``line`` on ``sep`` and insist on exactly ``n_fields`` fields."""
-    fields = line.split(sep)
-    if len(fields) != n_fields:
-        raise DataError(source, lineno, f"expected {n_fields} {sep!r}-separated fields, got {len(fields)}")
-    return fields
-
-
-def parse_int(value: str, source: str, lineno: int, what: str) -> int:
-    """Parse an integer field; anything else (including '3.5') is a DataError."""
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise DataError(source, lineno, f"{what} is not an integer: {value!r}") from None
-
-
-def parse_rating_lines(lines: Iterable[str], sep: str, source: str,
-                       names: tuple[str, str, str, str]) -> tuple[list, list, list, list]:
-    """``user SEP item SEP rating SEP timestamp`` lines -> four parallel int lists;
-    ``names``: what the four fields are called in error messages (the file's own terms)."""
-    columns = ([], [], [], [])
-    for lineno, line in numbered_lines(lines):
-        for column, value, name in zip(columns, split_fields(line, sep, 4, source, lineno), names):
-            column.append(parse_int(value, source, lineno, name))
-    return columns
 
 
 # ---------------------------------------------------------------- filters
