@@ -53,7 +53,7 @@ def known_errors():
     from .registry import RegistryError
     from .retrieval.index import IndexMismatchError
     from .runners.nonfinite import NonFiniteLoss
-    from .runners.runner_base import RunError
+    from .runners.run_files import RunError
     return (CheckpointError, ConfigError, DataError, BackboneError, CFWeightsError, StageError, PromptError,
             RegistryError, RunError, NonFiniteLoss, IndexMismatchError, FileNotFoundError)
 

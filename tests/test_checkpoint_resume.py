@@ -159,3 +159,17 @@ def test_resume_from_missing_checkpoint_fails_cleanly(env, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2
     assert err[-1].startswith("error: run.resume_ckpt_path not found")
+
+
+def test_loss_scaler_only_for_fp16_on_cuda():
+    import warnings
+
+    from collm_faissret.runners.runner_base import loss_scaler
+
+    half, full = torch.nn.Linear(2, 2).half(), torch.nn.Linear(2, 2)
+    assert loss_scaler(half, torch.device("cpu")) is None
+    assert loss_scaler(full, torch.device("cuda")) is None
+    assert loss_scaler(full.bfloat16(), torch.device("cuda")) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": the choice is what is tested here
+        assert isinstance(loss_scaler(half, torch.device("cuda")), torch.amp.GradScaler)

@@ -1,7 +1,7 @@
 """DDP: when one rank dies or hangs, the run ends in bounded time with an error.
 
 Two CPU processes under torchrun (gloo). Rank 1 is made to fail at micro-step
-3 by the test-only hook in collm_faissret/faults.py, which first prints one
+3 by the test-only step hook of tests/fault_train.py, which first prints one
 line; the bound is measured from that line, so slow process start-up on a
 busy machine does not count against it.
 
@@ -28,7 +28,7 @@ HARD_LIMIT_S = 300  # `timeout` around torchrun: a hang fails the test instead o
 def run_torchrun(cfg: str, fault: str):
     """Run a 2-process torchrun with rank 1 failing; return (returncode, output, seconds from fault to exit)."""
     cmd = ["timeout", "-k", "15", str(HARD_LIMIT_S), sys.executable, "-m", "torch.distributed.run",
-           "--standalone", "--nproc-per-node", "2", "train_collm.py", "--cfg-path", cfg,
+           "--standalone", "--nproc-per-node", "2", "tests/fault_train.py", "--cfg-path", cfg,
            "--options", f"run.dist_timeout_s={DIST_TIMEOUT_S}"]
     env = subprocess_env(COLLM_FAISSRET_TEST_KILL_AT_STEP=FAULT_STEP, COLLM_FAISSRET_TEST_KILL_RANK=1,
                          COLLM_FAISSRET_TEST_FAULT=fault)

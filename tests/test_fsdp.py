@@ -32,8 +32,10 @@ KILL_AT = 3
 
 
 def _torchrun_popen(cfg, *options, **env_extra):
+    # train_collm.py, plus the test-only step hook that kills at COLLM_FAISSRET_TEST_KILL_AT_STEP
+    script = "tests/fault_train.py" if env_extra else "train_collm.py"
     cmd = ["timeout", "300", *_torchrun(), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(REPO / "train_collm.py"), *cli_args(cfg, *options)]
+           "--master-port", str(_free_port()), str(REPO / script), *cli_args(cfg, *options)]
     return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(PYTHONPATH=str(REPO), **env_extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

@@ -2,8 +2,8 @@
 checkpoint ends exactly where an uninterrupted run ends; damaged checkpoints
 are refused with one line and the good file stays.
 
-The killed run is a real process (``train_collm.py``) that kills itself with
-SIGKILL through the test-only hook in collm_faissret/faults.py: right after
+The killed run is a real process (``tests/fault_train.py``: train_collm.py plus a step hook) that kills itself with
+SIGKILL through the test-only step hook of tests/fault_train.py: right after
 the backward pass of micro-step k, before that step's optimizer update and
 checkpoint. The resume runs in-process. Stage 1 with LoRA dropout 0.3 and
 gradient accumulation 2: the resumed run must restore weights, AdamW moments,
@@ -56,7 +56,7 @@ def killed_runs(env, tmp_path_factory):
     for step in KILL_STEPS:
         out = root / f"kill_{step}" / "run"
         cfg = stage1_config(env, out)
-        proc = subprocess.Popen([sys.executable, "train_collm.py", "--cfg-path", cfg], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "tests/fault_train.py", "--cfg-path", cfg], cwd=REPO,
                                 env=subprocess_env(COLLM_FAISSRET_TEST_KILL_AT_STEP=step),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         runs[step] = (out, cfg, proc)

@@ -7,6 +7,7 @@ position; BCE against the label. The score is the logit of the "Yes" token
 answers (TALLRec's), which sits near 0 for a pretrained LM from the first step.
 """
 import logging
+import os
 from functools import partial
 
 import torch
@@ -106,6 +107,18 @@ class CoLLM(nn.Module):
         groups = self.param_groups()
         keep = groups["lora"] + groups["fece"] + [(n, p) for n, p in groups["rec"] if p.requires_grad]
         return {n: p.detach() for n, p in keep}
+
+    @property
+    def has_artifacts(self) -> bool:
+        """Whether a run directory gets files beside the best checkpoint: the adapter, with LoRA."""
+        return bool(self.param_groups()["lora"])
+
+    def save_artifacts(self, out_dir: str, state: dict) -> None:
+        """The LoRA adapter in peft's own format (``out_dir/adapter``), loadable by
+        PeftModel.from_pretrained. state: ``saved_state_dict()`` gathered to full tensors
+        (a sharded run's parameters are this rank's shards only)."""
+        lora = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
+        self.llm.save_pretrained(os.path.join(out_dir, "adapter"), state_dict=lora)
 
     def inputs_embeds(self, batch):
         """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs."""

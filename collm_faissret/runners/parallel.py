@@ -39,10 +39,8 @@ class Replicated:
         """Nothing to shard; the optimizer may be built on ``model``'s parameters as they are."""
 
     def model_state(self, model):
-        """The parameters a checkpoint keeps, as CPU tensors."""
-        if hasattr(model, "saved_state_dict"):
-            return {k: v.detach().cpu() for k, v in model.saved_state_dict().items()}
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        """The parameters a checkpoint keeps (the model states which), as CPU tensors."""
+        return {k: v.detach().cpu() for k, v in model.saved_state_dict().items()}
 
     def optimizer_state(self, model, optimizer):
         return optimizer.state_dict()
@@ -176,7 +174,7 @@ def decoder_layers(model):
     names = set(getattr(llm, "_no_split_modules", None) or ())
     layers = [m for m in llm.modules() if type(m).__name__ in names]
     if not layers:
-        from .runner_base import RunError
+        from .run_files import RunError
 
         raise RunError(f"run.distributed fsdp: {type(llm).__name__} names no decoder layer class "
                        "(_no_split_modules) to shard")

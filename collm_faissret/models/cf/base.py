@@ -50,6 +50,8 @@ class CFModel(nn.Module):
 
     name = "CF"  # set by registry.register to the registered name
     zero_shot = False  # evaluate-only needs trained weights (model.ckpt)
+    # Files beside the best checkpoint: none (baseline_train.py writes cf_model.pth at the end).
+    has_artifacts = False
 
     # Capabilities, read through the registry (``registry.get("cf_model", name).target_aware``);
     # a new model states its own here instead of being added to name lists elsewhere.
@@ -77,6 +79,10 @@ class CFModel(nn.Module):
     def collate_fn(self):
         """RecRows items -> a batch of tensors (no prompts to pad)."""
         return partial(collate, pad_id=self.pad_id)
+
+    def saved_state_dict(self):
+        """What a run checkpoint keeps: every weight and buffer (a CF model is small)."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
 
     def for_scoring(self):
         """The model that scores rows: this one, or its cold-start view when cold start is on."""

@@ -288,6 +288,11 @@ class ColdStartCF(nn.Module):
     def for_scoring(self):
         return self
 
+    def saved_state_dict(self):
+        return self.base.saved_state_dict()  # the borrowed tables are derived, never saved
+
+    zero_shot = has_artifacts = False  # as the CF model it wraps
+
 
 def with_cold_start(cf, data, cs, index_cfg: RetrievalConfig):
     """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF around it whose
