@@ -109,8 +109,8 @@ def loaded_backbone(path: str, dtype: torch.dtype, device: torch.device):
 def write_random_mf(data, dim: int, path: str) -> str:
     """A CF weight file with random MF weights (stage 2 reads it; speed does not depend on values)."""
     from collm_faissret.checkpoint import save_atomic
-    from collm_faissret.config import RecConfig
+    from collm_faissret.models.cf import CFConfig
     from collm_faissret.models.cf.mf import MF
 
-    save_atomic(MF(data.n_users, data.n_items, RecConfig(embedding_size=dim)).weights_payload(), path)
+    save_atomic(MF(data.n_users, data.n_items, CFConfig(embedding_size=dim)).weights_payload(), path)
     return path

@@ -3,20 +3,24 @@
   python -m collm_faissret.config_reference            write the file
   python -m collm_faissret.config_reference --check    exit 1 when it is out of date
 
-Keys, types and defaults come from the dataclasses of ``collm_faissret.config``,
-meanings from its ``FIELD_HELP``; a field without a meaning there (or a
-meaning for a field that no longer exists) is an error, so the reference
-cannot silently fall behind the schema.
+Keys, types, defaults and meanings come from the schema's dataclasses (the
+components' own: ``collm_faissret.config`` composes them), each meaning from its
+field's metadata; a field without one is an error, so the reference cannot
+silently fall behind the schema. ``model.rec_config`` gets one section for the
+keys every CF model has and one per CF model schema that adds keys, found
+through the registry.
 """
 import argparse
 import dataclasses
 import os
 import sys
 import typing
+from enum import Enum
 
 from omegaconf import MISSING
 
-from . import config
+from . import config, registry
+from .schema import help_of
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                             "config_reference.md")
@@ -34,7 +38,7 @@ not edit by hand (`--check`, run by the tests, fails when it is out of date).
 
 
 class ReferenceError(ValueError):
-    """The schema and FIELD_HELP disagree."""
+    """A schema field without its help text."""
 
 
 def type_name(tp) -> str:
@@ -49,6 +53,8 @@ def type_name(tp) -> str:
         return f"map of {type_name(args[1])}"
     if dataclasses.is_dataclass(tp):
         return "section"
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + ", ".join(f"`{c.value}`" for c in tp)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -64,34 +70,53 @@ def default_text(f: dataclasses.Field) -> str:
         return "`[" + ", ".join(str(v) for v in value) + "]`"
     if isinstance(value, dict):
         return "`{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}`"
+    if isinstance(value, Enum):
+        return f"`{value.value}`"
     return f"`{value}`"
 
 
-def sections(cls=config.Config, prefix: str = "", intro: str = "") -> list:
+def cf_schemas():
+    """[(schema class, [CF model names using it]), ...]: the base CFConfig first."""
+    from .models import cf  # noqa: F401  (registers the CF models)
+
+    by_schema = {}
+    for name in registry.names("cf_model"):
+        by_schema.setdefault(registry.get("cf_model", name).Config, []).append(name)
+    return sorted(by_schema.items(), key=lambda item: (item[0] is not cf.CFConfig, item[0].__name__))
+
+
+def sections(cls=config.Config, prefix: str = "", intro: str = "", skip=(), suffix: str = "") -> list:
     """[{"title", "intro", "rows": [(key, type, default, meaning), ...]}, ...] in schema order.
 
     A nested dataclass (or a map of them, like ``datasets``) is a section of its
-    own, introduced by its field's meaning in the parent.
+    own, introduced by its field's meaning in the parent; ``skip``: fields a
+    parent section already lists (a CF schema's inherited keys).
     """
-    helps = config.FIELD_HELP.get(cls.__name__, {})
     hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    problems = [f"{cls.__name__}.{f.name}" for f in fields if f.name not in helps]
-    problems += [f"{cls.__name__}.{name} (no such field)" for name in helps if name not in {f.name for f in fields}]
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    problems = [f"{cls.__name__}.{f.name}" for f in fields if not help_of(f)]
     if problems:
-        raise ReferenceError("config.FIELD_HELP lacks or has stale entries: " + ", ".join(problems))
+        raise ReferenceError("schema fields without help text: " + ", ".join(problems))
+    helps = {f.name: help_of(f) for f in fields}
     rows, nested = [], []
     for f in fields:
         tp, key = hints[f.name], prefix + f.name
-        if dataclasses.is_dataclass(tp):
-            nested.append((tp, key + ".", helps[f.name]))
+        if f.name == "rec_config" and cls is config.ModelConfig:
+            base = None
+            for schema, names in cf_schemas():
+                own = () if base is None else {g.name for g in dataclasses.fields(base)}
+                what = helps[f.name] if base is None else f"keys of {', '.join(names)} besides the common ones"
+                nested.append((schema, key + ".", what, own, "" if base is None else f" ({', '.join(names)})"))
+                base = base or schema
+        elif dataclasses.is_dataclass(tp):
+            nested.append((tp, key + ".", helps[f.name], (), ""))
         elif typing.get_origin(tp) in (dict, typing.Dict) and dataclasses.is_dataclass(typing.get_args(tp)[1]):
-            nested.append((typing.get_args(tp)[1], key + ".<name>.", helps[f.name]))
+            nested.append((typing.get_args(tp)[1], key + ".<name>.", helps[f.name], (), ""))
         else:
             rows.append((key, type_name(tp), default_text(f), helps[f.name]))
-    out = [{"title": prefix.rstrip("."), "intro": intro, "rows": rows}] if rows else []
-    for sub_cls, sub_prefix, sub_intro in nested:
-        out += sections(sub_cls, sub_prefix, sub_intro)
+    out = [{"title": prefix.rstrip(".") + suffix, "intro": intro, "rows": rows}] if rows else []
+    for sub_cls, sub_prefix, sub_intro, sub_skip, sub_suffix in nested:
+        out += sections(sub_cls, sub_prefix, sub_intro, sub_skip, sub_suffix)
     return out
 
 

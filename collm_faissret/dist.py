@@ -6,7 +6,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 def is_dist() -> bool:

@@ -1,7 +1,11 @@
-"""Errors shared by otherwise independent parts (the data scripts and the loaders).
+"""Errors shared by otherwise independent parts (config, components, data scripts, loaders).
 
 Kept free of imports, so ``collm-prepare`` stays light.
 """
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key or file."""
 
 
 class PrepareError(Exception):

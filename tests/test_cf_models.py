@@ -3,6 +3,7 @@
 The models come from the registry, not from a list kept here: a new model file
 is trained, scored and round-tripped by these tests as soon as it registers.
 """
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,6 @@ from omegaconf import OmegaConf
 
 import baseline_train
 from collm_faissret import registry
-from collm_faissret.config import RecConfig
 from collm_faissret.datasets.collm_data import InteractionData
 from collm_faissret.models.cf import CFWeightsError
 from collm_faissret.models.cf.lightgcn import LightGCN
@@ -24,11 +24,13 @@ ARCHS = registry.names("cf_model")
 N_USERS, N_ITEMS = 12, 30
 
 
-def rec_cfg(**kw):
-    """A small RecConfig (dim 16) with overrides."""
+def rec_cfg(arch="MF", **kw):
+    """A small rec_config of ``arch``'s schema (dim 16) with overrides; keys it lacks are left out."""
+    schema = registry.get("cf_model", arch).Config
     base = dict(embedding_size=16, max_len=6, n_heads=2, n_blocks=2, mlp_hidden=[16, 8], attn_hidden=[16])
     base.update(kw)
-    return OmegaConf.merge(OmegaConf.structured(RecConfig), base)
+    known = {f.name for f in dataclasses.fields(schema)}
+    return OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in base.items() if k in known})
 
 
 def frame(n_rows, seed):
@@ -62,7 +64,7 @@ def batch(n=8, seed=0, his_len=6):
 
 def build(arch, **kw):
     torch.manual_seed(0)
-    model = registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(**kw))
+    model = registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(arch, **kw))
     if model.fits_data:
         model.fit_data(data())
     return model
@@ -86,7 +88,7 @@ def test_lightgcn_matches_dense_propagation():
     """2 users, 3 items: propagation equals (D^-1/2 A D^-1/2)^k E averaged over k = 0..L."""
     edges = pd.DataFrame({"uid": [0, 0, 1, 1, 1], "iid": [0, 1, 1, 2, 0], "label": [1, 1, 1, 1, 0]})
     for kind, keep in (("positive", edges["label"] == 1), ("all", edges["label"] >= 0)):
-        model = LightGCN(2, 3, rec_cfg(n_layers=3, graph_edges=kind))
+        model = LightGCN(2, 3, rec_cfg("LightGCN", n_layers=3, graph_edges=kind))
         model.fit_data(InteractionData({"train": edges}, 2, 3, "generated"))
         adj = torch.zeros(5, 5, dtype=torch.float64)
         for u, i in zip(edges["uid"][keep], edges["iid"][keep]):
@@ -167,7 +169,8 @@ def test_weights_round_trip(arch, tmp_path):
         opt.step()
     path = str(tmp_path / "cf_model.pth")
     torch.save(model.weights_payload("cfg: x"), path)
-    fresh = registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(user_id=True, item_bias=True, user_bias=True))
+    fresh = registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(arch, user_id=True, item_bias=True,
+                                                                      user_bias=True))
     fresh.load_pretrained(path)
     model.eval()
     fresh.eval()
@@ -183,7 +186,7 @@ def test_other_models_weights_are_refused(arch, tmp_path):
     path = str(tmp_path / "other.pth")
     torch.save(build(other).weights_payload(), path)
     with pytest.raises(CFWeightsError, match=other):
-        registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg()).load_pretrained(path)
+        registry.get("cf_model", arch)(N_USERS, N_ITEMS, rec_cfg(arch)).load_pretrained(path)
 
 
 @pytest.fixture(scope="module")

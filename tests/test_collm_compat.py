@@ -251,7 +251,6 @@ def test_unmapped_collm_parameter_is_refused():
 def test_collm_mf_weight_file_loads(runs, tmp_path):
     """CoLLM's MF file (torch.save of a state dict: user_embedding / item_embedding) as
     rec_config.pretrained_path: same tables as our cf_model.pth; other models refuse it."""
-    from collm_faissret.config import RecConfig
     from collm_faissret.models.cf.base import CFWeightsError
     from collm_faissret.models.cf.mf import MF
     from collm_faissret.models.cf.sasrec import SASRec
@@ -259,7 +258,7 @@ def test_collm_mf_weight_file_loads(runs, tmp_path):
     state = torch.load(runs["mf"] / "cf_model.pth", weights_only=True)["state_dict"]  # collm-baseline's MF 256
     theirs = tmp_path / "0912_ml1m_oodv2_best_model_d256.pth"
     torch.save({"user_embedding.weight": state["user.weight"], "item_embedding.weight": state["item.weight"]}, theirs)
-    rec = OmegaConf.structured(RecConfig(embedding_size=256))
+    rec = OmegaConf.structured(MF.Config(embedding_size=256))
     n_users, n_items = state["user.weight"].shape[0], state["item.weight"].shape[0]
     mf = MF(n_users, n_items, rec)
     mf.load_pretrained(str(theirs))
@@ -267,7 +266,7 @@ def test_collm_mf_weight_file_loads(runs, tmp_path):
     with pytest.raises(CFWeightsError, match="n_items=.* but the data/config give"):
         MF(n_users, n_items + 1, rec).load_pretrained(str(theirs))
     with pytest.raises(CFWeightsError, match="holds MF weights, but rec_model is SASRec"):
-        SASRec(n_users, n_items, OmegaConf.structured(RecConfig(embedding_size=256, n_heads=4))).load_pretrained(
+        SASRec(n_users, n_items, OmegaConf.structured(SASRec.Config(embedding_size=256, n_heads=4))).load_pretrained(
             str(theirs))
     other = tmp_path / "other.pth"
     torch.save({"weird.weight": torch.zeros(2)}, other)

@@ -6,9 +6,10 @@ import torch
 from conftest import cli_args
 
 from collm_faissret import registry
-from collm_faissret.config import RecConfig, load_config
+from collm_faissret.config import load_config
 from collm_faissret.models import StageError
 from collm_faissret.models.backbone import BackboneError, answer_token_id
+from collm_faissret.models.cf import CFConfig
 from collm_faissret.models.cf.base import CFWeightsError
 from collm_faissret.models.cf.mf import MF
 from collm_faissret.models.collm import check_stage
@@ -18,7 +19,7 @@ from collm_faissret.runners.runner_base import RunnerBase, prepare_output_dir
 
 def test_mf_shapes_score_loss_and_sparse_gradients():
     torch.manual_seed(0)
-    mf = MF(5, 7, RecConfig(embedding_size=8))
+    mf = MF(5, 7, CFConfig(embedding_size=8))
     batch = {"uid": torch.tensor([0, 3, 3]), "iid": torch.tensor([1, 6, 2]), "label": torch.tensor([1, 0, 1])}
     assert mf.user_embed(batch).shape == (3, 8)
     assert mf.item_embed(torch.tensor([1, 2, 3, 4])).shape == (4, 8)
@@ -38,16 +39,16 @@ def test_mf_shapes_score_loss_and_sparse_gradients():
 
 
 def test_mf_weight_file_checks(tmp_path):
-    mf = MF(5, 7, RecConfig(embedding_size=8))
+    mf = MF(5, 7, CFConfig(embedding_size=8))
     path = tmp_path / "cf.pth"
     torch.save(mf.weights_payload(), path)
-    other = MF(5, 7, RecConfig(embedding_size=8))
+    other = MF(5, 7, CFConfig(embedding_size=8))
     other.load_pretrained(str(path))
     assert torch.equal(other.user.weight, mf.user.weight) and torch.equal(other.item.weight, mf.item.weight)
     with pytest.raises(CFWeightsError, match="n_users=5 but the data/config give 6"):
-        MF(6, 7, RecConfig(embedding_size=8)).load_pretrained(str(path))
+        MF(6, 7, CFConfig(embedding_size=8)).load_pretrained(str(path))
     with pytest.raises(CFWeightsError, match="dim=8 but the data/config give 4"):
-        MF(5, 7, RecConfig(embedding_size=4)).load_pretrained(str(path))
+        MF(5, 7, CFConfig(embedding_size=4)).load_pretrained(str(path))
 
 
 def test_projector_shapes_and_gradients():

@@ -18,10 +18,10 @@ def test_prompt_baseline_trains_projector_and_its_vectors(env, tmp_path, rec_mod
 
 
 def test_soft_prompt_gives_every_row_the_same_vectors():
-    from collm_faissret.config import RecConfig
+    from collm_faissret.models.cf import CFConfig
     from collm_faissret.models.cf.soft_prompt import SoftPrompt
 
-    model = SoftPrompt(5, 7, RecConfig(embedding_size=4))
+    model = SoftPrompt(5, 7, CFConfig(embedding_size=4))
     batch = {"uid": torch.tensor([1, 2, 4]), "iid": torch.tensor([0, 3, 6])}
     users, items = model.user_embed(batch), model.item_embed(batch["iid"])
     assert users.shape == (3, 4) and items.shape == (3, 4)

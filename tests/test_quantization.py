@@ -70,7 +70,7 @@ def test_quantized_layers_and_full_precision_parts(env, tmp_path, keys, linear):
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"quantization": "int4"}, "model.quantization 'int4' unknown; use none, int8, nf4"),
+    ({"quantization": "int4"}, "key model.quantization: Invalid value 'int4', expected one of [none, int8, nf4]"),
     ({"quantization": "nf4", "low_resource": True}, "model.low_resource: true is CoLLM's 8-bit loading"),
 ])
 def test_bad_quantization_settings_are_one_line_errors(env, tmp_path, capsys, keys, message):

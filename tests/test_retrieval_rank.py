@@ -14,11 +14,18 @@ import pytest
 import torch
 
 import train_collm
-from collm_faissret.config import ColdStartConfig, RecConfig, load_config
+from collm_faissret.config import load_config
 from collm_faissret.datasets import load_interactions
-from collm_faissret.models.cf.cold_start import ColdStartCF, ColdStartError, similarity_weighted_mean, with_cold_start
+from collm_faissret.models.cf import CFConfig
+from collm_faissret.models.cf.cold_start import (
+    ColdStartCF,
+    ColdStartConfig,
+    ColdStartError,
+    similarity_weighted_mean,
+    with_cold_start,
+)
 from collm_faissret.models.cf.mf import MF
-from collm_faissret.models.cf.sasrec import SASRec
+from collm_faissret.models.cf.sasrec import SASRec, SASRecConfig
 from collm_faissret.retrieval.index import ItemIndex, RetrievalConfig
 from collm_faissret.retrieval.ranking import grouped_metrics, rerank
 from collm_faissret.tasks.retrieve_rank import RetrieveRankTask
@@ -55,7 +62,7 @@ def toy(tmp_path):
     for name, rows in splits.items():
         _rows(rows).to_pickle(tmp_path / f"{name}_ood2.pkl")
     data = load_interactions(str(tmp_path), {s: f"{s}_ood2" for s in splits})
-    mf = MF(data.n_users, data.n_items, RecConfig(embedding_size=2))
+    mf = MF(data.n_users, data.n_items, CFConfig(embedding_size=2))
     with torch.no_grad():
         mf.user.weight.copy_(torch.from_numpy(USERS))
         mf.item.weight.copy_(torch.from_numpy(ITEMS))
@@ -182,7 +189,7 @@ def test_switch_off_keeps_original_embeddings(toy):
 
 
 def test_history_models_are_refused(toy):
-    sas = SASRec(toy.data.n_users, toy.data.n_items, RecConfig(embedding_size=2, n_heads=1))
+    sas = SASRec(toy.data.n_users, toy.data.n_items, SASRecConfig(embedding_size=2, n_heads=1))
     with pytest.raises(ColdStartError, match="model.cold_start.enabled: SASRec"):
         with_cold_start(sas, toy.data, ColdStartConfig(enabled=True), RetrievalConfig())
     with pytest.raises(ColdStartError, match="model.cold_start.user_repr"):

@@ -10,14 +10,50 @@ are quantized by bitsandbytes as they load (QLoRA).
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
+from typing import List
 
 import torch
 
 from ..planner import QUANTIZATIONS  # model.quantization's values
+from ..schema import Choice, setting
 
 
 class BackboneError(ValueError):
     """A backbone directory that cannot be loaded."""
+
+
+@dataclass
+class LoraConfig:
+    """``model.lora_config``: the LoRA adapter of the LLM (peft)."""
+    use_lora: bool = setting(True, "attach a LoRA adapter to the LLM")
+    r: int = setting(8, "LoRA rank")
+    alpha: int = setting(16, "LoRA scaling numerator (scale = alpha / r)")
+    target_modules: List[str] = setting(help="names of the LLM's linear layers that get LoRA",
+                                        factory=lambda: ["q_proj", "v_proj"])
+    dropout: float = setting(0.05, "dropout on the LoRA input")
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+
+
+class Dtype(Choice):
+    """``model.dtype``: auto (bf16 on CUDA, fp32 on CPU) or a fixed one."""
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+# ``model.quantization``: none, int8, nf4; the planner's list, so each one it can load is one it estimates.
+Quantization = Choice("Quantization", [(q, q) for q in QUANTIZATIONS])
+
+
+class AnswerScore(Choice):
+    """``model.answer_score``. Not "yes": YAML reads a bare yes as the boolean true."""
+    yes_logit = "yes_logit"  # logit of the Yes token (CoLLM)
+    yes_minus_no = "yes_minus_no"  # logit(Yes) - logit(No), the two-way softmax log-odds (TALLRec)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -102,7 +138,7 @@ def resolve_quantization(mcfg) -> str:
             raise BackboneError("model.low_resource: true is CoLLM's 8-bit loading (int8) but model.quantization "
                                 "is nf4: set only one of them")
         return "int8"
-    return kind
+    return str(kind)
 
 
 def quantization_config(kind: str, dtype: torch.dtype, device: torch.device):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..datasets.rec_dataset import collate
 from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder
 from ..registry import register
+from .backbone import AnswerScore
 from .fece import Projector
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class CoLLM(nn.Module):
     ``history_len`` (history ids per row its CF model reads).
     """
 
-    ANSWER_SCORES = ("yes_logit", "yes_minus_no")
+    ANSWER_SCORES = tuple(a.value for a in AnswerScore)
 
     def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
                  proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,

@@ -22,7 +22,18 @@ import faiss
 import numpy as np
 import torch
 
-INDEX_TYPES = ("auto", "flat", "ivf_flat", "ivf_pq", "torch_exact")
+from ..schema import Choice, setting
+
+
+class IndexType(Choice):
+    auto = "auto"
+    flat = "flat"
+    ivf_flat = "ivf_flat"
+    ivf_pq = "ivf_pq"
+    torch_exact = "torch_exact"
+
+
+INDEX_TYPES = tuple(t.value for t in IndexType)
 IVF_KINDS = ("ivf_flat", "ivf_pq")
 # faiss warns below 39 training points per centroid; the auto nlist stays above it.
 MIN_POINTS_PER_LIST = 39
@@ -47,16 +58,18 @@ class IndexMismatchError(ValueError):
 
 @dataclass
 class IndexSettings:
-    """Faiss index keys, as the config's ``retrieval`` section holds them (RetrievalConfig
-    documents and validates them)."""
-    index_type: str = "auto"
-    nlist: int = 0
-    nprobe: int = 16
-    pq_m: int = 8
-    pq_nbits: int = 8
-    flat_threshold: int = 50000
-    use_gpu: bool = True
-    k: int = 10
+    """The index's schema: its keys as the config's ``retrieval`` section holds them
+    (RetrievalConfig adds what only code sets, and validates them)."""
+    index_type: IndexType = setting(IndexType.auto, "`auto` (flat below `flat_threshold` items, IVF-Flat above; "
+                                                    "exact torch on CUDA without faiss-gpu), `flat`, `ivf_flat`, "
+                                                    "`ivf_pq`, `torch_exact`")
+    nlist: int = setting(0, "IVF lists; 0: about 4*sqrt(items), at least 39 training points per list")
+    nprobe: int = setting(16, "IVF lists visited per query")
+    pq_m: int = setting(8, "IVF-PQ sub-quantizers")
+    pq_nbits: int = setting(8, "IVF-PQ bits per code")
+    flat_threshold: int = setting(50000, "`auto` uses an exact flat index below this many items")
+    use_gpu: bool = setting(True, "put the index on a GPU when faiss-gpu sees one (never required)")
+    k: int = setting(10, "candidates retrieved per user, each scored by the LLM")
 
 
 @dataclass

@@ -27,6 +27,10 @@ class RecTask:
         self.ds_name, self.ds_cfg = dataset_config(cfg)
         self.data = None
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Rules of this task beyond the schema (config validation calls it before any file is read)."""
+
     def load_data(self):
         self.data = registry.get("dataset", self.ds_name)(self.ds_cfg)
         return self.data

@@ -31,28 +31,30 @@ from ..retrieval.ranking import grouped_metrics, rerank, split_queries, top_k_un
 from .rec_task import RecTask
 
 log = logging.getLogger("collm_faissret")
-EMBEDDINGS = ("cf", "fece")
 
 
 @register("task", "retrieve_rank")
 class RetrieveRankTask(RecTask):
     """Attributes after build_datasets: ``index`` (ItemIndex) and ``llm_calls`` per split."""
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @classmethod
+    def check_config(cls, cfg) -> None:
         r = cfg.retrieval
         if not cfg.run.evaluate:
             raise ConfigError("run.task retrieve_rank only evaluates: set run.evaluate: true "
                               "(train with run.task rec or baseline_train.py first)")
-        if r.embeddings not in EMBEDDINGS:
-            raise ConfigError(f"retrieval.embeddings {r.embeddings!r}: use one of {', '.join(EMBEDDINGS)}")
-        self.ks = sorted(set(r.metric_ks)) or [r.k]
-        if self.ks[0] < 1 or self.ks[-1] > r.k:
+        ks = sorted(set(r.metric_ks)) or [r.k]
+        if ks[0] < 1 or ks[-1] > r.k:
             raise ConfigError(f"retrieval.metric_ks {list(r.metric_ks)} must lie in 1..retrieval.k ({r.k})")
+        if cfg.model.arch in registry.names("cf_model") and r.embeddings == "fece":
+            raise ConfigError(f"retrieval.embeddings fece needs a CoLLM model; model.arch is {cfg.model.arch}")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.check_config(cfg)
+        self.ks = sorted(set(cfg.retrieval.metric_ks)) or [cfg.retrieval.k]
         self.index_cfg = index_settings(cfg)
         self.cf_only = cfg.model.arch in registry.names("cf_model")
-        if self.cf_only and r.embeddings == "fece":
-            raise ConfigError(f"retrieval.embeddings fece needs a CoLLM model; model.arch is {cfg.model.arch}")
         self.index = None
         self.llm_calls = {}
 

@@ -5,7 +5,9 @@ score(batch) -> [B] logits; forward(batch) -> {"loss", "logits"} with BCE.
 ``batch`` holds at least uid [B], iid [B], his [B, max_his] (0-padded left)
 and label [B] for the loss.
 """
+from dataclasses import dataclass
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -13,6 +15,24 @@ import torch.nn.functional as F
 
 from ...checkpoint import read_payload
 from ...datasets.rec_dataset import collate
+from ...schema import setting
+
+
+@dataclass
+class CFConfig:
+    """``model.rec_config`` keys every CF model has; a model with more subclasses this
+    and names it as its ``Config``."""
+    embedding_size: int = setting(64, "dimension of user / item embeddings")
+    pretrained_path: Optional[str] = setting(None, "`cf_model.pth` written by baseline_train.py (stage 2 loads it)")
+    # A dot product cannot express "this user likes most things", and on CoLLM's splits the
+    # item's overall appeal alone ranks well; stage 2 reads only the embeddings.
+    item_bias: bool = setting(False, "a learned per-item bias added to the logit")
+    user_bias: bool = setting(False, "a learned per-user bias added to the logit (zero start: unseen users add "
+                                     "nothing)")
+
+    def __post_init__(self):
+        if self.embedding_size < 1:
+            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
 
 
 class CFWeightsError(ValueError):
@@ -52,6 +72,7 @@ class CFModel(nn.Module):
     zero_shot = False  # evaluate-only needs trained weights (model.ckpt)
     # Files beside the best checkpoint: none (baseline_train.py writes cf_model.pth at the end).
     has_artifacts = False
+    Config = CFConfig  # the schema of model.rec_config for this model
 
     # Capabilities, read through the registry (``registry.get("cf_model", name).target_aware``);
     # a new model states its own here instead of being added to name lists elsewhere.

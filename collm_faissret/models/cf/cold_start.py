@@ -21,6 +21,7 @@ Every nearest-neighbour search goes through ``ItemIndex``. The replacement
 tables are computed once from the wrapped model's current weights, so the
 wrapper is for a frozen CF model (evaluation, or stage 2 with freeze_rec).
 """
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
@@ -28,17 +29,53 @@ import torch
 import torch.nn as nn
 
 from ... import registry
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...retrieval.index import ItemIndex, RetrievalConfig
+from ...schema import Choice, setting
 from .base import CFModel
 from .text import item_titles, title_vectors
 
-USER_REPRS = ("tfidf", "item_mean")
 QUERY_ELEMENTS = 2 ** 24  # cap on the floats of one batch of dense TF-IDF queries
 
 
 class ColdStartError(ConfigError):
     """Cold-start settings that cannot work; the message names the model.cold_start key."""
+
+
+class UserRepr(Choice):
+    tfidf = "tfidf"  # TF-IDF over the history's item ids
+    item_mean = "item_mean"  # mean CF embedding of the history's items
+
+
+@dataclass
+class ColdStartConfig:
+    """``model.cold_start``: embeddings for users/items unseen in training, borrowed from warm ones.
+
+    "Warm" means occurring in the training split. A cold user's vector mixes
+    (weights normalised to sum 1): the similarity-weighted mean of its
+    ``n_neighbors`` nearest warm users (neighbors_weight), the mean embedding of
+    its history items (history_weight) and the mean warm user (global_weight).
+    """
+    enabled: bool = setting(False, "replace cold users' (and items') embeddings by ones borrowed from warm "
+                                   "neighbours (CF models with a per-uid user table)")
+    neighbors_weight: float = setting(1.0, "weight of the similarity-weighted mean of the nearest warm users")
+    history_weight: float = setting(0.0, "weight of the mean embedding of the user's history items")
+    global_weight: float = setting(0.0, "weight of the mean warm user (weights are normalised to sum 1)")
+    user_repr: UserRepr = setting(UserRepr.tfidf, "how histories are compared: `tfidf` (of item ids) or "
+                                                  "`item_mean` (of CF embeddings)")
+    n_neighbors: int = setting(50, "nearest warm users averaged for a cold user")
+    history_len: int = setting(50, "most recent history items read per row")
+    warm_alpha: float = setting(0.0, "warm users become (1 - warm_alpha) * own + warm_alpha * history mean")
+    cold_items: bool = setting(True, "also give cold items the mean of their nearest warm items by title text")
+    item_neighbors: int = setting(10, "nearest warm items averaged for a cold item")
+    title_dim: int = setting(128, "TF-IDF title vectors reduced to this many SVD components (0: keep all)")
+    match_norm: bool = setting(False, "scale each borrowed cold-user vector to the mean norm of warm users "
+                                      "(averages are shorter than the vectors a model was trained on)")
+    simulate_cold: float = setting(0.0, "CoLLM stage-2 training only: this share of warm-user rows gets a vector "
+                                        "borrowed from other users, so the projector learns to read borrowed vectors")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def supported_models():
@@ -53,8 +90,14 @@ def check_config(cs, model_name: str) -> None:
         raise ColdStartError(f"model.cold_start.enabled: {model_name} has no per-user table to fill "
                              "(it builds users from their history already); supported: "
                              + ", ".join(supported_models()))
-    if cs.user_repr not in USER_REPRS:
-        raise ColdStartError(f"model.cold_start.user_repr {cs.user_repr!r}: use one of {', '.join(USER_REPRS)}")
+    check_ranges(cs)
+
+
+def check_ranges(cs) -> None:
+    """Raise ColdStartError for a setting outside its range (names the model.cold_start key)."""
+    if cs.user_repr not in [r.value for r in UserRepr]:
+        raise ColdStartError(f"model.cold_start.user_repr {str(cs.user_repr)!r}: use one of "
+                             + ", ".join(r.value for r in UserRepr))
     weights = (cs.neighbors_weight, cs.history_weight, cs.global_weight)
     if min(weights) < 0 or sum(weights) <= 0:
         raise ColdStartError("model.cold_start.neighbors_weight/history_weight/global_weight must be >= 0 "

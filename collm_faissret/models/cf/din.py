@@ -6,11 +6,27 @@ so the sum keeps how strongly the history matches. The user representation is
 that weighted sum (plus a user-ID embedding with ``user_id``), and an MLP on
 [user, t, user*t] gives the logit, so ``score`` is not a dot product.
 """
+from dataclasses import dataclass
+from typing import List
+
 import torch
 import torch.nn as nn
 
 from ...registry import register
-from .base import CFModel, history_item_table, user_offset_table
+from ...schema import setting
+from .base import CFConfig, CFModel, history_item_table, user_offset_table
+
+
+@dataclass
+class DINConfig(CFConfig):
+    max_len: int = setting(20, "most recent history items read")
+    dropout: float = setting(0.1, "dropout")
+    # A user-ID embedding, zero-initialised, so users unseen in training add nothing.
+    user_id: bool = setting(False, "add a user-ID embedding (zero-initialised, so users unseen in training add "
+                                   "nothing) to the history-based user representation")
+    mlp_hidden: List[int] = setting(help="hidden sizes of the prediction MLP", factory=lambda: [80, 40])
+    attn_hidden: List[int] = setting(help="hidden sizes of the attention MLP over [h, t, h-t, h*t]",
+                                     factory=lambda: [80, 40])
 
 
 def mlp(sizes, dropout: float) -> nn.Sequential:
@@ -25,6 +41,7 @@ def mlp(sizes, dropout: float) -> nn.Sequential:
 
 @register("cf_model", "DIN")
 class DIN(CFModel):
+    Config = DINConfig
     target_aware = True  # the user vector attends over the history against the target item
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):

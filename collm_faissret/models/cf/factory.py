@@ -9,7 +9,7 @@ a run checkpoint on top).
 """
 from ... import registry
 from ...checkpoint import load, load_model_weights
-from ...config import ConfigError, index_settings
+from ...errors import ConfigError
 from .cold_start import with_cold_start
 
 
@@ -50,6 +50,8 @@ def build_cf(cfg, data, device, name=None, cold_start=False, need_weights=None):
 def cold_start_view(cf, cfg, data):
     """``cf`` with borrowed vectors for cold users/items when ``model.cold_start.enabled``
     (its neighbour indexes built with the ``retrieval.*`` keys); ``cf`` itself otherwise."""
+    from ...config import index_settings
+
     return with_cold_start(cf, data, cfg.model.cold_start, index_settings(cfg))
 
 

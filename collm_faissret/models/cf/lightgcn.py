@@ -7,14 +7,14 @@ embedding is the mean of E^(0..L). The normalised adjacency is kept as buffers
 built for stage 2 (no ``fit_data``) loads it and reproduces the trained
 embeddings.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from ...config import ConfigError
 from ...registry import register
-from .base import CFModel
-
-EDGE_KINDS = ("positive", "all")
+from ...schema import Choice, setting
+from .base import CFConfig, CFModel
 
 
 def normalized_adjacency(users, items, n_users: int, n_items: int):
@@ -36,17 +36,30 @@ def normalized_adjacency(users, items, n_users: int, n_items: int):
     return index, torch.cat([val, val]), n
 
 
+class GraphEdges(Choice):
+    positive = "positive"  # label-1 interactions
+    all = "all"
+
+
+@dataclass
+class LightGCNConfig(CFConfig):
+    n_layers: int = setting(2, "propagation layers")
+    graph_edges: GraphEdges = setting(GraphEdges.positive, "`positive` (label-1 interactions) or `all` as graph edges")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {self.n_layers}")
+
+
 @register("cf_model", "LightGCN")
 class LightGCN(CFModel):
+    Config = LightGCNConfig
     supports_cold_start = True
     fits_data = True  # the graph comes from the training interactions
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):
         super().__init__(n_users, n_items, rec_cfg)
-        if rec_cfg.graph_edges not in EDGE_KINDS:
-            raise ConfigError(f"rec_config.graph_edges {rec_cfg.graph_edges!r}: use one of {', '.join(EDGE_KINDS)}")
-        if rec_cfg.n_layers < 0:
-            raise ConfigError(f"rec_config.n_layers must be >= 0, got {rec_cfg.n_layers}")
         self.n_layers = rec_cfg.n_layers
         self.graph_edges = rec_cfg.graph_edges
         self.user = nn.Embedding(n_users, self.dim)

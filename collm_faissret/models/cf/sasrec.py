@@ -6,14 +6,32 @@ embedding from the same item table. Trained pointwise with BCE on CoLLM's
 rows, like every CF model here.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...registry import register
-from .base import CFModel, history_item_table, user_offset_table
+from ...schema import setting
+from .base import CFConfig, CFModel, history_item_table, user_offset_table
+
+
+@dataclass
+class SASRecConfig(CFConfig):
+    max_len: int = setting(20, "most recent history items read")
+    dropout: float = setting(0.1, "dropout")
+    # A user-ID embedding, zero-initialised, so users unseen in training add nothing.
+    user_id: bool = setting(False, "add a user-ID embedding (zero-initialised, so users unseen in training add "
+                                   "nothing) to the history-based user representation")
+    n_heads: int = setting(2, "attention heads")
+    n_blocks: int = setting(2, "transformer blocks")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_heads < 1 or self.embedding_size % self.n_heads:
+            raise ValueError(f"embedding_size {self.embedding_size} is not divisible by n_heads {self.n_heads}")
 
 
 class Block(nn.Module):
@@ -44,6 +62,8 @@ class Block(nn.Module):
 
 @register("cf_model", "SASRec")
 class SASRec(CFModel):
+    Config = SASRecConfig
+
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.02):
         # A small item init: the encoding leaves the final LayerNorm with entries
         # of size ~1, so items at std 0.1 would start every logit with noise of
