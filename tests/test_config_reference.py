@@ -48,7 +48,9 @@ def test_shipped_config_validates(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_used_key_documented(path):
-    keys = used_keys(yaml.safe_load(path.read_text()))
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("include", None)  # base files: documented in the header, checked by their own entries
+    keys = used_keys(raw)
     assert keys
     undocumented = sorted(set(keys) - documented_keys())
     assert not undocumented, f"{path.name}: keys missing from docs/config_reference.md: {undocumented}"

@@ -166,3 +166,32 @@ def test_unknown_option_key_through_cli_is_one_line(env, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2
     assert len(lines) == 1 and "model.lora_config.rr" in lines[0]
+
+
+def test_include_merges_base_files_in_order(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "common.yaml").write_text(BASE)
+    (tmp_path / "base" / "lr.yaml").write_text("run: {init_lr: 0.5, max_epoch: 7}\n")
+    (tmp_path / "run.yaml").write_text("include: [base/common.yaml, base/lr.yaml]\nrun: {max_epoch: 2}\n")
+    cfg = load_config(str(tmp_path / "run.yaml"))
+    assert (cfg.run.init_lr, cfg.run.max_epoch) == (0.5, 2)  # later files win, the including file last
+    assert cfg.model.arch == "collm" and "include" not in cfg
+
+
+def test_include_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("include: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml \(included by .*c.yaml\)"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
+def test_rec_config_follows_the_cf_models_schema(tmp_path):
+    """A key of another CF model is refused; the model's own keys are typed and checked."""
+    path = _write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match="model.rec_config.n_layers"):
+        load_config(path, ["model.rec_model=MF", "model.rec_config.n_layers=2"])
+    cfg = load_config(path, ["model.rec_model=LightGCN", "model.rec_config.n_layers=3"])
+    assert cfg.model.rec_config.n_layers == 3 and cfg.model.rec_config.graph_edges == "positive"
