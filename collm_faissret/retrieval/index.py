@@ -74,20 +74,9 @@ class IndexSettings:
 
 @dataclass
 class RetrievalConfig(IndexSettings):
-    """How to build and search an ItemIndex.
-
-    index_type: "auto" (flat below ``flat_threshold`` items, IVF-Flat above; exact
-      torch on a CUDA machine without faiss-gpu), "flat", "ivf_flat", "ivf_pq",
-      "torch_exact".
-    nlist: IVF lists; 0 = about 4*sqrt(N) rounded to a power of two, capped so
-      each list has >= 39 training points.
-    nprobe: lists visited per query (IVF only).
-    pq_m, pq_nbits: IVF-PQ sub-quantizers and bits per code.
-    k: default number of results.
-    use_gpu: place the index on a GPU when one is usable (never required).
-    train_sample: 0 = all vectors train the IVF quantizer, else a seeded sample
-      of this many.
-    """
+    """How to build and search an ItemIndex: the IndexSettings keys (documented there) plus
+    train_sample, set by code only: 0 = all vectors train the IVF quantizer, else a seeded
+    sample of this many."""
 
     train_sample: int = 0
 
