@@ -40,6 +40,22 @@ def _split_of(data_dir):
         return json.load(fh).get("args", {}).get("split")
 
 
+def step_options(key, args) -> list:
+    """``--options`` that point a step's config at ``--data``, ``--backbone`` and ``--out``
+    (the YAML files name the defaults; stage 2 and evaluate-only read the earlier steps' files)."""
+    def run(step):
+        return os.path.join(args.out, RUN_DIRS[step])
+
+    opts = [f"datasets.ml100k_ood.path={args.data}", f"run.output_dir={run(key)}"]
+    if key != "mf":
+        opts.append(f"model.llama_model={args.backbone}")
+    if key in ("stage2", "evaluate_only"):
+        before = "stage1" if key == "stage2" else "stage2"
+        opts += [f"model.rec_config.pretrained_path={os.path.join(run('mf'), 'cf_model.pth')}",
+                 f"model.ckpt={os.path.join(run(before), 'checkpoint_best.pth')}"]
+    return opts
+
+
 def sh(cmd):
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -77,7 +93,7 @@ def main(argv=None) -> int:
         shutil.rmtree(os.path.join(args.out, sub), ignore_errors=True)
     summary = {}
     for key, script, cfg in STEPS:
-        sh([py, script, "--cfg-path", cfg])
+        sh([py, script, "--cfg-path", cfg, "--options", *step_options(key, args)])
         with open(os.path.join(args.out, RUN_DIRS[key], "metrics.json")) as fh:
             summary[key] = json.load(fh)["test"]
     path = os.path.join(args.out, "summary.json")
