@@ -21,7 +21,10 @@ issue tracker records (7B, batch 4, 256 tokens: 18.05 GiB).
 
 Beside each of our rows: the memory planner's estimate (collm_faissret/planner.py,
 what ``python -m collm_faissret.env --plan`` prints) for the same shape, stage,
-batch and padded length, without its CUDA allowance, and plan / measured.
+batch and padded length, with its CPU kernels and without its CUDA allowance:
+the total and plan / measured ("plan/est"), and its activation part alone
+against the saved tensors measured here ("saved MiB", "plan MiB", "p/m"), since at
+large shapes the weights dominate the total and would hide an activation error.
 """
 import argparse
 import json
@@ -144,11 +147,14 @@ def measure(env, who, stage, batch_size, fn):
     plan = {}
     if cfg is not None:  # the planner at the same shape, stage, batch and padded length; CF tables as built
         est = planner.estimate(planner_shape(env.sizes), cfg.model, "none", "ddp", batch_size, shape["seq_len"],
-                               overhead_gib=0.0, cf_rows=env.data.n_users + env.data.n_items)
-        plan = {"plan_gib": round(est["total"] / GIB, 3), "plan_ratio": round(est["total"] / total, 3)}
+                               overhead_gib=0.0, cf_rows=env.data.n_users + env.data.n_items, device="cpu")
+        plan = {"plan_gib": round(est["total"] / GIB, 3), "plan_ratio": round(est["total"] / total, 3),
+                "plan_saved_mib": round(est["parts"]["activations"] / 2 ** 20, 2),
+                "plan_saved_ratio": round(est["parts"]["activations"] / full["saved"], 3)}
     return {"who": who, "stage": stage, "batch_size": batch_size, **shape, "shape": env.args.shape, **plan,
             "saved_per_layer_mib": round(full["saved_per_layer"] / 2 ** 20, 2),
-            "saved_gib": round(full["saved"] / GIB, 3), "weights_gib": round(full["weights"] / GIB, 3),
+            "saved_gib": round(full["saved"] / GIB, 3), "saved_mib": round(full["saved"] / 2 ** 20, 2),
+            "weights_gib": round(full["weights"] / GIB, 3),
             "grads_adam_gib": round(full["trainable"] / GIB, 4), "estimate_gib": round(total / GIB, 3),
             "limit_gib": env.args.limit_gib, "fits": total / GIB < env.args.limit_gib,
             "seconds": round(time.time() - t0, 1)}
@@ -162,7 +168,7 @@ def planner_shape(sizes: dict) -> dict:
 def print_table(rows):
     head = (f"{'who':>5} {'stage':>5} {'bs':>4} {'len':>5} {'tokens':>7} | {'saved/layer MiB':>15} "
             f"{'saved GiB':>9} {'weights GiB':>11} {'grad+Adam':>9} | {'estimate GiB':>12} {'limit':>6} {'fits':>5} "
-            f"| {'plan GiB':>8} {'plan/est':>8}")
+            f"| {'plan GiB':>8} {'plan/est':>8} {'saved MiB':>9} {'plan MiB':>8} {'p/m':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -170,7 +176,8 @@ def print_table(rows):
               f"{r['saved_per_layer_mib']:>15.1f} {r['saved_gib']:>9.3f} {r['weights_gib']:>11.3f} "
               f"{r['grads_adam_gib']:>9.4f} | {r['estimate_gib']:>12.3f} {r['limit_gib']:>6.1f} "
               f"{'yes' if r['fits'] else 'no':>5} | {r.get('plan_gib', float('nan')):>8.3f} "
-              f"{r.get('plan_ratio', float('nan')):>8.3f}")
+              f"{r.get('plan_ratio', float('nan')):>8.3f} {r['saved_mib']:>9.2f} "
+              f"{r.get('plan_saved_mib', float('nan')):>8.2f} {r.get('plan_saved_ratio', float('nan')):>6.3f}")
 
 
 def main(argv=None) -> int:

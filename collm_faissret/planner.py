@@ -13,14 +13,24 @@ stated memory. The parts:
   fp32 when quantized (peft's k-bit preparation upcasts them).
 * trainable parameters (LoRA of the stage, projector): fp32 weight, gradient and
   AdamW's two moments, 16 bytes each; a frozen adapter 4 bytes.
-* activations: what autograd keeps for the backward pass of one decoder layer,
-  per token, times layers and batch tokens, plus the batch's attention mask.
-  Per token and layer, in bf16 (2 bytes) unless said: two RMSNorm inputs kept in
-  fp32 (2 x 4H), q/k/v/output of attention (4H), the fp32 copy of the input and
-  the dropout mask each LoRA module keeps (5 x its input width), the MLP's gate,
-  up and SiLU outputs (3I). Frozen linear layers keep nothing (their input is only
-  needed for a weight gradient). With model.gradient_checkpointing each layer
-  keeps only its bf16 input (2H), and one layer's activations exist at a time.
+* activations: what autograd keeps for the backward pass, per token of the padded
+  batch (B x L), summed over the decoder layers, plus a fixed part once per model
+  (activation_terms lists each term and why). Per layer, in bf16 unless said:
+  both RMSNorms' fp32 inputs and fp32 1/rms; q and k after RoPE, v and the
+  attention output, with k and v expanded to every query head, and the fp32
+  log-sum-exp per head (flash-style kernels recompute the probabilities); SDPA's
+  additive copy of the mask (L per query token); the MLP's gate, SiLU and up
+  outputs; per LoRA module its dropout mask and, when the adapter trains, the
+  fp32 inputs of lora_A and lora_B. Frozen linear layers keep nothing (their
+  input is needed only for a weight gradient). Checked against autograd's saved
+  tensors on CPU by bench/act_memory.py (to within 1% at the tiny and 1b shapes)
+  and tests/test_planner.py; the CUDA kernels' copies (dropout mask, mask) are
+  modelled, not measured. With int8 / nf4 every one of these is fp32: peft's
+  k-bit preparation upcasts the embeddings and norms, so the hidden states are
+  fp32 and bitsandbytes' layers return their input's dtype (measured on CPU; on
+  CUDA, AMP may run attention in bf16, so this is an upper bound there). With
+  model.gradient_checkpointing each layer keeps only its input (H values), and
+  one layer's activations exist at a time.
 * fsdp: every weight and optimizer state divided by the GPU count, plus the
   gathered bf16 weights of two decoder layers (the running one and the next,
   prefetched) and of the root (embeddings, head), which stay gathered through
@@ -99,35 +109,87 @@ def trainable_params(shape: dict, model_cfg) -> dict:
     return {"trained": trained, "frozen_adapter": lora if model_cfg.freeze_lora else 0}
 
 
-def activation_bytes_per_token(shape: dict, lora_targets) -> float:
-    """Autograd's saved bytes for one token in one decoder layer (see the module doc)."""
+def inputs_need_grad(model_cfg) -> bool:
+    """Whether the LM's input embeddings carry a gradient: a projector (or, through it, the
+    CF model) trains. Stage 1 trains only LoRA, and its first layer's input needs none."""
+    return not (model_cfg.freeze_proj and model_cfg.freeze_rec)
+
+
+def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda", quantization: str = "none") -> dict:
+    """Bytes autograd keeps for the backward pass, per token of a padded [B, L] batch.
+
+    Returns {"layer": {term: bytes} for one decoder layer, "fixed": {term: bytes} once per
+    model}. ``device`` "cpu" or "cuda" picks the dropout kernel (the only difference between
+    them). Hidden states are bf16 (2 bytes), or fp32 with int8 / nf4: k-bit preparation
+    upcasts the embeddings, so the residual stream and every bitsandbytes output are fp32.
+    """
     h, i = shape["hidden_size"], shape["intermediate_size"]
+    heads = shape["num_attention_heads"]
+    head_dim = h // heads
+    lora = model_cfg.lora_config
     dims = linear_dims(shape)
-    lora_inputs = sum(dims[n][0] for n in lora_targets if n in dims)
-    kv = dims["k_proj"][1]
-    norms = 2 * 4 * h
-    attention = 2 * (2 * h + 2 * kv)  # q, k, v and the attention output
-    mlp = 2 * 3 * i
-    return norms + attention + mlp + 5 * lora_inputs
+    targets = [n for n in lora.target_modules if n in dims] if lora.use_lora else []
+    adapter_trains = lora.use_lora and not model_cfg.freeze_lora
+    # LoRA's dropout keeps a mask of its fp32 input: CUDA's fused dropout a bool mask (1 byte),
+    # the CPU's composite dropout its scaled noise tensor in the input's dtype (fp32, 4 bytes).
+    mask_bytes = (1 if device == "cuda" else 4) if lora.dropout > 0 else 0
+    act = 2 if quantization == "none" else 4  # bytes of one hidden-state value
+
+    def lora_bytes(names, input_grad):
+        total = 0
+        for n in names:
+            width = dims[n][0]
+            if input_grad:  # the dropout's backward needs its mask only when a gradient reaches the input
+                total += mask_bytes * width
+            if adapter_trains:  # lora_A's and lora_B's weight gradients need their fp32 inputs
+                total += 4 * width + 4 * lora.r
+        return total
+
+    norm = 4 * h + 4  # LlamaRMSNorm upcasts to fp32: its backward keeps the fp32 input and 1/rms per token
+    layer = {
+        "norms": 2 * norm,
+        # q and k after RoPE, v, and the output: what SDPA's backward reads. With a mask
+        # transformers expands k and v to every query head (repeat_kv) before SDPA, so all
+        # four are H wide even with fewer kv heads; plus the fp32 log-sum-exp per head
+        # (flash-style kernels keep that instead of the L x L probabilities).
+        "attention": act * 4 * h + 4 * heads,
+        # SDPA turns the boolean [B, 1, L, L] mask into an additive one in q's dtype on every
+        # call and the backward keeps that copy: L values per query token, in every layer.
+        "mask": act * seq_len,
+        # SiLU's input (gate), its output and up's output (the product's backward needs both
+        # factors); down_proj is frozen, so its input is not kept.
+        "mlp": act * 3 * i,
+        "lora": lora_bytes(targets, True),
+    }
+    fixed = {
+        "final_norm": norm,
+        "rope": act * 2 * head_dim,  # cos and sin (in the hidden dtype), shared by every layer's q and k
+    }
+    if not inputs_need_grad(model_cfg):  # stage 1: layer 0's input has no gradient to carry
+        fixed["first_layer"] = -norm - (layer["lora"] - lora_bytes(targets, False))
+    # Not counted: the loss path ([B] floats), the projector's and CF lookups' few
+    # [B, d] tensors, and the last-position logits (the frozen head keeps nothing).
+    return {"layer": layer, "fixed": fixed}
 
 
 def estimate(shape: dict, model_cfg, quantization: str, distributed: str, batch: int, seq_len: int,
-             gpus: int = 1, overhead_gib: float = OVERHEAD_GIB, cf_rows: int = 0) -> dict:
+             gpus: int = 1, overhead_gib: float = OVERHEAD_GIB, cf_rows: int = 0, device: str = "cuda") -> dict:
     """Bytes per GPU by part, and the total, for one training step at ``batch`` x ``seq_len``.
 
     cf_rows: users + items of the CF model's fp32 tables (stage 2), when known; the
-    command line does not read the data, and ML-1M's MF (64-d) is 2.5 MB.
+    command line does not read the data, and ML-1M's MF (64-d) is 2.5 MB. device: see
+    activation_terms (bench/act_memory.py compares with CPU measurements).
     """
     layers = shape["num_hidden_layers"]
     w = weight_bytes(shape, quantization)
     t = trainable_params(shape, model_cfg)
-    targets = list(model_cfg.lora_config.target_modules) if model_cfg.lora_config.use_lora else []
-    per_layer = activation_bytes_per_token(shape, targets)
-    if model_cfg.gradient_checkpointing:  # each layer keeps its bf16 input; one layer is recomputed at a time
-        per_layer_total = 2 * shape["hidden_size"] * layers + per_layer
+    terms = activation_terms(shape, model_cfg, seq_len, device, quantization)
+    per_layer = sum(terms["layer"].values())
+    if model_cfg.gradient_checkpointing:  # each layer keeps its input; one layer is recomputed at a time
+        per_token = (2 if quantization == "none" else 4) * shape["hidden_size"] * layers + per_layer
     else:
-        per_layer_total = per_layer * layers
-    per_sample = per_layer_total * seq_len + seq_len * seq_len  # + the bool attention mask
+        per_token = per_layer * layers
+    per_sample = (per_token + sum(terms["fixed"].values())) * seq_len
     shards = gpus if distributed == "fsdp" else 1
     parts = {
         "weights": (w["layer"] * layers + w["root"]) / shards

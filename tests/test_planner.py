@@ -71,3 +71,47 @@ def test_plan_needs_a_shape(tmp_path, capsys):
                        "run.output_dir=/tmp/unused"])
     assert rc == 2
     assert "cannot read the shape from config.json" in capsys.readouterr().err
+
+
+STAGE1 = str(REPO / "train_configs" / "collm_stage1_ml1m.yaml")
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=10, tie_word_embeddings=True)
+
+
+def test_activation_terms_by_hand():
+    """Per token of a padded batch, L = 10, LoRA r 8 on q/v (both 64 wide), dropout 0.05."""
+    s1 = load_config(STAGE1, ["run.output_dir=/tmp/unused"]).model
+    s2 = load_config(STAGE2, ["run.output_dir=/tmp/unused"]).model
+    cpu1 = planner.activation_terms(SMALL, s1, 10, "cpu")
+    # norms 2 x (4*64 + 4); q/k/v/out 2*4*64 (k, v expanded to 4 heads) + lse 4*4; mask 2*10; mlp 2*3*128;
+    # LoRA per module: fp32 dropout noise 4*64 + lora_A input 4*64 + lora_B input 4*8
+    assert cpu1["layer"] == {"norms": 520, "attention": 528, "mask": 20, "mlp": 768, "lora": 2 * 544}
+    # final norm; cos and sin (head_dim 16); stage 1: layer 0 keeps no norm input and no dropout mask
+    assert cpu1["fixed"] == {"final_norm": 260, "rope": 64, "first_layer": -260 - 2 * 256}
+    cuda1 = planner.activation_terms(SMALL, s1, 10, "cuda")
+    assert cuda1["layer"]["lora"] == 2 * (64 + 256 + 32)  # a bool dropout mask on CUDA
+    cpu2 = planner.activation_terms(SMALL, s2, 10, "cpu")
+    assert cpu2["layer"]["lora"] == 2 * 256  # frozen adapter: only the dropout mask, for the input's gradient
+    assert "first_layer" not in cpu2["fixed"]  # the projector trains: layer 0's input carries a gradient
+    est = planner.estimate(SMALL, s2, "none", "ddp", 3, 10, device="cpu")
+    per_token = 3 * (520 + 528 + 20 + 768 + 512) + 260 + 64
+    assert est["parts"]["activations"] == 3 * 10 * per_token
+
+
+@pytest.mark.parametrize("stage,quantization", [("stage1", "none"), ("stage2", "none"), ("stage2", "nf4")])
+def test_activation_estimate_matches_autograds_saved_tensors(env, tmp_path, stage, quantization):
+    """The planner's activation bytes against the storages autograd saves in one real bf16
+    training step of the tiny model on CPU (what bench/act_memory.py measures at named shapes);
+    with nf4 the hidden states are fp32 (k-bit preparation), and the planner says so."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("act_memory", REPO / "bench" / "act_memory.py")
+    act_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(act_memory)
+    cfg, task, model, ds = load_model(env.config(stage, tmp_path), "model.dtype=bf16",
+                                      f"model.quantization={quantization}")
+    batch = task.collate(ds["train"].__getitems__([0, 1, 2, 3]))
+    measured = act_memory.step_memory(model, lambda: task.train_step(model, batch))["saved"]
+    shape = planner.shape_from_config_json(str(env.backbone_dir))
+    est = planner.estimate(shape, cfg.model, quantization, "ddp", 4, int(batch["input_ids"].shape[1]), device="cpu")
+    assert est["parts"]["activations"] == pytest.approx(measured, rel=0.05)
