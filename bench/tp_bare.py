@@ -16,12 +16,18 @@ import time
 import torch
 
 
-def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device):
-    """(LoRA model, vocab size): a directory loaded with from_pretrained, else the yardstick's shape."""
+def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
+    """(LoRA model, vocab size): a directory loaded with from_pretrained, else the yardstick's shape.
+
+    quantization int8 / nf4 (a directory only): the plain QLoRA recipe of transformers and
+    peft, with the settings our model.quantization uses (nf4: double quantization, bf16
+    compute on CUDA), then peft's k-bit preparation without gradient checkpointing."""
     from peft import LoraConfig, get_peft_model
     from tp_setup import llama_of_shape, loaded_backbone
 
-    if os.path.isdir(shape):
+    if quantization != "none":
+        model = quantized_backbone(shape, quantization, dtype, device)
+    elif os.path.isdir(shape):
         model = loaded_backbone(shape, dtype, device)
     else:
         model = llama_of_shape(sizes[shape], dtype, device)
@@ -33,12 +39,27 @@ def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device):
     return get_peft_model(model, lora), model.config.vocab_size
 
 
+def quantized_backbone(path: str, quantization: str, dtype: torch.dtype, device: torch.device):
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if quantization == "int8":
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        compute = torch.bfloat16 if device.type == "cuda" else dtype
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=bnb, device_map={"": device})
+    model.config._attn_implementation = "sdpa"
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     """One measurement; args: shape, device, dtype (bf16/fp16/fp32), seq_len, steps, warmup."""
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     torch.manual_seed(0)
-    model, vocab = build(args.shape, sizes, dtype, device)
+    model, vocab = build(args.shape, sizes, dtype, device, getattr(args, "quantization", "none"))
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     yes_id = 8241 % vocab
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -13,6 +13,7 @@ def row(args, stage, mode, batch_size, clock, shape, n_flop, extra) -> dict:
            "padding_fraction": round(shape["padding_fraction"], 4), "seq_len": round(shape["mean_width"], 2),
            "tokens_per_s": None, "real_tokens_per_s": None, "model_tflops": None, "sec_per_step": None,
            "shape": args.shape, "device": args.device, "grad_ckpt": args.grad_ckpt,
+           "quantization": getattr(args, "quantization", "none"),
            "bucketing": not args.no_bucketing, "num_workers": args.num_workers, **extra}
     if clock is not None:
         sec = clock.seconds
@@ -41,7 +42,8 @@ def print_table(args, rows, env):
         import torch
 
         name = torch.cuda.get_device_name(device)
-    print(f"\nshape {args.shape} on {name}; {args.steps} timed + {args.warmup} warm-up batches; "
+    print(f"\nshape {args.shape} on {name}; quantization {getattr(args, 'quantization', 'none')} (bare alike); "
+          f"{args.steps} timed + {args.warmup} warm-up batches; "
           f"num_workers {args.num_workers}; grad_ckpt {args.grad_ckpt}; bucketing {not args.no_bucketing}")
     head = (f"{'stage':>5} {'mode':>10} {'bs':>4} | {'samples/s':>9} {'bare':>9} {'ratio':>6} | "
             f"{'tokens/s':>10} {'bare':>10} | {'TFLOP/s':>8} {'bare':>8} | {'peakGiB':>7} {'bare':>6} | "

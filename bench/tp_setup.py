@@ -26,12 +26,13 @@ def load_reference(path: str):
 
 def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_len: int, batch_size: int,
                  eval_batch_size: int, steps: int, num_workers: int, grad_ckpt: bool, bucketing: bool,
-                 mf_path: str = None, dtype: str = "auto"):
+                 mf_path: str = None, dtype: str = "auto", options=()):
     """The repository's stage YAML through the real config loader, with overrides for a
-    short benchmark run (one epoch of ``steps`` iterations, no stage-1 checkpoint)."""
+    short benchmark run (one epoch of ``steps`` iterations, no stage-1 checkpoint), then
+    ``options`` (later ones win: e.g. a model.llama_model directory and model.quantization)."""
     from collm_faissret.config import load_config
 
-    options = [
+    overrides = [
         "model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}", f"model.dtype={dtype}",
         f"model.gradient_checkpointing={str(grad_ckpt).lower()}",
         f"datasets.movielens_ood.path={data_dir}",
@@ -41,8 +42,8 @@ def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_l
         "run.accum_grad_iters=1",  # one optimizer step per batch, as the yardstick does
     ]
     if stage == 2:
-        options += ["model.ckpt=null", f"model.rec_config.pretrained_path={mf_path}"]
-    return load_config(os.path.join(REPO, STAGE_CONFIGS[stage]), options)
+        overrides += ["model.ckpt=null", f"model.rec_config.pretrained_path={mf_path}"]
+    return load_config(os.path.join(REPO, STAGE_CONFIGS[stage]), overrides + list(options))
 
 
 def build_tokenizer(data, vocab_size: int):
@@ -95,6 +96,17 @@ def llama_of_shape(sizes: dict, dtype: torch.dtype, device: torch.device, **spec
     finally:
         torch.set_default_dtype(previous)
     return model
+
+
+def save_random_checkpoint(sizes: dict, tokenizer, dtype: torch.dtype, device: torch.device, out_dir: str) -> int:
+    """Write a random-weight LLaMA of the shape ``sizes`` and ``tokenizer`` with save_pretrained
+    (safetensors) into ``out_dir``, as a real checkpoint directory is laid out; returns the
+    parameter count. Quantized runs need one: bitsandbytes quantizes while from_pretrained loads."""
+    model = random_backbone(sizes, tokenizer, dtype, device)
+    n = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return n
 
 
 def loaded_backbone(path: str, dtype: torch.dtype, device: torch.device):

@@ -70,6 +70,9 @@ def parse_args(argv=None):
     ap.add_argument("--mem-limit-gib", type=float, default=22.0, help="CUDA memory cap of the memory search")
     ap.add_argument("--sync-debug", action="store_true", help="CUDA: list host-device syncs of 2 training steps")
     ap.add_argument("--no-bare", action="store_true", help="skip the yardstick loop")
+    ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
+                    help="model.quantization for ours, the same BitsAndBytesConfig for the bare loop; needs --shape "
+                         "DIR (bench/random_checkpoint.py writes a random one): bitsandbytes quantizes while loading")
     ap.add_argument("--repeats", type=int, help="runs per measurement, best kept (default: 3 on CPU, 1 on CUDA)")
     ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py")
     ap.add_argument("--json", help="write the rows here (a JSON list)")
@@ -83,6 +86,9 @@ def parse_args(argv=None):
         args.mem_search = DEFAULT_SEARCH if args.grad_ckpt else []
     if args.shape not in ("tiny", "1b", "7b") and not os.path.isdir(args.shape):
         ap.error(f"--shape {args.shape!r}: neither tiny / 1b / 7b nor a checkpoint directory")
+    if args.quantization != "none" and not os.path.isdir(args.shape):
+        ap.error(f"--quantization {args.quantization} needs --shape DIR, a checkpoint directory "
+                 "(python bench/random_checkpoint.py --shape 7b --out DIR writes random weights)")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA device is available")
     return args
@@ -113,12 +119,14 @@ def measure_stage(args, env, stage, out_dir):
         key = (bs, ebs, iters)
         if key not in configs:
             configs[key] = S.stage_config(stage, args.data, out_dir, args.device, args.max_txt_len, bs, ebs, iters,
-                                          args.num_workers, args.grad_ckpt, not args.no_bucketing, env.mf_path)
+                                          args.num_workers, args.grad_ckpt, not args.no_bucketing, env.mf_path,
+                                          options=env.model_options)
         return configs[key]
 
     iters = args.warmup + args.steps
     cfg = cfg_of(args.batch_size[0], args.eval_batch_size[0], iters)
-    backbone = (env.make_backbone(), env.tokenizer)
+    # quantized: None, so the model loads model.llama_model through load_backbone as a run does
+    backbone = (env.make_backbone(), env.tokenizer) if args.quantization == "none" else None
     task = H.BenchTask(cfg, env.data, backbone)
     runner = H.BenchRunner(cfg, task, env.device)
     runner._build()
@@ -222,7 +230,7 @@ def bare_run(args, env, mode, batch_size, seq_len) -> dict:
 
     dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[env.dtype]
     ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
-                         steps=args.steps, warmup=args.warmup)
+                         steps=args.steps, warmup=args.warmup, quantization=args.quantization)
     with contextlib.redirect_stdout(io.StringIO()):
         bare = run(ns, mode, batch_size, env.ref.SIZES)
     H.free_cuda()
@@ -265,10 +273,13 @@ def setup(args, tmp):
         tokenizer = S.build_tokenizer(data, sizes["vocab_size"])
         make_backbone = lambda: S.random_backbone(sizes, tokenizer, dtype, device)  # noqa: E731
     mf_path = S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth"))
+    model_options = []
+    if args.quantization != "none":
+        model_options = [f"model.llama_model={os.path.abspath(args.shape)}", f"model.quantization={args.quantization}"]
     # CPU: the bare loop runs right after each of our runs (same load on the shared cores);
     # CUDA: after our model is freed, so each side's peak memory is its own.
     return SimpleNamespace(ref=ref, device=device, data=data, tokenizer=tokenizer, make_backbone=make_backbone,
-                           dtype=dtype, mf_path=mf_path, interleave=device.type == "cpu")
+                           dtype=dtype, mf_path=mf_path, interleave=device.type == "cpu", model_options=model_options)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,73 @@
+"""Write a random-weight LLaMA of a named shape as a checkpoint directory (save_pretrained,
+safetensors) with the benchmarks' word tokenizer trained on the data's titles.
+
+  python bench/random_checkpoint.py --shape 7b --data data/ml-1m --out /tmp/rand_7b --device cuda
+
+Quantized benchmark runs need one (bitsandbytes quantizes while from_pretrained loads):
+bench/train_throughput.py --shape DIR --quantization int8|nf4 reads it, as does the bare
+loop. An existing directory of the same shape is reused; the new one is written beside
+the target and renamed into place, so a run cut short leaves nothing half-written.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (HERE, os.path.dirname(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import tp_setup as S  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", required=True, help="a key of the yardstick's SIZES (tiny, 1b, 7b)")
+    ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory (the tokenizer's titles)")
+    ap.add_argument("--out", required=True, help="checkpoint directory to write")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the random weights are drawn (cuda is much faster at 7B)")
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py (its SIZES)")
+    args = ap.parse_args(argv)
+    sizes = S.load_reference(args.reference).SIZES.get(args.shape)
+    if sizes is None:
+        ap.error(f"--shape {args.shape!r}: not a named shape")
+    config = os.path.join(args.out, "config.json")
+    if os.path.isfile(config):
+        with open(config) as fh:
+            have = json.load(fh)
+        if all(have.get(k) == v for k, v in sizes.items()):
+            print(f"{args.out}: a random {args.shape} checkpoint is already there, reused")
+            return 0
+        ap.error(f"--out {args.out}: holds a checkpoint of another shape; remove it or choose another folder")
+
+    from collm_faissret.tasks.rec_task import RecTask
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    parent = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".cfg.", dir=parent) as scratch:
+        cfg = S.stage_config(1, args.data, scratch, "cpu", 256, 1, 1, 1, 0, False, True)
+        tokenizer = S.build_tokenizer(RecTask(cfg).load_data(), sizes["vocab_size"])
+    tmp = tempfile.mkdtemp(prefix=".random_llama.", dir=parent)
+    try:
+        torch.manual_seed(0)
+        n = S.save_random_checkpoint(sizes, tokenizer, dtype, torch.device(args.device), tmp)
+        if os.path.isdir(args.out):
+            shutil.rmtree(args.out)
+        os.replace(tmp, args.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{args.out}: random {args.shape} checkpoint, {n:,} parameters, {args.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
