@@ -110,7 +110,7 @@ def test_activation_estimate_matches_autograds_saved_tensors(env, tmp_path, stag
     spec.loader.exec_module(act_memory)
     cfg, task, model, ds = load_model(env.config(stage, tmp_path), "model.dtype=bf16",
                                       f"model.quantization={quantization}")
-    batch = task.collate(ds["train"].__getitems__([0, 1, 2, 3]))
+    batch = model.collate_fn(ds["train"].__getitems__([0, 1, 2, 3]))
     measured = act_memory.step_memory(model, lambda: task.train_step(model, batch))["saved"]
     shape = planner.shape_from_config_json(str(env.backbone_dir))
     est = planner.estimate(shape, cfg.model, quantization, "ddp", 4, int(batch["input_ids"].shape[1]), device="cpu")
