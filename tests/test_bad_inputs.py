@@ -213,6 +213,9 @@ CASES = [
     Case("sasrec_heads_do_not_divide",
          lambda c: c.mf("model.arch=SASRec", "model.rec_config.n_heads=3"), "not divisible by n_heads 3",
          baseline_train.main),
+    Case("din_empty_history",
+         lambda c: c.mf("model.arch=DIN", "model.rec_config.max_len=0"), "model.rec_config: max_len must be >= 1",
+         baseline_train.main),
     # output dir, checkpoints, prompts
     Case("output_dir_is_a_file", lambda c: c.stage1(f"run.output_dir={c.out / 'sentinel.txt'}"),
          "exists and is not a directory"),

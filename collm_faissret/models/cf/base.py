@@ -35,6 +35,20 @@ class CFConfig:
             raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
 
 
+@dataclass
+class HistoryCFConfig(CFConfig):
+    """Keys of the models whose user is read from the history (SASRec, DIN)."""
+    max_len: int = setting(20, "most recent history items read")
+    dropout: float = setting(0.1, "dropout")
+    user_id: bool = setting(False, "add a user-ID embedding (zero-initialised, so users unseen in training add "
+                                   "nothing) to the history-based user representation")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+
+
 class CFWeightsError(ValueError):
     """A pretrained CF weight file that does not fit the configured model."""
 

@@ -14,16 +14,11 @@ import torch.nn as nn
 
 from ...registry import register
 from ...schema import setting
-from .base import CFConfig, CFModel, history_item_table, user_offset_table
+from .base import CFModel, HistoryCFConfig, history_item_table, user_offset_table
 
 
 @dataclass
-class DINConfig(CFConfig):
-    max_len: int = setting(20, "most recent history items read")
-    dropout: float = setting(0.1, "dropout")
-    # A user-ID embedding, zero-initialised, so users unseen in training add nothing.
-    user_id: bool = setting(False, "add a user-ID embedding (zero-initialised, so users unseen in training add "
-                                   "nothing) to the history-based user representation")
+class DINConfig(HistoryCFConfig):
     mlp_hidden: List[int] = setting(help="hidden sizes of the prediction MLP", factory=lambda: [80, 40])
     attn_hidden: List[int] = setting(help="hidden sizes of the attention MLP over [h, t, h-t, h*t]",
                                      factory=lambda: [80, 40])

@@ -15,16 +15,11 @@ import torch.nn.functional as F
 from ...errors import ConfigError
 from ...registry import register
 from ...schema import setting
-from .base import CFConfig, CFModel, history_item_table, user_offset_table
+from .base import CFModel, HistoryCFConfig, history_item_table, user_offset_table
 
 
 @dataclass
-class SASRecConfig(CFConfig):
-    max_len: int = setting(20, "most recent history items read")
-    dropout: float = setting(0.1, "dropout")
-    # A user-ID embedding, zero-initialised, so users unseen in training add nothing.
-    user_id: bool = setting(False, "add a user-ID embedding (zero-initialised, so users unseen in training add "
-                                   "nothing) to the history-based user representation")
+class SASRecConfig(HistoryCFConfig):
     n_heads: int = setting(2, "attention heads")
     n_blocks: int = setting(2, "transformer blocks")
 
