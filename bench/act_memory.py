@@ -27,7 +27,6 @@ against the saved tensors measured here ("saved MiB", "plan MiB", "p/m"), since 
 large shapes the weights dominate the total and would hide an activation error.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -45,6 +44,7 @@ for _p in (HERE, os.path.dirname(HERE)):
 
 import tp_harness as H  # noqa: E402
 import tp_setup as S  # noqa: E402
+from tp_report import write_json  # noqa: E402
 
 from collm_faissret import planner  # noqa: E402
 
@@ -206,9 +206,7 @@ def main(argv=None) -> int:
           f"({sizes['num_hidden_layers']} layers); ours on the longest training prompts")
     print_table(rows)
     if args.json:
-        with open(args.json + ".tmp", "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, rows)
         print(f"rows written to {args.json}")
     return 0
 

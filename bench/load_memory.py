@@ -194,9 +194,9 @@ def main(argv=None) -> int:
         r["load_over_fp32"] = round(r["load"] / fp32_copy, 4)
     print_table(rows, fp32_copy)
     if args.json:
-        with open(args.json + ".tmp", "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        from tp_report import write_json
+
+        write_json(args.json, rows)
         print(f"rows written to {args.json}")
     return 0
 

@@ -1,4 +1,15 @@
-"""Rows and the printed table of bench/train_throughput.py."""
+"""Rows and the printed table of bench/train_throughput.py; the JSON file of every bench."""
+import json
+import os
+
+
+def write_json(path, rows):
+    """``rows`` to ``path`` (nothing without one), whole or not at all."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(rows, fh, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def row(args, stage, mode, batch_size, clock, shape, n_flop, extra) -> dict:

@@ -21,7 +21,6 @@ memory) under a CUDA memory cap of --mem-limit-gib and reports the largest that 
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -39,7 +38,7 @@ for _p in (HERE, os.path.dirname(HERE)):  # run as a script or imported by path 
 
 import tp_harness as H  # noqa: E402
 import tp_setup as S  # noqa: E402
-from tp_report import print_table, row  # noqa: E402
+from tp_report import print_table, row, write_json  # noqa: E402
 
 DEFAULT_SEARCH = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 
@@ -310,14 +309,6 @@ def main(argv=None) -> int:
     if args.json:
         print(f"rows written to {args.json}")
     return 0
-
-
-def write_json(path, rows):
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

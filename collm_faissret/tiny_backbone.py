@@ -9,9 +9,9 @@ Vicuna (``model.llama_model: <dir>``). No hub access.
 import argparse
 import glob
 import os
-import shutil
 import sys
-import tempfile
+
+from .staging import staged_dir
 
 
 def corpus(data_dir: str, prompt_dir: str):
@@ -63,18 +63,9 @@ def build(data_dir, out_dir, prompt_dir, hidden=128, layers=2, heads=4, vocab=20
                       tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tiny_llama.", dir=parent)
-    try:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(tokenizer), sum(p.numel() for p in model.parameters())
 
 

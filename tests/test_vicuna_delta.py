@@ -119,7 +119,7 @@ def test_v0_bin_shards_pad_row(env, vocab, tmp_path):
         assert torch.equal(state[name], expected[name].float()), name
     ids = tok("A user liked these movies", return_tensors="pt")["input_ids"]
     assert torch.isfinite(llm(input_ids=ids).logits).all()
-    assert not any(f.startswith(".vicuna.") for f in os.listdir(tmp_path))
+    assert not any(f.startswith(".") for f in os.listdir(tmp_path))  # no staging directory left behind
 
 
 def test_v11_safetensors_equal_shapes(env, vocab, tmp_path):

@@ -10,10 +10,10 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
+
+from ..staging import staged_dir
 
 # name -> (python package, distribution to pip-install, file inside the package).
 # The distribution declares llm and llama-cpp-python as requirements (for its
@@ -77,22 +77,12 @@ def build(name: str, out: str) -> str:
     model.load_state_dict(loaded.state_dict(), strict=True)
     del loaded
     n_params = sum(p.numel() for p in model.parameters())
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would follow the directory through the rename
-    try:
+    with staged_dir(out) as tmp:  # out is empty or absent (checked above)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, MARKER), "w") as fh:
             json.dump({"name": name, "source": SOURCES[name][1], "file": filename,
                        "parameters": n_params}, fh, indent=1)
-        if os.path.isdir(out):
-            os.rmdir(out)  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"{name}: wrote {out} ({n_params / 1e6:.1f}M parameters, "
           f"{time.time() - start:.0f} s)")
     return out

@@ -15,11 +15,13 @@ directory next to ``--out`` and renamed at the end, so a failure leaves no
 half-written model. An ``--out`` that exists and is not empty is refused.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
-import tempfile
+
+from ..staging import staged_dir
 
 INDEXES = (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin"))
 SINGLES = (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin"))
@@ -199,12 +201,10 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = Tr
         raise DeltaError(f"--delta {delta_dir}: no config.json")
     if not any(f in extras for f in TOKENIZER_FILES):
         raise DeltaError(f"--delta {delta_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".vicuna.", dir=parent)
-    writer, padded, derived = ShardWriter(tmp, max_shard_bytes), [], []
+    padded, derived = [], []
     bar = tqdm(total=len(delta.names), desc="apply delta", unit="tensor", disable=not progress)
-    try:
+    with staged_dir(out_dir) as tmp, contextlib.closing(bar):  # out_dir is empty or absent (checked above)
+        writer = ShardWriter(tmp, max_shard_bytes)
         for _, names in delta.shards():
             with torch.no_grad():
                 for name in names:
@@ -221,14 +221,6 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, progress: bool = Tr
         n_shards = writer.finish()
         for f in extras:
             shutil.copy2(os.path.join(delta_dir, f), os.path.join(tmp, f))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
     return {"tensors": len(writer.weight_map), "shards": n_shards, "padded": padded, "derived": derived,
             "copied": extras}
 
