@@ -101,10 +101,15 @@ class RunnerBase:
         bar.close()
         return self.task.report(ds, rows, scores), rows, scores
 
-    def _score_splits(self, result, label=""):
-        """Every valid and test split scored: predictions_<split>.csv, ``result[split]``, metrics.json."""
+    def _score_splits(self, result, label="", known=None):
+        """Every valid and test split scored: predictions_<split>.csv, ``result[split]``, metrics.json.
+
+        known: {split: (metrics, rows, scores)} already computed with these weights over the
+        whole split (the best epoch's validation), used as they are instead of scoring again.
+        """
+        known = known or {}
         for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):
-            metrics, rows, scores = self.evaluate(split)
+            metrics, rows, scores = known[split] if split in known else self.evaluate(split)
             self._write(f"predictions_{split}.csv", predictions_csv(self.datasets[split], rows, scores))
             result[split] = metrics
             log.info("%s%s: %s", label, split, format_metrics(metrics))
@@ -194,7 +199,7 @@ class RunnerBase:
             loop.bar.close()
             if self._end_epoch(loop, epoch):
                 break
-        return self._finish(loop.state)
+        return self._finish(loop.state, loop.best_valid)
 
     def _start_training(self):
         """Optimizer, loss scaler, batch stream, schedule and state (fresh or resumed)."""
@@ -309,7 +314,7 @@ class RunnerBase:
         """Validate, keep the best checkpoint, write the last one; True when patience ran out."""
         rc, state = self.run_cfg, loop.state
         valid_split = rc.valid_splits[0]
-        metrics, _, _ = self.evaluate(valid_split, rc.max_eval_rows)
+        metrics, rows, scores = self.evaluate(valid_split, rc.max_eval_rows)
         record = {"epoch": epoch, "step": state["step"], "split": valid_split,
                   "train_loss": state.get("train_loss", [float("nan")])[-1], **flat_metrics(metrics)}
         # [step, loss] of this epoch's log intervals: the learning curve collm_faissret.report draws
@@ -324,6 +329,10 @@ class RunnerBase:
             state.update(best_auc=metrics["auc"], best_epoch=epoch, bad_epochs=0)
             self.save_checkpoint("checkpoint_best.pth", state)
             self.save_artifacts()
+            # The best weights' validation scores: the end of the run reuses them when they
+            # cover the whole split (a valid pass of a 7B model or SmolLM2 on CPU is long).
+            whole = len(rows) == len(self.datasets[valid_split])
+            loop.best_valid = {valid_split: (metrics, rows, scores)} if whole else None
         else:
             state["bad_epochs"] += 1
         self.save_checkpoint("checkpoint_last.pth", state)
@@ -363,14 +372,26 @@ class RunnerBase:
             self.tb.add(f"{record['split']}/{key}", record[key], record["step"])
         self.tb.flush()
 
-    def _finish(self, state):
+    def _finish(self, state, best_valid=None):
+        """The best checkpoint's weights back in the model; every split scored with them.
+
+        best_valid: {split: (metrics, rows, scores)} of the best epoch's whole validation pass
+        in this process (None after a resume past it, or when the pass was cut by
+        run.max_eval_rows): that split is not scored again.
+        """
         best = os.path.join(self.out, "checkpoint_best.pth")
         if not os.path.isfile(best):
             raise CheckpointError(f"no best checkpoint in {self.out}")
         self.parallel.load_model(self.model, load(best)["model"], best)
+        freeze = getattr(self.model, "freeze_for_scoring", None)  # no more training: the model may fold weights
+        if freeze is not None:
+            freeze(self.cfg.model.lora_config.merge_for_scoring)
         result = {"best_epoch": state["best_epoch"], "best_valid_auc": state["best_auc"],
                   "nonfinite_skipped_steps": state["nonfinite_skipped"]}
-        return self._score_splits(result, f"best checkpoint (epoch {state['best_epoch']}) ")
+        if best_valid:
+            log.info("%s: the best epoch's scores of the whole split (same weights), not scored again",
+                     ", ".join(best_valid))
+        return self._score_splits(result, f"best checkpoint (epoch {state['best_epoch']}) ", best_valid)
 
 
 def loss_scaler(model, device):
@@ -384,7 +405,7 @@ def loss_scaler(model, device):
 class _Loop:
     """What the training loop's steps share: the (DDP) model, batch stream, schedule,
     non-finite guard, state (checkpointed) and the log interval's accumulators."""
-    model = stream = sched = guard = bar = state = None
+    model = stream = sched = guard = bar = state = best_valid = None
     iters = saved_at = loss_n = seen = 0
     loss_sum = t0 = None
     skip_update = save_due = False
