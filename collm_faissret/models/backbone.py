@@ -33,8 +33,8 @@ class LoraConfig:
                                         factory=lambda: ["q_proj", "v_proj"])
     dropout: float = setting(0.05, "dropout on the LoRA input")
     merge_for_scoring: bool = setting(
-        True, "fold the adapter into the base weights once training is over (evaluate-only and the final "
-              "scoring): one matmul per layer instead of three; fp32, unquantized, unsharded models only")
+        True, "evaluate-only: fold the adapter into the base weights before scoring (one matmul per "
+              "adapted layer instead of three); fp32, unquantized weights only")
 
     def __post_init__(self):
         if self.r < 1:

@@ -383,9 +383,6 @@ class RunnerBase:
         if not os.path.isfile(best):
             raise CheckpointError(f"no best checkpoint in {self.out}")
         self.parallel.load_model(self.model, load(best)["model"], best)
-        freeze = getattr(self.model, "freeze_for_scoring", None)  # no more training: the model may fold weights
-        if freeze is not None:
-            freeze(self.cfg.model.lora_config.merge_for_scoring)
         result = {"best_epoch": state["best_epoch"], "best_valid_auc": state["best_auc"],
                   "nonfinite_skipped_steps": state["nonfinite_skipped"]}
         if best_valid:
