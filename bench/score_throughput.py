@@ -7,8 +7,8 @@ ML-1M, scored through the framework's own task (RecTask.predict) with
 * ``test``: the test split's rows; a seeded subset of whole prefix groups
   (``--test-rows`` rows; groups as on the full split, 1.77 rows per group)
   so that the CPU run stays short.
-* ``rrK``: retrieve-then-rank at K candidates per user: ``--users`` test
-  users (seeded), each with K items drawn at random from the catalog (what
+* ``rrK``: retrieve-then-rank at K candidates per user: ``--rr-rows`` / K
+  test users (seeded), each with K items drawn at random from the catalog (what
   retrieval returns changes only the titles, not the cost).
 
 Per case and path: rows/s (best of ``--repeats``), LM tokens computed per
@@ -46,7 +46,8 @@ def parse_args(argv=None):
     ap.add_argument("--cases", nargs="+", default=["test", "rr10", "rr50", "rr100"])
     ap.add_argument("--batch-size", type=int, default=64, help="run.batch_size_eval (rows per batch, both paths)")
     ap.add_argument("--test-rows", type=int, default=600, help="rows of the test-split case (whole groups)")
-    ap.add_argument("--users", type=int, default=6, help="users per retrieve-then-rank case")
+    ap.add_argument("--rr-rows", type=int, default=200,
+                    help="rows per retrieve-then-rank case: max(1, rr_rows // K) users with K candidates each")
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per path, best kept")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -128,7 +129,7 @@ def timed(task, model, ds, batch_size, shared, repeats):
     groups = ds.prefix_groups() if shared else None
     batches = eval_batches(ds.lengths(), batch_size, groups=groups)
     nothing = torch.autocast("cpu", enabled=False)
-    task.predict(model, ds, batches[:1], torch.device("cpu"), lambda: nothing)  # warm-up
+    task.predict(model, ds, [batches[0][:4]], torch.device("cpu"), lambda: nothing)  # warm-up
     best = None
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -153,8 +154,10 @@ def main(argv=None) -> int:
                     ds, n_full, g_full = test_case(task, model, data, args.test_rows, args.seed)
                     note = f"{len(ds)} of {n_full} rows (whole groups; full split {n_full / g_full:.2f} rows/group)"
                 else:
-                    ds = rr_case(task, model, data, int(case[2:]), args.users, args.seed)
-                    note = f"{args.users} users x {case[2:]}"
+                    k = int(case[2:])
+                    users = max(1, args.rr_rows // k)
+                    ds = rr_case(task, model, data, k, users, args.seed)
+                    note = f"{users} users x {k} candidates"
                 groups = ds.prefix_groups()
                 t_plain, s_plain, tok_plain = timed(task, model, ds, args.batch_size, False, args.repeats)
                 t_shared, s_shared, tok_shared = timed(task, model, ds, args.batch_size, True, args.repeats)
