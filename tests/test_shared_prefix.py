@@ -5,6 +5,7 @@ one history, a user's retrieved candidates) are packed into one sequence with
 the prefix once (datasets/packing.py, models/shared_prefix.py); every path
 must give the plain path's scores within 1e-4 in fp32.
 """
+import contextlib
 import json
 
 import backbone_layouts
@@ -27,7 +28,7 @@ def _scores(task, model, ds, batch_size, shared):
     groups = ds.prefix_groups() if shared else None
     batches = eval_batches(ds.lengths(), batch_size, groups=groups)
     model.eval()
-    rows, scores = task.predict(model, ds, batches, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    rows, scores = task.predict(model, ds, batches, torch.device("cpu"), contextlib.nullcontext)
     tokens = ds.tokens_computed
     ds.share_prefix = False
     return rows, scores, tokens
