@@ -150,6 +150,53 @@ class CoLLM(nn.Module):
             return mask
         return sdpa_mask(mask)
 
+    def causal_lm(self):
+        """The transformers causal LM under any peft wrapper (LoRA stays injected in its layers)."""
+        llm = self.llm
+        return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+    def hidden_states(self, inputs_embeds, attention_mask, position_ids, **kwargs):
+        """The LM body's last hidden states BEFORE its final norm: [B, L, H] in the body's dtype.
+
+        The LM head is not run: ``answer_logits`` applies the final norm and the two
+        answer rows of the head in fp32 on the positions that are read. kwargs go to
+        the body (a KV cache, ``use_cache``). The body's own final norm is bypassed for
+        this call (a forward hook returning its input), so it is not computed twice.
+        """
+        body = self.causal_lm().get_decoder()
+        norm = final_norm(body)
+        handle = None if norm is None else norm.register_forward_hook(_pass_input)
+        try:
+            out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return out.last_hidden_state
+
+    def answer_logits(self, hidden):
+        """hidden [..., H] (``hidden_states`` at the positions read) -> answer scores [...] in fp32.
+
+        The final norm and the Yes/No rows of the LM head (two rows of [V, H]; a tied
+        head is the embedding matrix) in fp32 whatever the body's dtype: a bf16 head
+        rounds logits near 10 to steps of 0.0625, and AUC counts the ties as half.
+        """
+        lm = self.causal_lm()
+        norm = final_norm(lm.get_decoder())
+        h = hidden.float()
+        if norm is not None:
+            h = norm_fp32(norm, h)
+        head = lm.get_output_embeddings()
+        rows = head.weight[[self.yes_id, self.no_id]].float()  # [2, H]
+        bias = getattr(head, "bias", None)
+        out = F.linear(h, rows, None if bias is None else bias[[self.yes_id, self.no_id]].float())  # [..., 2]
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:  # Gemma-2's head: tanh soft-capping of every logit
+            out = torch.tanh(out / cap) * cap
+        if self.answer_score == "yes_minus_no":
+            return out[..., 0] - out[..., 1]
+        return out[..., 0]
+
     def forward(self, batch):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
@@ -162,16 +209,50 @@ class CoLLM(nn.Module):
         # Left padding: positions count from each row's first real token, so a
         # prompt gets the same result whatever batch it lands in.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=self.inputs_embeds(batch), attention_mask=self.attention_mask(mask),
-                       position_ids=position_ids, use_cache=False, logits_to_keep=1)
-        last = out.logits[:, -1]  # [B, V]
-        logits = last[:, self.yes_id].float()
-        if self.answer_score == "yes_minus_no":
-            logits = logits - last[:, self.no_id].float()
+        hidden = self.hidden_states(self.inputs_embeds(batch), self.attention_mask(mask), position_ids,
+                                    use_cache=False)
+        logits = self.answer_logits(hidden[:, -1])
         loss = None
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         return {"loss": loss, "logits": logits}
+
+
+FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")  # LLaMA/Qwen2, GPT-2, OPT, ...
+
+
+def final_norm(body):
+    """The decoder body's final norm module (the input of the LM head), or None when the
+    body has none under a known name (its output is then taken as normed)."""
+    for name in FINAL_NORMS:
+        module = getattr(body, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def _pass_input(module, args, output):
+    """Forward hook: the module's output replaced by its input (the final norm left to answer_logits)."""
+    return args[0]
+
+
+def norm_fp32(norm, h):
+    """norm applied to fp32 h [..., H] with its weights upcast -> fp32 [..., H].
+
+    HF's RMSNorms compute in the input's dtype and promote a bf16 weight, so fp32 in
+    gives fp32 out; torch's LayerNorm refuses mixed dtypes; anything else gets fp32
+    copies of its parameters for the call (slower: torch.func.functional_call).
+    """
+    params = dict(norm.named_parameters())
+    if all(p.dtype == torch.float32 for p in params.values()):
+        return norm(h)
+    if isinstance(norm, nn.LayerNorm):
+        return F.layer_norm(h, norm.normalized_shape, None if norm.weight is None else norm.weight.float(),
+                            None if norm.bias is None else norm.bias.float(), norm.eps)
+    out = norm(h)
+    if out.dtype != torch.float32:
+        out = torch.func.functional_call(norm, {k: v.float() for k, v in params.items()}, (h,))
+    return out
 
 
 def sdpa_mask(mask):
