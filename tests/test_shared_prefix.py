@@ -215,3 +215,11 @@ def test_two_process_shared_scoring_equals_one_process_plain(env, stage2_ckpt, t
         p_two = pd.read_csv(tmp_path / "two" / f"predictions_{split}.csv")
         assert (p_off.drop(columns="score") == p_two.drop(columns="score")).all().all()
         assert np.abs(p_off["score"] - p_two["score"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("quant", ["int8", "nf4"])
+def test_quantized_backbone_scores_equal(env, tmp_path, quant):
+    """bitsandbytes on CPU: the packed forward goes through the same quantized layers."""
+    pytest.importorskip("bitsandbytes")
+    cfg, task, model, datasets = load_model(env.config("stage2", tmp_path / "run", quantization=quant))
+    _check_equal(task, model, datasets["test"], 64)
