@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, PromptError
 from .collm_data import clean_history
+from .packing import pack_prefixes
 
 
 class RecRows(Dataset):
@@ -42,6 +43,11 @@ class RecRows(Dataset):
             self.his_titles.append(titles[-max_his:] if max_his > 0 else [])
         self._lengths = None
         self._ids = self._slot = self._start = None  # every row's prompt, built once (see _prompts)
+        self._prefix_len = self._groups = None
+        # Set by the task when scoring may share prompt prefixes: batches then carry
+        # prefix_len and group per row, and collate packs the rows of a group.
+        self.share_prefix = False
+        self.pack_ratio = 0.0  # models/shared_prefix.py attention_ratio of the scoring model
 
     def __len__(self):
         return len(self.uid)
@@ -55,6 +61,19 @@ class RecRows(Dataset):
                 self._prompts()
         return self._lengths
 
+    def prefix_groups(self) -> np.ndarray:
+        """Group id per row [N]: rows with the same prompt prefix (the token ids before the target
+        title) and the same user inputs of the ID slots (uid and history ids) share one."""
+        if self._groups is None:
+            if self._ids is None:
+                self._prompts()
+            keys = {}
+            self._groups = np.array([
+                keys.setdefault((self._ids[a:a + p].tobytes(), int(self.uid[r]), self.his[r].tobytes()), len(keys))
+                for r, (a, p) in enumerate(zip(self._start[:-1].tolist(), self._prefix_len.tolist()))],
+                dtype=np.int64)
+        return self._groups
+
     def _prompts(self):
         """Build every row's prompt once, kept as flat arrays (token ids, slot kinds, row starts).
 
@@ -64,6 +83,7 @@ class RecRows(Dataset):
         """
         built = [self._prompt(r) for r in range(len(self))]
         self._lengths = np.fromiter((len(b.input_ids) for b in built), dtype=np.int64, count=len(built))
+        self._prefix_len = np.fromiter((b.prefix_len for b in built), dtype=np.int64, count=len(built))
         self._start = np.concatenate([[0], np.cumsum(self._lengths)])
         total = int(self._start[-1])
         self._ids = np.fromiter(itertools.chain.from_iterable(b.input_ids for b in built), dtype=np.int64,
@@ -101,6 +121,10 @@ class RecRows(Dataset):
             spans = [(self._start[r], self._start[r + 1]) for r in rows]
             batch["input_ids"] = [self._ids[a:b].tolist() for a, b in spans]
             batch["slot"] = [self._slot[a:b].tolist() for a, b in spans]
+            if self.share_prefix:
+                batch["prefix_len"] = self._prefix_len[rows].tolist()
+                batch["group"] = self.prefix_groups()[rows]
+                batch["pack_ratio"] = self.pack_ratio
         return batch
 
 
@@ -113,7 +137,10 @@ def collate(batch, pad_id: int = 0):
     """
     out = {k: torch.from_numpy(np.ascontiguousarray(batch[k]))
            for k in ("uid", "iid", "label", "not_cold", "row", "his")}
-    if "input_ids" in batch:
+    packed = pack_prefixes(batch, pad_id) if "group" in batch else None
+    if packed is not None:  # rows of one prompt prefix in one sequence (datasets/packing.py)
+        out.update(packed)
+    elif "input_ids" in batch:
         ids, mask, slot = left_pad(batch["input_ids"], batch["slot"], pad_id)
         out.update(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                    slot=torch.from_numpy(slot))
