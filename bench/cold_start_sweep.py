@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="CoLLM-format data directory")
     ap.add_argument("--weights-dir", required=True, help="holds <model>/cf_model.pth (lower-case model names)")
     ap.add_argument("--models", nargs="+", default=["MF", "LightGCN", "SASRec", "DIN"])
-    ap.add_argument("--rounds", type=int, default=2, help="passes of the coordinate-wise search")
+    ap.add_argument("--rounds", type=int, default=1, help="passes of the coordinate-wise search")
     ap.add_argument("--json", help="write the table's rows here (a list of objects)")
     ap.add_argument("--trials", help="write every valid trial here")
     args = ap.parse_args(argv)
