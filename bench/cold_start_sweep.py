@@ -38,19 +38,17 @@ from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
 # Key -> values tried, in this order; each round keeps the best valid AUC.
 # mix = (neighbors_weight, history_weight, global_weight, map_weight).
 USER_GRID = {
-    "mix": [(1, 0, 0, 0), (0, 0, 0, 1), (1, 0, 0, 1), (0, 0, 1, 1), (1, 0, 1, 1), (2, 0, 0, 1), (1, 0, 0, 2),
-            (0, 1, 0, 0), (0, 0, 1, 0), (1, 1, 0, 0), (1, 0, 1, 0)],
-    "map_ridge": [1.0, 3.0, 10.0, 30.0, 100.0],
+    "mix": [(1, 0, 0, 0), (0, 0, 0, 1), (1, 0, 0, 1), (2, 0, 0, 1), (1, 0, 1, 1), (0, 1, 0, 0), (0, 0, 1, 0)],
+    "map_ridge": [3.0, 10.0, 30.0],
     "user_repr": ["tfidf", "item_mean"],
-    "n_neighbors": [5, 10, 20, 50, 100, 200],
-    "history_len": [10, 20, 50, 100],
-    "warm_alpha": [0.0, 0.1, 0.2, 0.3, 0.5],
+    "n_neighbors": [20, 50, 100],
+    "history_len": [10, 20, 50],
+    "warm_alpha": [0.0, 0.2, 0.3],
     "match_norm": [False, True],
 }
 ITEM_GRID = {
     "cold_items": [False, True],
-    "item_neighbors": [1, 5, 10, 20, 50],
-    "title_dim": [0, 64, 128, 256],
+    "item_neighbors": [5, 10, 20],
 }
 MAX_HISTORY = 200
 BATCH = 4096
