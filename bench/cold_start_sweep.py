@@ -1,15 +1,16 @@
 """Cold start per CF encoder: settings chosen on VALID, test reported with and without.
 
-For each CF model (a baseline_train.py weight file, ``<weights-dir>/<model>/cf_model.pth``,
-whose saved config gives its rec_config): scores valid and test without cold
-start, then runs a coordinate-wise search (one key varied at a time from the
-current best, by valid AUC) over the keys that apply to the model (users and
-items for per-user tables, MF and LightGCN; items only for history models,
-SASRec and DIN), and scores test once, with the chosen setting. Prints a
-markdown table; --json writes one object per (model, with/without) with the
-test metrics and the one shell line (``command``) that trains that row's model
-with baseline_train.py and writes its metrics.json under outputs/; --trials
-writes every valid trial.
+For each CF model (a baseline_train.py weight file, ``<weights-dir>/<model>/cf_model.pth``
+or ``<weights-dir>/baseline_<model>_ml1m/cf_model.pth``, whose saved config gives
+its rec_config): scores valid and test without cold start, then runs a
+coordinate-wise search (one key varied at a time from the current best, by
+valid AUC) over the keys that apply to the model (users and items for
+per-user tables, MF and LightGCN; items only for history models, SASRec and
+DIN), and scores test once, with the chosen setting. Prints a markdown table;
+--json writes one object per (model, with/without) with the test metrics and
+the one shell line (``command``) that trains that row's model with
+baseline_train.py and writes its metrics.json under outputs/; --trials writes
+every valid trial.
 
   python bench/cold_start_sweep.py --data data/ml-1m --weights-dir data/cf \\
       --json docs/results/cold_start_ml1m.json
@@ -111,6 +112,17 @@ def load_model(path: str, data):
     return build_cf(cfg, data, torch.device("cpu")).eval()
 
 
+def weight_file(weights_dir: str, name: str) -> str:
+    """``<dir>/<model>/cf_model.pth``, else ``<dir>/baseline_<model>_ml1m/cf_model.pth`` (where the
+    baseline configs write it under outputs/); model names lower-cased."""
+    for sub in (name.lower(), f"baseline_{name.lower()}_ml1m"):
+        path = Path(weights_dir) / sub / "cf_model.pth"
+        if path.is_file():
+            return str(path)
+    raise SystemExit(f"--weights-dir {weights_dir}: no {name.lower()}/cf_model.pth or "
+                     f"baseline_{name.lower()}_ml1m/cf_model.pth (train it with baseline_train.py)")
+
+
 def sweep(base, data, splits, titles, rounds: int, trials: list):
     """Coordinate-wise search on valid AUC; returns (chosen ColdStartConfig, its valid summary)."""
     cls = registry.get("cf_model", base.name)
@@ -150,7 +162,8 @@ def row(name: str, cold_start: bool, test: dict, valid: dict, command: str, sett
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="CoLLM-format data directory")
-    ap.add_argument("--weights-dir", required=True, help="holds <model>/cf_model.pth (lower-case model names)")
+    ap.add_argument("--weights-dir", required=True, help="holds <model>/cf_model.pth or baseline_<model>_ml1m/"
+                                                          "cf_model.pth (lower-case model names), e.g. outputs")
     ap.add_argument("--models", nargs="+", default=["MF", "LightGCN", "SASRec", "DIN"])
     ap.add_argument("--rounds", type=int, default=1, help="passes of the coordinate-wise search")
     ap.add_argument("--json", help="write the table's rows here (a list of objects)")
@@ -162,7 +175,7 @@ def main(argv=None) -> int:
     titles = item_titles(data)
     rows, trials = [], []
     for name in args.models:
-        base = load_model(str(Path(args.weights_dir) / name.lower() / "cf_model.pth"), data)
+        base = load_model(weight_file(args.weights_dir, name), data)
         off = {s: summary(evaluate(base, splits[s])) for s in ("valid", "test")}
         print(f"{name} off: valid {off['valid']['auc']:.4f} test {off['test']['auc']:.4f}", flush=True)
         best, best_valid, wrap = sweep(base, data, splits, titles, args.rounds, trials)
