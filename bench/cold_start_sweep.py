@@ -1,13 +1,19 @@
-"""Choose cold-start settings on VALID for a trained table CF model, then report test.
+"""Cold start per CF encoder: settings chosen on VALID, test reported with and without.
 
-Loads a baseline_train.py weight file (cf_model.pth), scores the valid split
-without cold start and under each setting of a coordinate-wise search (one
-key varied at a time from the current best, by valid AUC), and scores test
-only for "off" and the chosen setting. Prints a markdown table; --json
-writes every row.
+For each CF model (a baseline_train.py weight file, ``<weights-dir>/<model>/cf_model.pth``
+or ``<weights-dir>/baseline_<model>_ml1m/cf_model.pth``, whose saved config gives
+its rec_config): scores valid and test without cold start, then runs a
+coordinate-wise search (one key varied at a time from the current best, by
+valid AUC) over the keys that apply to the model (users and items for
+per-user tables, MF and LightGCN; items only for history models, SASRec and
+DIN), and scores test once, with the chosen setting. Prints a markdown table;
+--json writes one object per (model, with/without) with the test metrics and
+the one shell line (``command``) that trains that row's model with
+baseline_train.py and writes its metrics.json under outputs/; --trials writes
+every valid trial.
 
-  python bench/cold_start_sweep.py --data data/ml-1m --weights outputs/cs_mf_ml1m/cf_model.pth \
-      --json outputs/cold_start_sweep.json
+  python bench/cold_start_sweep.py --data data/ml-1m --weights-dir data/cf \\
+      --json docs/results/cold_start_ml1m.json
 """
 import argparse
 import dataclasses
@@ -21,40 +27,62 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from collm_faissret import registry  # noqa: E402
 from collm_faissret.config import ColdStartConfig, Config  # noqa: E402
 from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
 from collm_faissret.metrics import auc_report  # noqa: E402
 from collm_faissret.models.cf import build_cf  # noqa: E402
-from collm_faissret.models.cf.cold_start import ColdStartCF  # noqa: E402
+from collm_faissret.models.cf.cold_start import ColdItemsCF, ColdStartCF, cold_items_only  # noqa: E402
 from collm_faissret.models.cf.text import item_titles  # noqa: E402
 from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
 
 # Key -> values tried, in this order; each round keeps the best valid AUC.
-GRID = {
-    "mix": [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1), (2, 1, 0), (1, 0, 2)],
+# mix = (neighbors_weight, history_weight, global_weight, map_weight).
+USER_GRID = {
+    "mix": [(1, 0, 0, 0), (0, 0, 0, 1), (1, 0, 0, 1), (2, 0, 0, 1), (1, 0, 1, 1), (0, 1, 0, 0), (0, 0, 1, 0)],
+    "map_ridge": [3.0, 10.0, 30.0],
     "user_repr": ["tfidf", "item_mean"],
-    "n_neighbors": [5, 10, 20, 50, 100, 200, 400],
-    "history_len": [10, 20, 50, 100, 500],
-    "warm_alpha": [0.0, 0.1, 0.2, 0.3, 0.5],
-    "cold_items": [False, True],
-    "item_neighbors": [1, 5, 10, 20, 50],
-    "title_dim": [0, 64, 128, 256],
+    "n_neighbors": [20, 50, 100],
+    "history_len": [10, 20, 50],
+    "warm_alpha": [0.0, 0.2, 0.3],
     "match_norm": [False, True],
 }
-MAX_HISTORY = 500
+ITEM_GRID = {
+    "cold_items": [False, True],
+    "item_neighbors": [5, 10, 20],
+}
+MAX_HISTORY = 200
 BATCH = 4096
+SPLITS = {"train": "train_ood2", "valid": "valid_ood2", "test": "test_ood2"}
 
 
 def with_key(cs: ColdStartConfig, key, value) -> ColdStartConfig:
     if key == "mix":
-        return dataclasses.replace(cs, neighbors_weight=float(value[0]), history_weight=float(value[1]),
-                                   global_weight=float(value[2]))
+        return dataclasses.replace(cs, **dict(zip(("neighbors_weight", "history_weight", "global_weight",
+                                                   "map_weight"), map(float, value))))
     return dataclasses.replace(cs, **{key: value})
 
 
 def setting_key(cs: ColdStartConfig) -> str:
     """A hashable name of one setting (the dataclass itself holds no hash)."""
     return json.dumps(dataclasses.asdict(cs), sort_keys=True)
+
+
+def changed_keys(cs: ColdStartConfig) -> dict:
+    """The keys of ``cs`` that differ from ColdStartConfig's defaults."""
+    default = dataclasses.asdict(ColdStartConfig())
+    return {k: v for k, v in dataclasses.asdict(cs).items() if v != default[k]}
+
+
+def train_command(model_name: str, cs=None) -> str:
+    """One shell line that trains this row's model and writes outputs/<run>/metrics.json."""
+    cfg = f"train_configs/baseline_{model_name.lower()}_ml1m.yaml"
+    if cs is None:
+        return f"python baseline_train.py --cfg-path {cfg}"
+    opts = [f"run.output_dir=outputs/coldstart_{model_name.lower()}_ml1m"]
+    for k, v in changed_keys(cs).items():
+        opts.append(f"model.cold_start.{k}={str(v).lower() if isinstance(v, bool) else v}")
+    return f"python baseline_train.py --cfg-path {cfg} --options " + " ".join(opts)
 
 
 @torch.no_grad()
@@ -70,59 +98,106 @@ def evaluate(model, rows: RecRows) -> dict:
 
 def summary(m: dict) -> dict:
     return {"auc": m["auc"], "uauc": m["uauc"], "warm_auc": m["warm"]["auc"], "warm_uauc": m["warm"]["uauc"],
-            "cold_auc": m["cold"]["auc"], "cold_uauc": m["cold"]["uauc"]}
+            "cold_auc": m["cold"]["auc"], "cold_uauc": m["cold"]["uauc"], "rows": m["n_rows"]}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="CoLLM-format data directory")
-    ap.add_argument("--weights", required=True, help="cf_model.pth written by baseline_train.py")
-    ap.add_argument("--arch", default="MF", help="the CF model of the weight file")
-    ap.add_argument("--dim", type=int, default=64, help="its embedding size")
-    ap.add_argument("--rounds", type=int, default=2, help="passes of the coordinate-wise search")
-    ap.add_argument("--json", help="write all rows here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    data = load_interactions(args.data, {"train": "train_ood2", "valid": "valid_ood2", "test": "test_ood2"})
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"model": {"rec_model": args.arch, "rec_config": {
-        "embedding_size": args.dim, "pretrained_path": args.weights}}})
-    base = build_cf(cfg, data, torch.device("cpu")).eval()
-    splits = {s: RecRows(data.splits[s], 0, None, name=s, his_len=MAX_HISTORY) for s in ("valid", "test")}
-    titles = item_titles(data)
-    rows = [{"setting": "off", "split": s, **summary(evaluate(base, splits[s]))} for s in ("valid", "test")]
-    print(f"off: valid {rows[0]['auc']:.4f} test {rows[1]['auc']:.4f}", flush=True)
+def load_model(path: str, data):
+    """The CF model of a baseline_train.py weight file, built from the config it carries."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved = OmegaConf.create(payload["config"]) if payload.get("config") else None
+    arch = payload["cf_model"]
+    rec = OmegaConf.to_container(saved.model.rec_config) if saved is not None else {"embedding_size": payload["dim"]}
+    rec["pretrained_path"] = path
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"model": {"arch": arch, "rec_model": arch, "rec_config": rec}})
+    return build_cf(cfg, data, torch.device("cpu")).eval()
 
+
+def weight_file(weights_dir: str, name: str) -> str:
+    """``<dir>/<model>/cf_model.pth``, else ``<dir>/baseline_<model>_ml1m/cf_model.pth`` (where the
+    baseline configs write it under outputs/); model names lower-cased."""
+    for sub in (name.lower(), f"baseline_{name.lower()}_ml1m"):
+        path = Path(weights_dir) / sub / "cf_model.pth"
+        if path.is_file():
+            return str(path)
+    raise SystemExit(f"--weights-dir {weights_dir}: no {name.lower()}/cf_model.pth or "
+                     f"baseline_{name.lower()}_ml1m/cf_model.pth (train it with baseline_train.py)")
+
+
+def sweep(base, data, splits, titles, rounds: int, trials: list):
+    """Coordinate-wise search on valid AUC; returns (chosen ColdStartConfig, its valid summary)."""
+    cls = registry.get("cf_model", base.name)
+    items_only = cold_items_only(cls)
+    grid = ITEM_GRID if items_only else {**USER_GRID, **ITEM_GRID}
+    wrap = ColdItemsCF if items_only else ColdStartCF
     best = dataclasses.replace(ColdStartConfig(), enabled=True)
-    best_auc, tried = -1.0, {}
-    for rnd in range(args.rounds):
-        for key, values in GRID.items():
+    best_m, tried = None, {}
+    for rnd in range(rounds):
+        for key, values in grid.items():
             for value in values:
                 cs = with_key(best, key, value)
                 name = setting_key(cs)
                 if name in tried:
                     continue
                 t0 = time.time()
-                cold = ColdStartCF(base, data, cs, RetrievalConfig(), titles=titles)
-                m = summary(evaluate(cold, splits["valid"]))
+                m = summary(evaluate(wrap(base, data, cs, RetrievalConfig(), titles=titles), splits["valid"]))
                 tried[name] = m
-                rows.append({"setting": dataclasses.asdict(cs), "split": "valid", "round": rnd, **m})
-                print(f"round {rnd} {key}={value}: valid AUC {m['auc']:.4f} warm {m['warm_auc']:.4f} "
+                trials.append({"model": base.name, "setting": dataclasses.asdict(cs), "round": rnd, **m})
+                print(f"{base.name} round {rnd} {key}={value}: valid AUC {m['auc']:.4f} UAUC {m['uauc']:.4f} "
                       f"cold {m['cold_auc']:.4f}/{m['cold_uauc']:.4f} ({time.time() - t0:.1f}s)", flush=True)
-                if m["auc"] > best_auc:
-                    best, best_auc = cs, m["auc"]
-    test = summary(evaluate(ColdStartCF(base, data, best, RetrievalConfig(), titles=titles), splits["test"]))
-    rows.append({"setting": dataclasses.asdict(best), "split": "test", "chosen": True, **test})
-    print("chosen on valid:", dataclasses.asdict(best))
-    print("| setting | split | AUC | UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    chosen_valid = {**tried[setting_key(best)], "setting": "chosen", "split": "valid"}
-    for r in [rows[0], rows[1], chosen_valid, rows[-1]]:
-        name = "off" if r["setting"] == "off" else "chosen"
-        print(f"| {name} | {r['split']} | " + " | ".join(f"{r[k]:.4f}" for k in
-              ("auc", "uauc", "warm_auc", "warm_uauc", "cold_auc", "cold_uauc")) + " |")
+                if best_m is None or m["auc"] > best_m["auc"]:
+                    best, best_m = cs, m
+    return best, best_m, wrap
+
+
+def row(name: str, cold_start: bool, test: dict, valid: dict, command: str, setting=None) -> dict:
+    out = {"name": name, "cold_start": cold_start, "test_auc": test["auc"], "test_uauc": test["uauc"],
+           "cold_auc": test["cold_auc"], "cold_uauc": test["cold_uauc"], "warm_auc": test["warm_auc"],
+           "warm_uauc": test["warm_uauc"], "test_rows": test["rows"], "valid_auc": valid["auc"],
+           "valid_uauc": valid["uauc"], "valid_cold_uauc": valid["cold_uauc"], "command": command}
+    if setting is not None:
+        out["setting"] = changed_keys(setting)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="CoLLM-format data directory")
+    ap.add_argument("--weights-dir", required=True, help="holds <model>/cf_model.pth or baseline_<model>_ml1m/"
+                                                          "cf_model.pth (lower-case model names), e.g. outputs")
+    ap.add_argument("--models", nargs="+", default=["MF", "LightGCN", "SASRec", "DIN"])
+    ap.add_argument("--rounds", type=int, default=1, help="passes of the coordinate-wise search")
+    ap.add_argument("--json", help="write the table's rows here (a list of objects)")
+    ap.add_argument("--trials", help="write every valid trial here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    data = load_interactions(args.data, SPLITS)
+    splits = {s: RecRows(data.splits[s], 0, None, name=s, his_len=MAX_HISTORY) for s in ("valid", "test")}
+    titles = item_titles(data)
+    rows, trials = [], []
+    for name in args.models:
+        base = load_model(weight_file(args.weights_dir, name), data)
+        off = {s: summary(evaluate(base, splits[s])) for s in ("valid", "test")}
+        print(f"{name} off: valid {off['valid']['auc']:.4f} test {off['test']['auc']:.4f}", flush=True)
+        best, best_valid, wrap = sweep(base, data, splits, titles, args.rounds, trials)
+        test = summary(evaluate(wrap(base, data, best, RetrievalConfig(), titles=titles), splits["test"]))
+        print(f"{name} chosen on valid: {changed_keys(best)}", flush=True)
+        rows.append(row(name, False, off["test"], off["valid"], train_command(name)))
+        rows.append(row(f"{name} + cold start", True, test, best_valid, train_command(name, best), best))
+    print("| model | cold start | test AUC | test UAUC | warm AUC | warm UAUC | cold AUC | cold UAUC | valid AUC |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['name']} | {'yes' if r['cold_start'] else 'no'} | " + " | ".join(
+            f"{r[k]:.4f}" for k in ("test_auc", "test_uauc", "warm_auc", "warm_uauc", "cold_auc", "cold_uauc",
+                                    "valid_auc")) + " |")
+    for r in rows:
+        print(f"{r['name']}: {r['command']}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
+    if args.trials:
+        with open(args.trials, "w") as fh:
+            json.dump(trials, fh, indent=1)
     return 0
 
 

@@ -13,18 +13,24 @@ import pandas as pd
 import pytest
 import torch
 
+import collm_faissret.models.cf.cold_start as cold_start_module
 import train_collm
 from collm_faissret.config import load_config
 from collm_faissret.datasets import load_interactions
 from collm_faissret.models.cf import CFConfig
 from collm_faissret.models.cf.cold_start import (
+    ColdItemsCF,
     ColdStartCF,
     ColdStartConfig,
     ColdStartError,
+    fit_history_map,
+    history_bag,
     similarity_weighted_mean,
     with_cold_start,
 )
+from collm_faissret.models.cf.din import DIN, DINConfig
 from collm_faissret.models.cf.mf import MF
+from collm_faissret.models.cf.personalized_prompt import PersonalizedPrompt
 from collm_faissret.models.cf.sasrec import SASRec, SASRecConfig
 from collm_faissret.retrieval.index import ItemIndex, RetrievalConfig
 from collm_faissret.retrieval.ranking import grouped_metrics, rerank
@@ -188,12 +194,98 @@ def test_switch_off_keeps_original_embeddings(toy):
     torch.testing.assert_close(cf.score(batch), toy.mf.score(batch))  # warm users, alpha 0: unchanged
 
 
-def test_history_models_are_refused(toy):
+def test_models_without_tables_are_refused(toy):
+    pp = PersonalizedPrompt(toy.data.n_users, toy.data.n_items, CFConfig(embedding_size=2))
+    with pytest.raises(ColdStartError, match="model.cold_start.enabled: personalized_prompt"):
+        with_cold_start(pp, toy.data, ColdStartConfig(enabled=True), RetrievalConfig())
     sas = SASRec(toy.data.n_users, toy.data.n_items, SASRecConfig(embedding_size=2, n_heads=1))
-    with pytest.raises(ColdStartError, match="model.cold_start.enabled: SASRec"):
-        with_cold_start(sas, toy.data, ColdStartConfig(enabled=True), RetrievalConfig())
+    with pytest.raises(ColdStartError, match="no per-user table"):
+        ColdStartCF(sas, toy.data, ColdStartConfig(enabled=True), RetrievalConfig())
     with pytest.raises(ColdStartError, match="model.cold_start.user_repr"):
         ColdStartCF(toy.mf, toy.data, ColdStartConfig(enabled=True, user_repr="bm25"), RetrievalConfig())
+    with pytest.raises(ColdStartError, match="model.cold_start.map_ridge"):
+        ColdStartConfig(enabled=True, map_ridge=0.0)
+
+
+def test_history_bag_rows():
+    x = history_bag(np.array([[0, 2, 4], [0, 0, 0]]), 5).toarray()
+    np.testing.assert_allclose(x, [[0, 0, 0.5, 0, 0.5, 1], [0, 0, 0, 0, 0, 1]])
+
+
+def _expected_map(ridge, history_len=50):
+    """The history map of the toy by hand: bags of the 6 training rows -> their users' vectors."""
+    his = [[], [1], [1, 2], [], [4], [4, 3]]
+    uid = [1, 1, 1, 2, 2, 2]
+    x = np.zeros((6, 8))
+    for r, h in enumerate(his):
+        h = h[-history_len:]
+        x[r, h] = 1.0 / len(h) if h else 0.0
+        x[r, 7] = 1.0
+    y = USERS[uid]
+    return np.linalg.solve(x.T @ x + ridge * np.eye(8), x.T @ y)
+
+
+def test_cold_user_vector_follows_its_history(toy):
+    """With the history map, a cold user's vector is bag(history) @ W (W fitted on warm rows), so
+    it changes when the history does; a warm user keeps its own vector (warm_alpha 0)."""
+    cs = ColdStartConfig(enabled=True, neighbors_weight=0, map_weight=1, map_ridge=0.5, cold_items=False)
+    cf = ColdStartCF(toy.mf, toy.data, cs, RetrievalConfig())
+    w = _expected_map(0.5)
+    batch = {"uid": torch.tensor([3, 3, 1, 1]), "his": torch.tensor([[0, 2, 4], [0, 0, 1], [0, 1, 2], [0, 0, 4]]),
+             "iid": torch.tensor([1, 1, 1, 1])}
+    got = cf.user_embed(batch).numpy()
+    np.testing.assert_allclose(got[0], 0.5 * w[2] + 0.5 * w[4] + w[7], rtol=1e-5)
+    np.testing.assert_allclose(got[1], w[1] + w[7], rtol=1e-5)
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # another history, another vector
+    np.testing.assert_allclose(got[2], USERS[1])  # warm: its own vector, whatever its history
+    np.testing.assert_allclose(got[3], USERS[1])
+
+
+def test_warm_user_moves_only_with_warm_alpha(toy):
+    batch = {"uid": torch.tensor([1, 1]), "his": torch.tensor([[0, 1, 2], [0, 0, 4]]), "iid": torch.tensor([1, 1])}
+    for alpha in (0.0, 0.25):
+        cs = ColdStartConfig(enabled=True, map_weight=1, warm_alpha=alpha, cold_items=False)
+        got = ColdStartCF(toy.mf, toy.data, cs, RetrievalConfig()).user_embed(batch).numpy()
+        np.testing.assert_allclose(got[0], (1 - alpha) * USERS[1] + alpha * (ITEMS[1] + ITEMS[2]) / 2, rtol=1e-6)
+        np.testing.assert_allclose(got[1], (1 - alpha) * USERS[1] + alpha * ITEMS[4], rtol=1e-6)
+
+
+def test_history_map_conjugate_gradients_match_direct_solve(monkeypatch):
+    rng = np.random.default_rng(0)
+    his = rng.integers(0, 40, size=(300, 6))
+    x = history_bag(his, 40)
+    y = rng.standard_normal((300, 3)).astype(np.float32)
+    direct = fit_history_map(x, y, 0.3)
+    monkeypatch.setattr(cold_start_module, "DIRECT_SOLVE_MAX", 0)
+    np.testing.assert_allclose(fit_history_map(x, y, 0.3), direct, atol=1e-4)
+    xd = x.toarray().astype(np.float64)
+    np.testing.assert_allclose(direct, np.linalg.solve(xd.T @ xd + 0.3 * np.eye(41), xd.T @ y), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["SASRec", "DIN"])
+def test_history_models_get_cold_items_only(toy, arch):
+    if arch == "SASRec":
+        model = SASRec(toy.data.n_users, toy.data.n_items, SASRecConfig(embedding_size=2, n_heads=1, item_bias=True))
+    else:
+        model = DIN(toy.data.n_users, toy.data.n_items, DINConfig(embedding_size=2, item_bias=True))
+    model.eval()
+    with torch.no_grad():
+        model.item_bias.copy_(torch.arange(7, dtype=torch.float32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cf = with_cold_start(model, toy.data, ColdStartConfig(enabled=True, item_neighbors=1, title_dim=0),
+                         RetrievalConfig())
+    assert isinstance(cf, ColdItemsCF)
+    items = cf.item_embed(torch.arange(7))
+    # "Star Wars Returns (1983)" (cold) borrows "Star Wars (1977)"'s row and bias; warm rows stay.
+    torch.testing.assert_close(items[6], model.item.weight[1])
+    torch.testing.assert_close(items[:6], model.item.weight[:6])
+    assert float(cf.scorer.item_bias[6]) == 1.0
+    for k, v in model.state_dict().items():  # the wrapped model itself is untouched
+        torch.testing.assert_close(v, before[k])
+    batch = {"uid": torch.tensor([1, 2]), "his": torch.tensor([[0, 1, 2], [4, 3, 2]]), "iid": torch.tensor([3, 6])}
+    scored = cf.score(batch)
+    torch.testing.assert_close(scored[0], model.score(batch)[0])  # a warm item scores as before
+    assert cf.saved_state_dict().keys() == model.saved_state_dict().keys()
 
 
 def test_cold_start_indexes_honour_retrieval_settings(toy):

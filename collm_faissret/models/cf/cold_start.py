@@ -11,20 +11,29 @@ user is a per-uid table (its class says ``supports_cold_start``) and keeps its i
 * a cold user's vector, per row (its history grows over time), by a mix of the
   similarity-weighted mean of its nearest warm users (histories compared as
   TF-IDF over item ids, or as mean item embeddings), the mean embedding of its
-  history items, and the mean warm user (optionally rescaled to the mean
-  warm-user norm: an average of vectors is shorter than any of them);
+  history items, the mean warm user and the fitted history map: a linear map
+  from the bag of the row's history items to a user vector, fitted (ridge,
+  closed form) on the warm users' training rows so that it reproduces their
+  trained vectors, so a cold user's vector follows what that user liked
+  (optionally rescaled to the mean warm-user norm: an average of vectors is
+  shorter than any of them);
 * optionally a warm user's vector by (1 - a) * own + a * history mean;
 * while a CoLLM model trains (simulate_cold > 0), a random share of warm rows
   by a vector borrowed from other users, so the projector learns that kind.
+
+Models that read the user from the history (SASRec, DIN: ``supports_cold_items``)
+have no cold users; ``ColdItemsCF`` gives them the cold-item part alone.
 
 Every nearest-neighbour search goes through ``ItemIndex``. The replacement
 tables are computed once from the wrapped model's current weights, so the
 wrapper is for a frozen CF model (evaluation, or stage 2 with freeze_rec).
 """
+import copy
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
@@ -36,6 +45,11 @@ from .base import CFModel
 from .text import item_titles, title_vectors
 
 QUERY_ELEMENTS = 2 ** 24  # cap on the floats of one batch of dense TF-IDF queries
+# The history map is solved directly (one [F, F] system) up to this many item features; above it
+# (catalogs of millions) by conjugate gradients on the sparse rows, never forming X^T X.
+DIRECT_SOLVE_MAX = 16384
+CG_ITERATIONS = 200
+CG_TOLERANCE = 1e-6
 
 
 class ColdStartError(ConfigError):
@@ -54,13 +68,17 @@ class ColdStartConfig:
     "Warm" means occurring in the training split. A cold user's vector mixes
     (weights normalised to sum 1): the similarity-weighted mean of its
     ``n_neighbors`` nearest warm users (neighbors_weight), the mean embedding of
-    its history items (history_weight) and the mean warm user (global_weight).
+    its history items (history_weight), the mean warm user (global_weight) and
+    the fitted history map (map_weight).
     """
     enabled: bool = setting(False, "replace cold users' (and items') embeddings by ones borrowed from warm "
                                    "neighbours (CF models with a per-uid user table)")
     neighbors_weight: float = setting(1.0, "weight of the similarity-weighted mean of the nearest warm users")
     history_weight: float = setting(0.0, "weight of the mean embedding of the user's history items")
     global_weight: float = setting(0.0, "weight of the mean warm user (weights are normalised to sum 1)")
+    map_weight: float = setting(0.0, "weight of the fitted history map: ridge regression from the bag of the row's "
+                                     "history items to the trained user vector, fitted on warm users' training rows")
+    map_ridge: float = setting(10.0, "L2 penalty of the history map's ridge fit")
     user_repr: UserRepr = setting(UserRepr.tfidf, "how histories are compared: `tfidf` (of item ids) or "
                                                   "`item_mean` (of CF embeddings)")
     n_neighbors: int = setting(50, "nearest warm users averaged for a cold user")
@@ -78,18 +96,25 @@ class ColdStartConfig:
         check_ranges(self)
 
 
+def cold_items_only(cls) -> bool:
+    """The class reads its user from the history (nothing cold about users) but has an item table
+    whose cold rows can be borrowed: its class says ``supports_cold_items``."""
+    return not cls.supports_cold_start and getattr(cls, "supports_cold_items", False)
+
+
 def supported_models():
-    """Registered CF models whose class says ``supports_cold_start`` (a per-uid user table;
-    SASRec and DIN build the user from the row's history already, so nothing is cold there)."""
-    return [n for n in registry.names("cf_model") if registry.get("cf_model", n).supports_cold_start]
+    """Registered CF models whose class says ``supports_cold_start`` (a per-uid user table: cold
+    users and items) or ``supports_cold_items`` (SASRec, DIN: users come from the row's history
+    already, so only items can be cold)."""
+    return [n for n in registry.names("cf_model")
+            if registry.get("cf_model", n).supports_cold_start or cold_items_only(registry.get("cf_model", n))]
 
 
 def check_config(cs, model_name: str) -> None:
     """Raise ColdStartError for an unsupported model or an out-of-range setting."""
-    if not registry.get("cf_model", model_name).supports_cold_start:
-        raise ColdStartError(f"model.cold_start.enabled: {model_name} has no per-user table to fill "
-                             "(it builds users from their history already); supported: "
-                             + ", ".join(supported_models()))
+    if model_name not in supported_models():
+        raise ColdStartError(f"model.cold_start.enabled: {model_name} has no per-user or item table to fill; "
+                             "supported: " + ", ".join(supported_models()))
     check_ranges(cs)
 
 
@@ -98,10 +123,12 @@ def check_ranges(cs) -> None:
     if cs.user_repr not in [r.value for r in UserRepr]:
         raise ColdStartError(f"model.cold_start.user_repr {str(cs.user_repr)!r}: use one of "
                              + ", ".join(r.value for r in UserRepr))
-    weights = (cs.neighbors_weight, cs.history_weight, cs.global_weight)
+    weights = (cs.neighbors_weight, cs.history_weight, cs.global_weight, cs.map_weight)
     if min(weights) < 0 or sum(weights) <= 0:
-        raise ColdStartError("model.cold_start.neighbors_weight/history_weight/global_weight must be >= 0 "
-                             f"with a positive sum, got {weights}")
+        raise ColdStartError("model.cold_start.neighbors_weight/history_weight/global_weight/map_weight must be "
+                             f">= 0 with a positive sum, got {weights}")
+    if cs.map_ridge <= 0:
+        raise ColdStartError(f"model.cold_start.map_ridge must be > 0, got {cs.map_ridge}")
     for key in ("warm_alpha", "simulate_cold"):
         if not 0.0 <= getattr(cs, key) <= 1.0:
             raise ColdStartError(f"model.cold_start.{key} must be in [0, 1], got {getattr(cs, key)}")
@@ -172,6 +199,75 @@ def tfidf_rows(his: np.ndarray, idf: np.ndarray) -> np.ndarray:
     return unit_rows(x * idf[None, :])
 
 
+def history_bag(his: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """his [Q, h] item ids (0 = pad) -> sparse [Q, n_items + 1]: 1/len on each history item, and a
+    constant 1 in the last column (the map's intercept). A row with no history is the intercept alone."""
+    rows = np.repeat(np.arange(his.shape[0]), his.shape[1])
+    cols = his.reshape(-1)
+    keep = cols != 0
+    count = np.maximum((his != 0).sum(1), 1).astype(np.float32)
+    vals = (1.0 / count)[rows[keep]]
+    q = his.shape[0]
+    rows = np.concatenate([rows[keep], np.arange(q)])
+    cols = np.concatenate([cols[keep], np.full(q, n_items)])
+    vals = np.concatenate([vals, np.ones(q, dtype=np.float32)])
+    return sp.csr_matrix((vals, (rows, cols)), shape=(q, n_items + 1), dtype=np.float32)
+
+
+def fit_history_map(x: sp.csr_matrix, y: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge regression W = argmin |x W - y|^2 + ridge |W|^2 (closed form).
+
+    x [N, F] sparse history bags (``history_bag``), y [N, d] the trained user
+    vectors of those rows' users. Returns float32 [F, d]. Up to
+    DIRECT_SOLVE_MAX features the normal equations are solved directly;
+    above, by Jacobi-preconditioned conjugate gradients run on all d columns
+    at once (x^T x is never formed, so a catalog of millions of items fits in
+    memory).
+    """
+    y = y.astype(np.float64)
+    rhs = np.asarray(x.T @ y)  # [F, d]
+    if x.shape[1] <= DIRECT_SOLVE_MAX:
+        gram = (x.T @ x).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += ridge
+        return np.linalg.solve(gram, rhs).astype(np.float32)
+
+    def apply(v):  # (x^T x + ridge) v, [F, d]
+        return np.asarray(x.T @ (x @ v)) + ridge * v
+
+    # Jacobi preconditioner: the intercept column (a 1 in every row) dwarfs the item columns,
+    # and plain CG would crawl along it.
+    diag = np.asarray(x.multiply(x).sum(0)).ravel().astype(np.float64)[:, None] + ridge
+    w = np.zeros_like(rhs)
+    r = rhs.copy()
+    z = r / diag
+    p = z.copy()
+    rz = (r * z).sum(0)
+    stop = (CG_TOLERANCE ** 2) * np.maximum((rhs * rhs).sum(0), 1e-30)
+    for _ in range(CG_ITERATIONS):
+        if ((r * r).sum(0) <= stop).all():
+            break
+        ap = apply(p)
+        alpha = rz / np.maximum((p * ap).sum(0), 1e-30)
+        w += alpha * p
+        r -= alpha * ap
+        z = r / diag
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / np.maximum(rz, 1e-30)) * p
+        rz = rz_new
+    return w.astype(np.float32)
+
+
+def training_bags(train_df, history_len: int, n_items: int):
+    """(x [N, n_items + 1] history bags, uid [N]) of every training row, last history_len items."""
+    his = np.zeros((len(train_df), history_len), dtype=np.int64)
+    for r, h in enumerate(train_df["his"]):
+        h = np.asarray(h, dtype=np.int64)
+        h = h[h != 0][-history_len:]
+        if len(h):
+            his[r, history_len - len(h):] = h
+    return history_bag(his, n_items), train_df["uid"].to_numpy(np.int64)
+
+
 def borrow_cold_items(item_table: np.ndarray, warm_items: np.ndarray, titles: Dict[int, str],
                       n: int, title_dim: int, index_cfg: RetrievalConfig) -> np.ndarray:
     """item_table [n_items, d] with every titled cold item replaced by its title neighbours' mean."""
@@ -203,6 +299,9 @@ class ColdStartCF(nn.Module):
     def __init__(self, base, data, cs, index_cfg: RetrievalConfig, titles: Optional[Dict[int, str]] = None):
         super().__init__()
         check_config(cs, base.name)
+        if not base.supports_cold_start:
+            raise ColdStartError(f"model.cold_start: {base.name} has no per-user table; its cold items are "
+                                 "filled by ColdItemsCF")
         self.base, self.cs = base, cs
         self.name, self.dim = base.name, base.dim
         self.prompts, self.pad_id = None, base.pad_id
@@ -213,9 +312,10 @@ class ColdStartCF(nn.Module):
         train = data.splits["train"]
         self.warm_users = np.unique(train["uid"].to_numpy())
         warm_items = np.unique(train["iid"].to_numpy())
+        item_bias = None if base.item_bias is None else base.item_bias.detach().float().cpu().numpy()
         if cs.cold_items:
             titles = item_titles(data) if titles is None else titles
-            items = borrow_cold_items(items, warm_items, titles, cs.item_neighbors, cs.title_dim, self.index_cfg)
+            items, item_bias = borrow_item_rows(items, item_bias, warm_items, titles, cs, self.index_cfg)
         is_warm = torch.zeros(self.n_users, dtype=torch.bool)
         is_warm[torch.from_numpy(self.warm_users)] = True
         device = next(base.parameters()).device
@@ -223,10 +323,17 @@ class ColdStartCF(nn.Module):
         self.register_buffer("user_table", torch.from_numpy(users).to(device), persistent=False)
         self.register_buffer("item_table", torch.from_numpy(items).to(device), persistent=False)
         self.register_buffer("is_warm_user", is_warm.to(device), persistent=False)
+        self.item_bias_table = None if item_bias is None else torch.from_numpy(item_bias).to(device)
         self._users_np, self._items_np = users, items
         self._global = users[self.warm_users].mean(0)
         self._warm_norm = float(np.linalg.norm(users[self.warm_users], axis=1).mean())
-        self._build_user_index(train)
+        self._user_index = None
+        if cs.neighbors_weight > 0:
+            self._build_user_index(train)
+        self._map = None
+        if cs.map_weight > 0:
+            x, uid = training_bags(train, cs.history_len, self.n_items)
+            self._map = fit_history_map(x, users[uid], cs.map_ridge)  # [n_items + 1, d]
 
     @staticmethod
     @torch.no_grad()
@@ -248,10 +355,17 @@ class ColdStartCF(nn.Module):
         for r, u in enumerate(uids):
             padded[r, :len(docs[u])] = docs[u]
         self._idf = idf_weights([docs[u] for u in uids], self.n_items)
-        # Bound the [rows, n_items] TF-IDF and [rows, width, d] history arrays of one step.
-        step = max(1, QUERY_ELEMENTS // max(self.n_items, padded.shape[1] * self.dim))
+        step = self._query_step(padded.shape[1])
         reprs = np.concatenate([self._represent(padded[s:s + step]) for s in range(0, len(uids), step)])
         self._user_index = ItemIndex.build(reprs, uids, self.index_cfg)
+
+    def _query_step(self, width: int) -> int:
+        """Rows per step that bound one step's dense arrays: [rows, n_items] TF-IDF queries,
+        [rows, width, d] history item vectors."""
+        per_row = width * self.dim
+        if self.cs.user_repr == "tfidf":
+            per_row = max(per_row, self.n_items)
+        return max(1, QUERY_ELEMENTS // max(per_row, 1))
 
     def _represent(self, his: np.ndarray) -> np.ndarray:
         """his [Q, h] -> unit vectors that nearest-user search compares."""
@@ -271,8 +385,7 @@ class ColdStartCF(nn.Module):
 
         exclude [C]: a uid per row that may not be a neighbour (None: no exclusion).
         """
-        # TF-IDF queries are dense [rows, n_items]: bound that, not the row count.
-        step = max(1, QUERY_ELEMENTS // max(self.n_items, 1))
+        step = self._query_step(his.shape[1])
         if his.shape[0] > step:
             return np.concatenate([self.cold_users(his[s:s + step], None if exclude is None else exclude[s:s + step])
                                    for s in range(0, his.shape[0], step)])
@@ -283,10 +396,15 @@ class ColdStartCF(nn.Module):
         if cs.neighbors_weight > 0:
             neighbors = similarity_weighted_mean(self._user_index, self._represent(his), self._users_np,
                                                  cs.n_neighbors, self._global, exclude)
+        mapped = glob
+        if self._map is not None:
+            mapped = np.asarray(history_bag(his, self.n_items) @ self._map)
         # A row with no history has nothing to compare or average: it gets the mean warm user.
         hist = np.where(has[:, None], hist, glob)
-        total = cs.neighbors_weight + cs.history_weight + cs.global_weight
-        mixed = (cs.neighbors_weight * neighbors + cs.history_weight * hist + cs.global_weight * glob) / total
+        mapped = np.where(has[:, None], mapped, glob)
+        total = cs.neighbors_weight + cs.history_weight + cs.global_weight + cs.map_weight
+        mixed = (cs.neighbors_weight * neighbors + cs.history_weight * hist + cs.global_weight * glob
+                 + cs.map_weight * mapped) / total
         if cs.match_norm:
             mixed = unit_rows(mixed) * self._warm_norm
         return mixed.astype(np.float32)
@@ -322,8 +440,13 @@ class ColdStartCF(nn.Module):
         return self.item_table[item_ids]
 
     def score(self, batch) -> torch.Tensor:
-        """[B] logits: <user, item> plus the base model's enabled item / user biases."""
-        return self.base.with_biases((self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1), batch)
+        """[B] logits: <user, item> plus the enabled item bias (borrowed for cold items) and user bias."""
+        logits = (self.user_embed(batch) * self.item_embed(batch["iid"])).sum(-1)
+        if self.item_bias_table is not None:
+            logits = logits + self.item_bias_table[batch["iid"]]
+        if self.base.user_bias is not None:
+            logits = logits + self.base.user_bias[batch["uid"]]
+        return logits
 
     forward = CFModel.forward  # {"loss", "logits"} from this wrapper's score
     collate_fn = CFModel.collate_fn
@@ -337,9 +460,85 @@ class ColdStartCF(nn.Module):
     zero_shot = has_artifacts = False  # as the CF model it wraps
 
 
+class ColdItemsCF(nn.Module):
+    """A frozen history CF model (SASRec, DIN: ``supports_cold_items``) whose cold items take
+    the similarity-weighted mean of their nearest warm items by title, in its item table ``item``
+    (read for the history and the target alike) and its item bias.
+
+    Same interface as the wrapped model; scoring runs on a copy of it with the
+    borrowed rows written in, so the wrapped model (``base``, a submodule,
+    whose weights a checkpoint keeps) is left as it was.
+    """
+
+    def __init__(self, base, data, cs, index_cfg: RetrievalConfig, titles: Optional[Dict[int, str]] = None):
+        super().__init__()
+        check_config(cs, base.name)
+        self.base, self.cs = base, cs
+        self.name, self.dim, self.n_users, self.n_items = base.name, base.dim, base.n_users, base.n_items
+        self.prompts, self.pad_id, self.history_len = None, base.pad_id, base.history_len
+        # Not a submodule: its rows are derived, never a checkpoint's business (nor the
+        # base's view cache, which the copy must not drag along).
+        scorer = copy.deepcopy(base, {id(base.scoring_view): None})
+        if cs.cold_items:
+            warm_items = np.unique(data.splits["train"]["iid"].to_numpy())
+            titles = item_titles(data) if titles is None else titles
+            table = scorer.item.weight.detach().float().cpu().numpy()
+            bias = None if scorer.item_bias is None else scorer.item_bias.detach().float().cpu().numpy()
+            table, bias = borrow_item_rows(table, bias, warm_items, titles, cs, index_cfg)
+            with torch.no_grad():
+                scorer.item.weight.copy_(torch.from_numpy(table))
+                if bias is not None:
+                    scorer.item_bias.copy_(torch.from_numpy(bias))
+        scorer.requires_grad_(False)
+        object.__setattr__(self, "scorer", scorer)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.scorer.train(mode)
+        return self
+
+    def user_embed(self, batch) -> torch.Tensor:
+        """his [B, h] (+ uid, iid) -> [B, d]"""
+        return self.scorer.user_embed(batch)
+
+    def item_embed(self, item_ids) -> torch.Tensor:
+        """[N] iid -> [N, d]"""
+        return self.scorer.item_embed(item_ids)
+
+    def score(self, batch) -> torch.Tensor:
+        """[B] logits of the model with borrowed cold-item rows"""
+        return self.scorer.score(batch)
+
+    forward = CFModel.forward
+    collate_fn = CFModel.collate_fn
+
+    def for_scoring(self):
+        return self
+
+    def saved_state_dict(self):
+        return self.base.saved_state_dict()
+
+    zero_shot = has_artifacts = False
+
+
+def borrow_item_rows(items: np.ndarray, bias: Optional[np.ndarray], warm_items: np.ndarray,
+                     titles: Dict[int, str], cs, index_cfg: RetrievalConfig):
+    """(items [n_items, d], bias [n_items] or None) with every titled cold item's row (and bias)
+    replaced by the similarity-weighted mean of its cs.item_neighbors nearest warm items by title."""
+    table = items if bias is None else np.concatenate([items, bias[:, None]], axis=1)
+    table = borrow_cold_items(table, warm_items, titles, cs.item_neighbors, cs.title_dim, index_cfg)
+    if bias is None:
+        return table, None
+    return np.ascontiguousarray(table[:, :-1]), np.ascontiguousarray(table[:, -1])
+
+
 def with_cold_start(cf, data, cs, index_cfg: RetrievalConfig):
-    """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF around it whose
-    neighbour indexes (users, cold items) are built with ``index_cfg`` (the ``retrieval`` keys)."""
+    """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF (models with a
+    per-user table) or ColdItemsCF (history models) around it whose neighbour indexes are built
+    with ``index_cfg`` (the ``retrieval`` keys)."""
     if cf is None or not cs.enabled:
         return cf
+    check_config(cs, cf.name)
+    if cold_items_only(type(cf)):
+        return ColdItemsCF(cf, data, cs, index_cfg)
     return ColdStartCF(cf, data, cs, index_cfg)

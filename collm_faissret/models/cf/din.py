@@ -37,6 +37,7 @@ def mlp(sizes, dropout: float) -> nn.Sequential:
 @register("cf_model", "DIN")
 class DIN(CFModel):
     Config = DINConfig
+    supports_cold_items = True  # users come from the history; cold items borrow rows of the item table
     target_aware = True  # the user vector attends over the history against the target item
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.1):

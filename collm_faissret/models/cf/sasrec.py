@@ -58,6 +58,7 @@ class Block(nn.Module):
 @register("cf_model", "SASRec")
 class SASRec(CFModel):
     Config = SASRecConfig
+    supports_cold_items = True  # users come from the history; cold items borrow rows of the item table
 
     def __init__(self, n_users, n_items, rec_cfg, init_std: float = 0.02):
         # A small item init: the encoding leaves the final LayerNorm with entries
