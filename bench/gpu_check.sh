@@ -25,26 +25,28 @@
 #            prompts, and the planner's estimate beside them. tp_7b_int8.json, tp_7b_nf4.json,
 #            plan_7b.txt.
 #
-# Options: --data DIR (CoLLM-format data, default data/ml-1m), --out DIR (default
-# outputs/gpu_check), --python PY (default .venv/bin/python when there, else python3), --steps N
-# (timed batches per measurement, default 10), --smollm2 DIR (default OUT/smollm2), --quants
-# "int8 nf4". A CPU dry run of the same steps: --device cpu --shape tiny --steps 1 (the smollm2
-# part then needs smaller splits: --real-backbone-args "--train-rows 8 --valid-rows 8 --test-rows 16").
-# Logs: OUT/log_<part>.txt. Exit status: non-zero when any step failed (the table shows the rest).
+# Options: --data DIR (CoLLM-format data, default data/ml-1m), --out DIR (default outputs/gpu_check),
+# --python PY (default .venv/bin/python when there, else python3), --steps N (timed batches per
+# measurement, default 10), --warmup N (untimed ones before them, default 3), --smollm2 DIR
+# (default OUT/smollm2), --quants "int8 nf4". Logs: OUT/log_<part>.txt. Exit status: non-zero
+# when any step failed (the table shows the rest). A CPU dry run of the same steps:
+#   bash bench/gpu_check.sh --device cpu --shape tiny --steps 1 --warmup 1 --smollm2 DIR \
+#       --real-backbone-args "--train-rows 8 --valid-rows 8 --test-rows 16"
 set -uo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-DATA=data/ml-1m OUT=outputs/gpu_check STEPS=10 DEVICE=cuda SHAPE=7b QUANTS="int8 nf4" SMOL="" RB_ARGS=""
+DATA=data/ml-1m OUT=outputs/gpu_check STEPS=10 WARMUP=3 DEVICE=cuda SHAPE=7b QUANTS="int8 nf4" SMOL="" RB_ARGS=""
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 PARTS=()
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) DATA="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --python) PY="$2"; shift 2 ;;
         --steps) STEPS="$2"; shift 2 ;;
+        --warmup) WARMUP="$2"; shift 2 ;;
         --device) DEVICE="$2"; shift 2 ;;
         --shape) SHAPE="$2"; shift 2 ;;
         --quants) QUANTS="$2"; shift 2 ;;
@@ -70,7 +72,7 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cud
 fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-BENCH=("$PY" bench/train_throughput.py --device "$DEVICE" --data "$DATA" --steps "$STEPS")
+BENCH=("$PY" bench/train_throughput.py --device "$DEVICE" --data "$DATA" --steps "$STEPS" --repeats 1)
 STAGE2=train_configs/collm_stage2_mf_ml1m.yaml
 rc=0
 step() {  # step LOG COMMAND...: run, append its output to LOG, remember a failure
@@ -90,15 +92,15 @@ for part in "${PARTS[@]}"; do
     : > "$log"
     case "$part" in
     7b)
-        step "$log" "${BENCH[@]}" --shape "$SHAPE" --max-txt-len 256 --warmup 3 --stages 1 2 --batch-size 4 16 \
+        step "$log" "${BENCH[@]}" --shape "$SHAPE" --max-txt-len 256 --warmup "$WARMUP" --stages 1 2 --batch-size 4 16 \
             --eval-batch-size 16 64 --sync-debug --mem-search 4 --mem-stages 2 --mem-limit-gib 22 \
             --json "$OUT/tp_$SHAPE.json"
-        step "$log" "${BENCH[@]}" --shape "$SHAPE" --max-txt-len 256 --warmup 3 --stages 2 --modes train \
+        step "$log" "${BENCH[@]}" --shape "$SHAPE" --max-txt-len 256 --warmup "$WARMUP" --stages 2 --modes train \
             --batch-size 16 --no-bare --grad-ckpt --mem-search 16 32 48 64 96 128 192 256 --mem-limit-gib 22 \
             --json "$OUT/tp_${SHAPE}_ckpt.json"
         echo "+ bench/tp_bare.py --full-logits" | tee -a "$log"
         "$PY" "bench/tp_bare.py" --shape "$SHAPE" --device "$DEVICE" --batch-size 4 16 --seq-len 256 \
-            --modes train --steps "$STEPS" --full-logits > "$OUT/bare_${SHAPE}_full_logits.jsonl" 2>>"$log" || rc=1
+            --modes train --steps "$STEPS" --warmup "$WARMUP" --full-logits > "$OUT/bare_${SHAPE}_full_logits.jsonl" 2>>"$log" || rc=1
         ;;
     smollm2)
         step "$log" "$PY" -m collm_faissret.data_prep backbone smollm2 --out "$SMOL"
@@ -109,7 +111,7 @@ for part in "${PARTS[@]}"; do
             --device "$DEVICE" --train-rows 0 --valid-rows 0 --test-rows 0 --compare-dtypes 0 $RB_ARGS
         cp "$OUT/smollm2_runs/summary.json" "$OUT/smollm2_summary.json" 2>/dev/null || rc=1
         # ---- end of the bench/real_backbone.py call ----
-        step "$log" "${BENCH[@]}" --shape "$SMOL" --warmup 3 --batch-size 16 --eval-batch-size 64 \
+        step "$log" "${BENCH[@]}" --shape "$SMOL" --warmup "$WARMUP" --batch-size 16 --eval-batch-size 64 \
             --json "$OUT/tp_smollm2.json"
         ;;
     quant)
@@ -124,7 +126,7 @@ for part in "${PARTS[@]}"; do
         done
         cat "$OUT/plan_$SHAPE.txt" >> "$log"
         for q in $QUANTS; do
-            step "$log" "${BENCH[@]}" --shape "$ckpt" --quantization "$q" --max-txt-len 256 --warmup 2 \
+            step "$log" "${BENCH[@]}" --shape "$ckpt" --quantization "$q" --max-txt-len 256 --warmup "$WARMUP" \
                 --stages 2 --modes train --batch-size 4 16 --mem-search 4 16 --mem-limit-gib 60 \
                 --json "$OUT/tp_${SHAPE}_$q.json"
         done
