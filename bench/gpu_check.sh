@@ -59,8 +59,9 @@ while [ $# -gt 0 ]; do
 done
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(7b smollm2 quant)
 SMOL="${SMOL:-$OUT/smollm2}"
-DATA="$(realpath -m "$DATA")" OUT="$(realpath -m "$OUT")" SMOL="$(realpath -m "$SMOL")"
-case "$PY" in */*) PY="$(realpath -m "$PY")" ;; esac
+# absolute, symlinks kept (a venv's python is a symlink to the base interpreter)
+DATA="$(realpath -s -m "$DATA")" OUT="$(realpath -s -m "$OUT")" SMOL="$(realpath -s -m "$SMOL")"
+case "$PY" in */*) PY="$(realpath -s -m "$PY")" ;; esac
 cd "$REPO" || exit 2  # the configs name prompt/ relative to the checkout
 if [ ! -f "$DATA/train_ood2.pkl" ] && [ ! -f "$DATA/train_ood2.parquet" ]; then
     echo "gpu_check.sh: --data $DATA holds no train_ood2.pkl (unzip CoLLM's ml-1m.zip into data/)" >&2
