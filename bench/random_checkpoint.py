@@ -27,17 +27,14 @@ import tp_setup as S  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", required=True, help="a key of the yardstick's SIZES (tiny, 1b, 7b)")
+    ap.add_argument("--shape", required=True, choices=list(S.SHAPES), help="a named shape (bench/tp_setup.py SHAPES)")
     ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory (the tokenizer's titles)")
     ap.add_argument("--out", required=True, help="checkpoint directory to write")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the random weights are drawn (cuda is much faster at 7B)")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
-    ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py (its SIZES)")
     args = ap.parse_args(argv)
-    sizes = S.load_reference(args.reference).SIZES.get(args.shape)
-    if sizes is None:
-        ap.error(f"--shape {args.shape!r}: not a named shape")
+    sizes = S.SHAPES[args.shape]
     config = os.path.join(args.out, "config.json")
     if os.path.isfile(config):
         with open(config) as fh:

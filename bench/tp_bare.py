@@ -1,15 +1,26 @@
-"""The yardstick's bare transformers + peft LoRA loop, with two changes that make the
-comparison with our steps fair and let it run at a real checkpoint's shape:
+"""The yardstick: a bare transformers + peft LoRA training / scoring loop.
 
-* the LM head runs at the last position only (``logits_to_keep=1``), as ours does:
-  the shared yardstick computes [B, L, vocab] logits and reads one column, which at
-  SmolLM2's 49k vocabulary is a large share of its time;
-* ``shape`` may be a checkpoint directory: its config and weights are loaded with
-  ``from_pretrained`` (named shapes are the yardstick's SIZES, random weights).
+The project's own steps (bench/train_throughput.py, bench/act_memory.py) are measured
+against it in the same run, on the same device, at the same batch size and tokens per
+row. It has no data pipeline: fixed-length random token ids, LoRA (r=8, alpha 16,
+dropout 0.05, q_proj / v_proj) on a LLaMA-shaped model, BCE on the "Yes" logit at the
+last position, AdamW at lr 1e-4. Speed and memory do not depend on the weight values, so
+a named shape (tiny, 1b, 7b, 13b: bench/tp_setup.py's SHAPES) gets random weights; a
+checkpoint directory is loaded with from_pretrained.
 
-Everything else is the yardstick's: fixed-length random ids, LoRA r=8 on q/v,
-BCE on the Yes logit, AdamW, the same warm-up / timed steps and FLOP count.
+The LM head runs at the last position only (``logits_to_keep=1``), as ours does;
+``--full-logits`` computes [B, L, vocab] logits and reads one column instead (what a
+loop written without that option does; at a 49k vocabulary it is a large share of the
+time, and it adds the logits to the peak memory).
+
+  python bench/tp_bare.py --shape tiny --device cpu --steps 3
+  python bench/tp_bare.py --shape 7b --batch-size 4 16 --seq-len 256 --full-logits
+
+Prints one JSON line per measurement.
 """
+import argparse
+import contextlib
+import json
 import os
 import time
 
@@ -17,13 +28,19 @@ import torch
 
 
 def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
-    """(LoRA model, vocab size): a directory loaded with from_pretrained, else the yardstick's shape.
+    """(LoRA model, vocab size): a directory loaded with from_pretrained, else ``sizes[shape]``
+    (LlamaConfig keyword arguments) with random weights.
 
     quantization int8 / nf4 (a directory only): the plain QLoRA recipe of transformers and
     peft, with the settings our model.quantization uses (nf4: double quantization, bf16
     compute on CUDA), then peft's k-bit preparation without gradient checkpointing."""
-    from peft import LoraConfig, get_peft_model
     from tp_setup import llama_of_shape, loaded_backbone
+
+    from collm_faissret.models.backbone import bitsandbytes_notice_muted
+
+    # bitsandbytes' notice about its optional CPU kernel matters only when it quantizes
+    with bitsandbytes_notice_muted() if quantization == "none" else contextlib.nullcontext():
+        from peft import LoraConfig, get_peft_model
 
     if quantization != "none":
         model = quantized_backbone(shape, quantization, dtype, device)
@@ -55,13 +72,15 @@ def quantized_backbone(path: str, quantization: str, dtype: torch.dtype, device:
 
 
 def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
-    """One measurement; args: shape, device, dtype (bf16/fp16/fp32), seq_len, steps, warmup."""
+    """One measurement; args: shape, device, dtype (bf16/fp16/fp32), seq_len, steps, warmup
+    (and optionally quantization, full_logits). ``sizes``: the named shapes."""
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     torch.manual_seed(0)
     model, vocab = build(args.shape, sizes, dtype, device, getattr(args, "quantization", "none"))
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    yes_id = 8241 % vocab
+    yes_id = 8241 % vocab  # any fixed id: " Yes" in LLaMA's vocabulary
+    keep = {} if getattr(args, "full_logits", False) else {"logits_to_keep": 1}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
@@ -69,14 +88,14 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
         labels = torch.randint(0, 2, (batch_size,), device=device).float()
         if mode == "train":
             model.train()
-            logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1, yes_id].float()
+            logits = model(input_ids=ids, **keep).logits[:, -1, yes_id].float()
             torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         else:
             model.eval()
             with torch.no_grad():
-                model(input_ids=ids, logits_to_keep=1).logits[:, -1, yes_id].float()
+                model(input_ids=ids, **keep).logits[:, -1, yes_id].float()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
@@ -90,11 +109,53 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     sync()
     dt = (time.perf_counter() - t0) / args.steps
     tokens = batch_size * args.seq_len
+    # matmul FLOPs per token: 2 x frozen parameters forward; LoRA training adds about as much
+    # again for the activation gradients (frozen weights get no weight gradients)
     per_tok = (4 if mode == "train" else 2) * frozen
-    out = dict(reference="bare_loop_last_position", shape=args.shape, mode=mode, dtype=args.dtype,
+    kind = "bare_loop_full_logits" if not keep else "bare_loop_last_position"
+    out = dict(reference=kind, shape=args.shape, mode=mode, dtype=args.dtype,
                batch_size=batch_size, seq_len=args.seq_len, steps=args.steps, sec_per_step=round(dt, 5),
                samples_per_s=round(batch_size / dt, 2), tokens_per_s=round(tokens / dt, 1),
                model_tflops=round(per_tok * tokens / dt / 1e12, 4))
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+        out["device"] = torch.cuda.get_device_name()
     return out
+
+
+def main(argv=None) -> int:
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for p in (here, os.path.dirname(here)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    from tp_setup import SHAPES
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="7b", help=f"a named shape ({', '.join(SHAPES)}) or a checkpoint directory")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per row")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[4])
+    ap.add_argument("--modes", nargs="+", choices=["train", "eval"], default=["train", "eval"])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
+                    help="load --shape DIR through bitsandbytes (QLoRA)")
+    ap.add_argument("--full-logits", action="store_true", help="logits at every position, one column read")
+    args = ap.parse_args(argv)
+    if args.shape not in SHAPES and not os.path.isdir(args.shape):
+        ap.error(f"--shape {args.shape!r}: neither {' / '.join(SHAPES)} nor a checkpoint directory")
+    if args.quantization != "none" and not os.path.isdir(args.shape):
+        ap.error("--quantization needs --shape DIR (bench/random_checkpoint.py writes random weights)")
+    for mode in args.modes:
+        for bs in args.batch_size:
+            print(json.dumps(run(args, mode, bs, SHAPES)), flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the next measurement's peak is its own
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,7 +17,7 @@ def row(args, stage, mode, batch_size, clock, shape, n_flop, extra) -> dict:
 
     model_tflops counts as the yardstick does: (4 train / 2 eval) * backbone
     weights * padded tokens per second (LoRA adds ~nothing; our LM head runs
-    at one position, the yardstick's at every one, so ours is a slight overcount).
+    at one position, so the head's share of the count is a slight overcount).
     """
     out = {"mode": mode, "stage": stage, "batch_size": batch_size, "samples_per_s": None,
            "bare_samples_per_s": None, "ratio_vs_bare": None, "peak_mem_gib": None,

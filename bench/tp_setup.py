@@ -1,27 +1,28 @@
-"""Setup pieces of bench/train_throughput.py: the yardstick module, run configs,
-a random-weight backbone of a named shape, its tokenizer, and CF weights.
+"""Setup pieces of the benchmarks: the named backbone shapes, run configs, a
+random-weight backbone of a named shape, its tokenizer, and CF weights.
 
 Everything here builds inputs for the framework's own classes; nothing here
 is timed.
 """
-import importlib.util
 import os
 
 import torch
 
+from collm_faissret.planner import SHAPES as PLANNER_SHAPES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "hf_lora_reference.py")
 STAGE_CONFIGS = {1: "train_configs/collm_stage1_ml1m.yaml", 2: "train_configs/collm_stage2_mf_ml1m.yaml"}
 
-
-def load_reference(path: str):
-    """The yardstick module (its ``SIZES``, ``build`` and ``run``), imported by file path."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"reference loop not found: {path} (pass --reference PATH)")
-    spec = importlib.util.spec_from_file_location("hf_lora_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# LlamaConfig keyword arguments of the named shapes. 7b (LLaMA-7B / Vicuna-7B) and 13b are the
+# planner's; 1b is TinyLlama-1.1B's (grouped-query attention, 4 KV heads); tiny is a 2-layer toy
+# for CPU smoke runs.
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 vocab_size=1000),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+               num_key_value_heads=4, vocab_size=32000),
+    **{name: dict(sizes) for name, sizes in PLANNER_SHAPES.items()},
+}
 
 
 def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_len: int, batch_size: int,
@@ -73,7 +74,7 @@ def build_tokenizer(data, vocab_size: int):
 
 
 def random_backbone(sizes: dict, tokenizer, dtype: torch.dtype, device: torch.device):
-    """LlamaForCausalLM of the shape ``sizes`` (the yardstick's SIZES entry) with random
+    """LlamaForCausalLM of the shape ``sizes`` (a SHAPES entry) with random
     weights and the tokenizer's special ids."""
     if len(tokenizer) > sizes["vocab_size"]:
         raise ValueError(f"tokenizer has {len(tokenizer)} ids, more than the shape's vocab {sizes['vocab_size']}")
@@ -83,7 +84,7 @@ def random_backbone(sizes: dict, tokenizer, dtype: torch.dtype, device: torch.de
 
 def llama_of_shape(sizes: dict, dtype: torch.dtype, device: torch.device, **special_ids):
     """Random-weight LlamaForCausalLM of the shape ``sizes``, built directly on ``device`` in
-    ``dtype`` as the yardstick builds its own; SDPA attention."""
+    ``dtype`` (bench/tp_bare.py builds its own the same way); SDPA attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(**sizes, max_position_embeddings=2048, **special_ids)

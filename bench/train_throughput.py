@@ -1,11 +1,11 @@
 """Training and evaluation throughput of the project's own CoLLM steps against the bare
-transformers + peft LoRA loop (../shared/bench/hf_lora_reference.py), in one process.
+transformers + peft LoRA loop (bench/tp_bare.py, the yardstick), in one process.
 
 Ours: stage 1 (LoRA, text prompt) and stage 2 (FECE projector, <UserID>/<TargetItemID>
 slots) built from train_configs/collm_stage{1,2}*.yaml through the real config loader,
 RecTask and RunnerBase: real ML-1M prompts tokenised in DataLoader workers, length
 bucketing, AMP on CUDA, AdamW, LM head at the answer position only; the backbone is a
-random-weight LLaMA of the yardstick's shape (tiny / 1b / 7b) with a word tokenizer
+random-weight LLaMA of a named shape (tiny / 1b / 7b / 13b, bench/tp_setup.py) with a word tokenizer
 trained on the data's titles. Bare: the yardstick's loop at the same batch size and
 seq_len = our mean padded width (equal tokens per step).
 
@@ -46,7 +46,7 @@ DEFAULT_SEARCH = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="tiny",
-                    help="backbone: tiny / 1b / 7b (the yardstick's SIZES, random weights and a word tokenizer) or "
+                    help="backbone: tiny / 1b / 7b / 13b (named shapes, random weights and a word tokenizer) or "
                          "a checkpoint directory (its weights and tokenizer, e.g. outputs/smollm2)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory (train/valid/test_ood2)")
@@ -73,7 +73,6 @@ def parse_args(argv=None):
                     help="model.quantization for ours, the same BitsAndBytesConfig for the bare loop; needs --shape "
                          "DIR (bench/random_checkpoint.py writes a random one): bitsandbytes quantizes while loading")
     ap.add_argument("--repeats", type=int, help="runs per measurement, best kept (default: 3 on CPU, 1 on CUDA)")
-    ap.add_argument("--reference", default=S.DEFAULT_REFERENCE, help="path of hf_lora_reference.py")
     ap.add_argument("--json", help="write the rows here (a JSON list)")
     args = ap.parse_args(argv)
     args.eval_batch_size = args.eval_batch_size or args.batch_size
@@ -83,8 +82,12 @@ def parse_args(argv=None):
         args.num_workers = 4 if args.device == "cuda" else 0
     if args.mem_search is None:
         args.mem_search = DEFAULT_SEARCH if args.grad_ckpt else []
-    if args.shape not in ("tiny", "1b", "7b") and not os.path.isdir(args.shape):
-        ap.error(f"--shape {args.shape!r}: neither tiny / 1b / 7b nor a checkpoint directory")
+    if args.shape not in S.SHAPES and not os.path.isdir(args.shape):
+        ap.error(f"--shape {args.shape!r}: neither {' / '.join(S.SHAPES)} nor a checkpoint directory")
+    if not os.path.isfile(os.path.join(args.data, "train_ood2.pkl")) and \
+            not os.path.isfile(os.path.join(args.data, "train_ood2.parquet")):
+        ap.error(f"--data {args.data}: no train_ood2.pkl or .parquet there (CoLLM's ML-1M split: unzip ml-1m.zip "
+                 "into data/, or make it with collm-prepare ml1m)")
     if args.quantization != "none" and not os.path.isdir(args.shape):
         ap.error(f"--quantization {args.quantization} needs --shape DIR, a checkpoint directory "
                  "(python bench/random_checkpoint.py --shape 7b --out DIR writes random weights)")
@@ -231,7 +234,7 @@ def bare_run(args, env, mode, batch_size, seq_len) -> dict:
     ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
                          steps=args.steps, warmup=args.warmup, quantization=args.quantization)
     with contextlib.redirect_stdout(io.StringIO()):
-        bare = run(ns, mode, batch_size, env.ref.SIZES)
+        bare = run(ns, mode, batch_size, S.SHAPES)
     H.free_cuda()
     return bare
 
@@ -252,12 +255,11 @@ def bare_rows(args, env, rows):
 
 
 def setup(args, tmp):
-    """Data, tokenizer, shape, yardstick and random MF weights shared by every stage."""
+    """Data, tokenizer, shape and random MF weights used by every stage."""
     from collm_faissret import dist
     from collm_faissret.models.backbone import load_tokenizer, resolve_dtype
     from collm_faissret.tasks.rec_task import RecTask
 
-    ref = S.load_reference(args.reference)
     device = dist.init(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -268,7 +270,7 @@ def setup(args, tmp):
         tokenizer = load_tokenizer(args.shape)
         make_backbone = lambda: S.loaded_backbone(args.shape, dtype, device)  # noqa: E731
     else:
-        sizes = dict(ref.SIZES[args.shape])
+        sizes = dict(S.SHAPES[args.shape])
         tokenizer = S.build_tokenizer(data, sizes["vocab_size"])
         make_backbone = lambda: S.random_backbone(sizes, tokenizer, dtype, device)  # noqa: E731
     mf_path = S.write_random_mf(data, 64, os.path.join(tmp, "mf_random.pth"))
@@ -277,7 +279,7 @@ def setup(args, tmp):
         model_options = [f"model.llama_model={os.path.abspath(args.shape)}", f"model.quantization={args.quantization}"]
     # CPU: the bare loop runs right after each of our runs (same load on the shared cores);
     # CUDA: after our model is freed, so each side's peak memory is its own.
-    return SimpleNamespace(ref=ref, device=device, data=data, tokenizer=tokenizer, make_backbone=make_backbone,
+    return SimpleNamespace(device=device, data=data, tokenizer=tokenizer, make_backbone=make_backbone,
                            dtype=dtype, mf_path=mf_path, interleave=device.type == "cpu", model_options=model_options)
 
 

@@ -10,11 +10,14 @@ cuda, bf16 for dtype / AMP on CUDA, the backbone directory, the data files,
 prompt, checkpoints. Exit status: 0 when nothing is missing, 1 when something
 is (one ``missing:`` line each), 2 when the config itself does not load.
 
-  python -m collm_faissret.env --cfg-path CONFIG --plan [--shape 7b|13b] [--gpus N --gib 24]
+  python -m collm_faissret.env --cfg-path CONFIG --plan [--shape 7b|13b] [--gpus N --gib 24] [--tokenizer DIR]
 
 prints instead the estimated training memory per GPU of that config (its
 backbone's config.json, or a named shape) for each quantization x distribution,
-and the largest batch that fits (collm_faissret/planner.py says how).
+and the largest batch that fits (collm_faissret/planner.py says how). Prompts are
+as long as the longest training prompt of the config's data, tokenised by the
+backbone's tokenizer (or --tokenizer DIR's) and capped at model.max_txt_len; without
+the data or a tokenizer, model.max_txt_len. The first lines say which length was used.
 """
 import argparse
 import os
@@ -127,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", choices=["7b", "13b"], help="plan for this backbone shape instead of the config's")
     ap.add_argument("--gpus", type=int, default=None, help="GPUs to plan for (default: those here, at least 1)")
     ap.add_argument("--gib", type=float, default=None, help="memory per GPU in GiB (default: the first GPU's, or 24)")
+    ap.add_argument("--tokenizer", default=None, metavar="DIR",
+                    help="--plan: tokenise the data's prompts with this directory's tokenizer "
+                         "(default: model.llama_model's)")
     args = ap.parse_args(argv)
     if args.plan and not args.cfg_path:
         ap.error("--plan needs --cfg-path (batch size, prompt length and stage come from the config)")
@@ -172,14 +178,48 @@ def print_plan(cfg, args) -> int:
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         gpus = gpus or max(cuda, 1)
         gib = gib or (torch.cuda.get_device_properties(0).total_memory / planner.GIB if cuda else 24.0)
-    batch, seq_len = cfg.run.batch_size_train, cfg.model.max_txt_len
+    batch = cfg.run.batch_size_train
+    seq_len, length_source = prompt_length(cfg, args.tokenizer)
     rows = planner.plan(shape, cfg.model, batch, seq_len, gpus, gib)
     print(f"backbone: {source} ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
           f"intermediate {shape['intermediate_size']}, vocab {shape['vocab_size']})")
-    print(f"per GPU at run.batch_size_train {batch}, prompts of model.max_txt_len {seq_len} tokens, "
+    print(f"prompt length: {seq_len} tokens, {length_source}")
+    print(f"per GPU at run.batch_size_train {batch}, prompts of {seq_len} tokens, "
           f"{gpus} GPU(s) of {gib:g} GiB; estimates in GiB (planner.py), not measurements")
     print("\n".join(planner.table_lines(rows, gib)))
     return 0
+
+
+def prompt_length(cfg, tokenizer_dir=None):
+    """(tokens, where the figure comes from) for the planner: the longest training prompt of
+    the config's data (history cut to max_his, oldest titles dropped beyond model.max_txt_len,
+    as training builds it) tokenised by ``tokenizer_dir`` or the backbone's tokenizer; else
+    model.max_txt_len, with the reason."""
+    from .config import dataset_config
+
+    cap = cfg.model.max_txt_len
+    fallback = "model.max_txt_len (the cap): {}; the data's longest prompt is usually much shorter"
+    _, ds_cfg = dataset_config(cfg)
+    train = [os.path.join(ds_cfg.path, ds_cfg.train_file + ext) for ext in (".parquet", ".pkl")]
+    if not any(os.path.isfile(p) for p in train):
+        return cap, fallback.format(f"no training data at {ds_cfg.path}")
+    tok_dir = tokenizer_dir or cfg.model.llama_model
+    if not tok_dir or not os.path.isdir(tok_dir):
+        return cap, fallback.format(f"no tokenizer directory (model.llama_model {tok_dir!r} is not one): "
+                                    "pass --tokenizer DIR (a checkpoint of the same family) to measure the data's")
+    from .datasets import RecRows, load_collm_splits
+    from .models.backbone import load_tokenizer
+    from .prompts import PromptBuilder, load_template
+
+    try:
+        tok = load_tokenizer(tok_dir)
+    except (OSError, ValueError) as err:
+        return cap, fallback.format(f"the tokenizer of {tok_dir} does not load ({type(err).__name__}: {err})")
+    builder = PromptBuilder(tok, load_template(cfg.model.prompt_path), cfg.model.proj_token_num, cap)
+    rows = RecRows(load_collm_splits(ds_cfg).splits["train"], ds_cfg.max_his, builder, name="train", his_len=0)
+    longest = int(rows.lengths().max())
+    return longest, (f"the longest of {len(rows):,} training prompts in {ds_cfg.path} ({cfg.model.prompt_path}, "
+                     f"tokenizer of {tok_dir}; model.max_txt_len {cap} caps it)")
 
 
 if __name__ == "__main__":

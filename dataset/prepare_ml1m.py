@@ -1,5 +1,10 @@
 """Prepare MovieLens-1M (GroupLens release) in the CoLLM interaction format.
 
+The result has CoLLM's file layout and columns, but it is a split of its own:
+CoLLM's published ``ml-1m.zip`` covers a time window of the release that this
+script approximates with ``--since``, without claiming to reproduce it. To
+compare with the paper, use their published files.
+
 A checkout's entry point for ``collm-prepare ml1m``: the code lives in
 ``collm_faissret/data_prep/ml1m.py``; ``--help`` lists the options.
 """

@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import REPO, make_collm_data
 
-REFERENCE = REPO.parent / "shared" / "bench" / "hf_lora_reference.py"
 ROW_KEYS = {"mode", "stage", "batch_size", "samples_per_s", "bare_samples_per_s", "ratio_vs_bare", "peak_mem_gib",
             "padding_fraction"}
 
@@ -36,7 +35,6 @@ def _bench_main(monkeypatch):
     return module.main
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"yardstick {REFERENCE} not present")
 def test_train_throughput_smoke(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
@@ -44,7 +42,7 @@ def test_train_throughput_smoke(tmp_path, capsys, monkeypatch):
     out = tmp_path / "rows.json"
     rc = _bench_main(monkeypatch)(["--shape", "tiny", "--device", "cpu", "--data", str(data), "--batch-size", "4",
                         "--steps", "2", "--warmup", "1", "--repeats", "1", "--grad-ckpt", "--mem-search", "2", "4", "8",
-                        "--reference", str(REFERENCE), "--json", str(out)])
+                        "--json", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
     by_kind = {(r["mode"], r["stage"]) for r in rows}
@@ -69,7 +67,6 @@ def test_train_throughput_smoke(tmp_path, capsys, monkeypatch):
     assert not os.path.exists(tmp_path / "collm_tp"), "temporary files must stay in the temp dir"
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason=f"yardstick {REFERENCE} not present")
 def test_act_memory_smoke(tmp_path, capsys):
     """bench/act_memory.py on tiny data: rows for both stages and the bare loop, and an
     extrapolation that adds up (2 layers: the 1-layer build plus one layer's part)."""
@@ -81,7 +78,7 @@ def test_act_memory_smoke(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rc = module.main(["--shape", "tiny", "--data", str(data), "--batch-size", "2", "4", "--stages", "1", "2",
-                      "--threads", "1", "--reference", str(REFERENCE), "--json", str(out)])
+                      "--threads", "1", "--json", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
     assert [(r["who"], r["stage"], r["batch_size"]) for r in rows] == [
@@ -126,3 +123,23 @@ def test_real_backbone_smallest_run_prints_every_row(env, tmp_path, capsys):
         assert any(line.startswith(name) for line in printed.splitlines()), name
     assert set(summary["goals"]) == {"stage 1 test AUC >= 0.60", "stage 2 >= MF and >= stage 1 (same test rows)",
                                      "moonshot: stage 2 + cold start >= 0.7295"}
+
+
+def test_bare_loop_runs_each_named_shape_kind(capsys):
+    """bench/tp_bare.py (the yardstick) from its command line at the tiny shape: one JSON line
+    per mode, last-position and full logits; the named shapes the benches accept are all there."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import tp_bare
+        import tp_setup
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert {"tiny", "1b", "7b", "13b"} <= set(tp_setup.SHAPES)
+    for flags in ([], ["--full-logits"]):
+        assert tp_bare.main(["--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+                             "--seq-len", "8", "--batch-size", "2", *flags]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["mode"], r["reference"]) for r in rows] == [
+        ("train", "bare_loop_last_position"), ("eval", "bare_loop_last_position"),
+        ("train", "bare_loop_full_logits"), ("eval", "bare_loop_full_logits")]
+    assert all(r["samples_per_s"] > 0 and r["batch_size"] == 2 and r["seq_len"] == 8 for r in rows)

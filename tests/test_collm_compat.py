@@ -69,6 +69,8 @@ def test_stage1_conversion_notes(tmp_path, capsys):
     assert (m["freeze_lora"], m["freeze_proj"], m["freeze_rec"]) == (False, True, True)
     assert "user_num" not in flat(cfg) and "model.rec_config.user_num" not in flat(cfg)
     assert "pretrained_path" not in m["rec_config"]  # their "not_have"
+    assert "ckpt" not in m  # their `ckpt: None` (a string in YAML): no checkpoint, not a file named None
+    assert "model.ckpt: 'None' -> no checkpoint (CoLLM's way of writing none)" in notes
     assert list(cfg["datasets"]) == ["movielens_ood"] and cfg["run"]["device"] == "auto"
     assert cfg["run"]["init_lr"] == pytest.approx(1e-3)  # their 1e-3, a float (YAML 1.1 reads a string)
     assert cfg["run"]["test_splits"] == ["test"] and cfg["run"]["valid_splits"] == ["valid"]
@@ -99,6 +101,27 @@ def test_sasrec_names_and_stage_rules():
     cfg, notes = convert(src, PROMPTS)
     assert cfg["model"]["freeze_proj"] is True
     assert any(n.startswith("model.freeze_proj: false -> true") for n in notes)
+
+
+@pytest.mark.parametrize("value", ["None", "none", "", None, "null"])
+def test_no_checkpoint_spellings(value):
+    src = raw("stage2_mf_movie.yaml")
+    src["model"]["ckpt"] = value
+    cfg, _ = convert(src, PROMPTS)
+    assert "ckpt" not in cfg["model"]
+
+
+def test_hub_id_backbone_gets_one_line_saying_what_to_do():
+    src = raw("stage1_tallrec_movie.yaml")
+    src["model"]["llama_model"] = "Qwen/Qwen2-1.5B"
+    _, notes = convert(src, PROMPTS)
+    line, = [n for n in notes if n.startswith("model.llama_model:")]
+    assert "hub id" in line and "hf download Qwen/Qwen2-1.5B --local-dir /models/Qwen2-1.5B" in line
+    assert "model.llama_model=/models/Qwen2-1.5B" in line
+    src["model"]["llama_model"] = "/data/LLM/vicuna/working-v0/"  # a path of their machine: the old advice
+    _, notes = convert(src, PROMPTS)
+    line, = [n for n in notes if n.startswith("model.llama_model:")]
+    assert "not a local directory here" in line and "hub id" not in line
 
 
 @pytest.mark.parametrize("section,key,value,message", [

@@ -73,6 +73,30 @@ def test_plan_needs_a_shape(tmp_path, capsys):
     assert "cannot read the shape from config.json" in capsys.readouterr().err
 
 
+def test_plan_prompt_length_from_the_data(env, tmp_path, capsys):
+    """With data and a tokenizer, the plan uses the longest training prompt as training builds it
+    (not model.max_txt_len) and says so; without a tokenizer, model.max_txt_len and why."""
+    cfg_path = env.config("stage2", tmp_path / "s2", max_txt_len=1000)
+    _, _, _, built = load_model(cfg_path)
+    longest = int(built["train"].lengths().max())
+    assert longest < 1000
+    assert env_cli.main(["--cfg-path", cfg_path, "--plan", "--gpus", "1", "--gib", "24"]) == 0
+    out = capsys.readouterr().out
+    assert f"prompt length: {longest} tokens, the longest of {len(built['train']):,} training prompts" in out
+    assert f"prompts of {longest} tokens" in out
+
+    nowhere = tmp_path / "no_tokenizer"
+    nowhere.mkdir()
+    assert env_cli.main(["--cfg-path", cfg_path, "--plan", "--shape", "7b", "--gpus", "1", "--gib", "24",
+                         "--options", f"model.llama_model={nowhere / 'absent'}"]) == 0
+    line, = [x for x in capsys.readouterr().out.splitlines() if x.startswith("prompt length:")]
+    assert line.startswith("prompt length: 1000 tokens, model.max_txt_len") and "--tokenizer DIR" in line
+    assert env_cli.main(["--cfg-path", cfg_path, "--plan", "--shape", "7b", "--gpus", "1", "--gib", "24",
+                         "--tokenizer", str(env.backbone_dir),
+                         "--options", f"model.llama_model={nowhere / 'absent'}"]) == 0
+    assert f"prompt length: {longest} tokens" in capsys.readouterr().out
+
+
 STAGE1 = str(REPO / "train_configs" / "collm_stage1_ml1m.yaml")
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=10, tie_word_embeddings=True)

@@ -82,7 +82,7 @@ def map_state(state: Dict[str, torch.Tensor], path: str) -> Tuple[Dict[str, torc
             ours = OURS_LLM + name
         if ours is None:
             raise CheckpointError(f"{path}: CoLLM parameter {key} has no counterpart here (only the MLP projector, "
-                                  "LoRA and MF / LightGCN tables map; README, 'Coming from CoLLM')")
+                                  "LoRA and MF / LightGCN tables map; docs/coming_from_collm.md)")
         if ours in out and not torch.equal(out[ours], value):
             raise CheckpointError(f"{path}: CoLLM parameters {key} and another name for {ours} differ")
         out[ours] = value

@@ -8,7 +8,16 @@ silently. Sizes (``user_num`` / ``item_num``) come from the data here, so
 their ``-100`` placeholders are dropped.
 """
 import os
+import re
 from typing import Dict, List, Tuple
+
+# "owner/name" as the Hugging Face hub spells repositories (CoLLM's Qwen configs name them)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def no_path(value) -> bool:
+    """CoLLM's configs write "no checkpoint" as an empty value, null, or the string None."""
+    return value is None or str(value).strip().lower() in ("", "none", "null")
 
 
 class ConvertError(ValueError):
@@ -162,10 +171,13 @@ class Converter:
             self.note("model.proj_drop", f"{drop} -> 0.0 (CoLLM's projector has no dropout layer: the value was "
                                          "unused there)")
         ckpt = src.pop("ckpt", None)
-        if ckpt:
+        if no_path(ckpt):
+            if ckpt is not None:
+                self.note("model.ckpt", f"{ckpt!r} -> no checkpoint (CoLLM's way of writing none)")
+        else:
             out["ckpt"] = ckpt
             self.note("model.ckpt", "kept; a CoLLM checkpoint_best.pth loads by mapping its parameter names "
-                                    "(README, 'Coming from CoLLM')")
+                                    "(docs/coming_from_collm.md)")
         rec_model = self.rec_model(src.pop("rec_model", "MF"))
         out["rec_model"] = rec_model
         rec = src.pop("rec_config", None) or {}
@@ -180,9 +192,16 @@ class Converter:
             self.note("model.lora_config", "absent: use_lora false (CoLLM attaches no LoRA without it)")
         for key in self.table(src, out, "model", MODEL_KEYS):
             raise ConvertError(f"model.{key}: unknown CoLLM key")
-        if out.get("llama_model") and not os.path.isdir(str(out["llama_model"])):
-            self.note("model.llama_model", f"{out['llama_model']} is not a local directory here: point it at a "
-                                           "save_pretrained directory (collm-prepare vicuna builds one)")
+        llm = out.get("llama_model")
+        if llm and not os.path.isdir(str(llm)):
+            if HUB_ID.match(str(llm)) and not os.path.exists(str(llm)):
+                name = str(llm).split("/")[-1]
+                self.note("model.llama_model", f"{llm} is a hub id; nothing is downloaded here: fetch it once "
+                                               f"(hf download {llm} --local-dir /models/{name}) and set "
+                                               f"model.llama_model=/models/{name}")
+            else:
+                self.note("model.llama_model", f"{llm} is not a local directory here: point it at a "
+                                               "save_pretrained directory (collm-prepare vicuna builds one)")
         return out
 
     def prompt(self, path, domain: str, freeze_proj: bool) -> str:

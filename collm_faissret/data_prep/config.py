@@ -4,7 +4,7 @@ training config (``model.arch: mini_gpt4rec_v2``) rewritten in this project's sc
 Prints one line per key it drops or changes, and why; a key it does not know
 stops it with one line naming the key (exit status 2). The written file is
 validated against the schema first and then moved into place, so a refused
-conversion leaves no output. See the README, "Coming from CoLLM".
+conversion leaves no output. See docs/coming_from_collm.md.
 """
 import argparse
 import os

@@ -4,9 +4,10 @@ Reads ``ratings.dat`` (UserID::MovieID::Rating::Timestamp) and ``movies.dat``
 (MovieID::Title::Genres) from the ``--raw`` directory; both are ``::``-separated
 and latin-1 encoded.  Label = rating > 3 by default, as in CoLLM.
 
-CoLLM's published ML-1M split covers only a recent time window of the release;
-``--since`` restricts the data in the same spirit, but no exact reproduction of
-their subset is claimed.
+The output has CoLLM's layout, not CoLLM's split: their published ML-1M split
+covers only a recent time window of the release; ``--since`` restricts the data in
+the same spirit, but no exact reproduction of their subset is claimed. Compare
+with the paper on their published files.
 
 Example::
 

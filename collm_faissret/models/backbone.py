@@ -7,8 +7,10 @@ device shard by shard (transformers' ``device_map``), never as a full fp32
 copy on the host; with ``model.quantization`` int8 / nf4 the linear layers
 are quantized by bitsandbytes as they load (QLoRA).
 """
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import List
@@ -225,9 +227,33 @@ def prepare_backbone(model, dtype: torch.dtype, device: torch.device):
     return model.to(device=device, dtype=dtype)
 
 
+# bitsandbytes logs this at import time on CPUs with AVX512-BF16 when the optional `kernels`
+# package (a faster CPU 4-bit matmul fetched from a hub) is absent. peft imports bitsandbytes
+# whenever it is installed, so every run would start with it; it only concerns nf4 on CPU.
+BNB_CPU_KERNEL_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+@contextlib.contextmanager
+def bitsandbytes_notice_muted():
+    """Hide bitsandbytes' import-time notice about its optional CPU 4-bit kernel.
+
+    Used around the first peft import of a run without quantization. With
+    ``model.quantization`` set, bitsandbytes is imported earlier (quantization_config)
+    with its logging untouched, so the notice shows where it matters.
+    """
+    logger = logging.getLogger(BNB_CPU_KERNEL_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def attach_lora(model, lora_cfg):
     """Wrap ``model`` with a peft LoRA adapter (weights trainable; base frozen)."""
-    from peft import LoraConfig, get_peft_model
+    with bitsandbytes_notice_muted():
+        from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                      target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
