@@ -6,7 +6,7 @@ import torch
 from conftest import cli_args
 
 from collm_faissret import registry
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 from collm_faissret.models import StageError
 from collm_faissret.models.backbone import BackboneError, answer_token_id
 from collm_faissret.models.cf import CFConfig

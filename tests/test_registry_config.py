@@ -9,7 +9,7 @@ from collm_faissret import (
     models,  # noqa: F401  (registers collm and the CF models)
     registry,
 )
-from collm_faissret.config import ConfigError, load_config, parse_options
+from collm_faissret.config_loader import ConfigError, load_config, parse_options
 from collm_faissret.registry import RegistryError
 
 

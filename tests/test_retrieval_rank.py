@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train_collm
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 from collm_faissret.datasets import load_interactions
 from collm_faissret.models.cf import CFConfig
 from collm_faissret.models.cf.cold_start import (

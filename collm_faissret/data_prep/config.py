@@ -30,7 +30,7 @@ def convert_file(src: str, out: str, prompt_dir: str):
     from omegaconf.errors import OmegaConfBaseException
 
     from ..compat.collm_config import ConvertError, convert
-    from ..config import ConfigError, load_config
+    from ..config_loader import ConfigError, load_config
 
     if not os.path.isfile(src):
         raise ConvertError(f"--from-collm: file not found: {src}")
