@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from collm_faissret.config import ColdStartConfig, Config  # noqa: E402
+from collm_faissret.config import ColdStartConfig  # noqa: E402
 from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
 from collm_faissret.metrics import auc_report  # noqa: E402
 from collm_faissret.models.cf import build_cf  # noqa: E402
@@ -84,9 +84,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = load_interactions(args.data, {"train": "train_ood2", "valid": "valid_ood2", "test": "test_ood2"})
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"model": {"rec_model": args.arch, "rec_config": {
-        "embedding_size": args.dim, "pretrained_path": args.weights}}})
-    base = build_cf(cfg, data, torch.device("cpu")).eval()
+    # The weight file states the model (name, rec_config, table sizes); --arch / --dim must agree with it.
+    rec = OmegaConf.create({"embedding_size": args.dim, "pretrained_path": args.weights})
+    base = build_cf(rec, data, torch.device("cpu"), name=args.arch).eval()
     splits = {s: RecRows(data.splits[s], 0, None, name=s, his_len=MAX_HISTORY) for s in ("valid", "test")}
     titles = item_titles(data)
     rows = [{"setting": "off", "split": s, **summary(evaluate(base, splits[s]))} for s in ("valid", "test")]
