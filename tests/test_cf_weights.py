@@ -135,3 +135,22 @@ def test_checkpoint_payload_is_plain(env):
     assert payload["cf_model"] == "MF" and type(payload["n_users"]) is int and type(payload["n_items"]) is int
     assert OmegaConf.create(payload["rec_config"]).embedding_size == 16
     assert "pretrained_path" not in payload["rec_config"]
+
+
+def test_collm_sasrec_settings_against_our_sasrec_file():
+    """CoLLM's SASRec stage-2 settings (converted) against a file trained with ours: named, not a shape error."""
+    from collm_faissret import registry
+    from collm_faissret.models.cf.weights import CFWeights, resolve_section
+
+    sasrec = registry.get("cf_model", "SASRec")
+    ours = {"embedding_size": 64, "max_len": 20, "n_blocks": 2, "n_heads": 2, "dropout": 0.7, "user_id": True,
+            "item_bias": True, "user_bias": True}
+    weights = CFWeights("sas/cf_model.pth", "SASRec", 10, 20, 64, {}, ours)
+    converted = OmegaConf.create({"embedding_size": 64, "n_blocks": 2, "n_heads": 4, "dropout": 0.2, "max_len": 25,
+                                  "pretrained_path": "sas/cf_model.pth"})
+    with pytest.raises(CFWeightsError, match=r"^model.rec_config.n_heads: the config says 4, sas/cf_model.pth was "
+                                             r"trained with 2 \(leave the key out"):
+        resolve_section(sasrec, converted, weights)
+    section = resolve_section(sasrec, OmegaConf.create({"pretrained_path": "sas/cf_model.pth"}), weights)
+    assert (section.max_len, section.n_heads, section.user_id, section.pretrained_path) == (20, 2, True,
+                                                                                           "sas/cf_model.pth")
