@@ -25,6 +25,7 @@ def parse_args(argv):
 
 def convert_file(src: str, out: str, prompt_dir: str):
     """Convert ``src`` into ``out`` (validated, then moved into place); return the notes."""
+    # Deferred: validation loads torch, which collm-prepare's data commands never need.
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
