@@ -38,9 +38,7 @@ def refused_type(err: BaseException):
     if not isinstance(err, pickle.UnpicklingError):
         return None
     found = _REFUSED_TYPE.search(str(err))
-    if found:
-        return found.group(1)
-    return "an unsupported type" if "Weights only load failed" in str(err) else None
+    return found.group(1) if found else None  # other unpickling failures: damaged bytes
 
 
 def load_error_reason(err: BaseException) -> str:
