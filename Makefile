@@ -36,9 +36,11 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-# Lint and import order (configured in pyproject.toml); .ci/run runs it before the tests.
+# Lint, import order and the package's layers (all configured in pyproject.toml);
+# .ci/run runs it before the tests.
 lint: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf outputs/demo

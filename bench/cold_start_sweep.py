@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from collm_faissret import registry  # noqa: E402
-from collm_faissret.config import ColdStartConfig, Config  # noqa: E402
+from collm_faissret.config import ColdStartConfig  # noqa: E402
 from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
 from collm_faissret.metrics import auc_report  # noqa: E402
 from collm_faissret.models.cf import build_cf  # noqa: E402
@@ -102,14 +102,8 @@ def summary(m: dict) -> dict:
 
 
 def load_model(path: str, data):
-    """The CF model of a baseline_train.py weight file, built from the config it carries."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    saved = OmegaConf.create(payload["config"]) if payload.get("config") else None
-    arch = payload["cf_model"]
-    rec = OmegaConf.to_container(saved.model.rec_config) if saved is not None else {"embedding_size": payload["dim"]}
-    rec["pretrained_path"] = path
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"model": {"arch": arch, "rec_model": arch, "rec_config": rec}})
-    return build_cf(cfg, data, torch.device("cpu")).eval()
+    """The CF model of a baseline_train.py weight file (the file states its model, config and sizes)."""
+    return build_cf(OmegaConf.create({"pretrained_path": path}), data, torch.device("cpu")).eval()
 
 
 def weight_file(weights_dir: str, name: str) -> str:

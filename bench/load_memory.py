@@ -113,11 +113,12 @@ def child(args) -> dict:
     import tp_setup as S
 
     torch.set_num_threads(2)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     sizes = S.SHAPES[args.shape]
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401  (imports count in base, not in load)
 
-    from collm_faissret.models.backbone import load_backbone
+    from collm_faissret.models.backbone import DTYPES, load_backbone
+
+    dtype = DTYPES[args.dtype]
 
     base = status_kib("VmRSS")["VmRSS"]
     with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM: the peak from here on

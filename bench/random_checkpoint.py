@@ -11,7 +11,6 @@ the target and renamed into place, so a run cut short leaves nothing half-writte
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 
@@ -24,6 +23,10 @@ for _p in (HERE, os.path.dirname(HERE)):
 
 import tp_setup as S  # noqa: E402
 
+from collm_faissret.models.backbone import DTYPES  # noqa: E402
+from collm_faissret.staging import staged_dir  # noqa: E402
+from collm_faissret.tasks.rec_task import RecTask  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="checkpoint directory to write")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the random weights are drawn (cuda is much faster at 7B)")
-    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     args = ap.parse_args(argv)
     sizes = S.SHAPES[args.shape]
     config = os.path.join(args.out, "config.json")
@@ -44,24 +47,15 @@ def main(argv=None) -> int:
             return 0
         ap.error(f"--out {args.out}: holds a checkpoint of another shape; remove it or choose another folder")
 
-    from collm_faissret.tasks.rec_task import RecTask
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     parent = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cfg.", dir=parent) as scratch:
         cfg = S.stage_config(1, args.data, scratch, "cpu", 256, 1, 1, 1, 0, False, True)
         tokenizer = S.build_tokenizer(RecTask(cfg).load_data(), sizes["vocab_size"])
-    tmp = tempfile.mkdtemp(prefix=".random_llama.", dir=parent)
-    try:
+    with staged_dir(args.out) as tmp:
         torch.manual_seed(0)
         n = S.save_random_checkpoint(sizes, tokenizer, dtype, torch.device(args.device), tmp)
-        if os.path.isdir(args.out):
-            shutil.rmtree(args.out)
-        os.replace(tmp, args.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"{args.out}: random {args.shape} checkpoint, {n:,} parameters, {args.dtype}")
     return 0
 

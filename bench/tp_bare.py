@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from collm_faissret.models.backbone import DTYPES
+
 
 def build(shape: str, sizes: dict, dtype: torch.dtype, device: torch.device, quantization: str = "none"):
     """(LoRA model, vocab size): a directory loaded with from_pretrained, else ``sizes[shape]``
@@ -75,7 +77,7 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     """One measurement; args: shape, device, dtype (bf16/fp16/fp32), seq_len, steps, warmup
     (and optionally quantization, full_logits). ``sizes``: the named shapes."""
     device = torch.device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     model, vocab = build(args.shape, sizes, dtype, device, getattr(args, "quantization", "none"))
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -31,7 +31,7 @@ def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_l
     """The repository's stage YAML through the real config loader, with overrides for a
     short benchmark run (one epoch of ``steps`` iterations, no stage-1 checkpoint), then
     ``options`` (later ones win: e.g. a model.llama_model directory and model.quantization)."""
-    from collm_faissret.config import load_config
+    from collm_faissret.config_loader import load_config
 
     overrides = [
         "model.llama_model=in-memory", f"model.max_txt_len={max_txt_len}", f"model.dtype={dtype}",

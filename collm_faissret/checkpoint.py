@@ -9,6 +9,7 @@ digest is checked (see digest.py).
 import os
 import pickle
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -25,6 +26,19 @@ class CheckpointError(ValueError):
 # OSError), bytes that are no zip (an UnpicklingError, or KeyError/IndexError
 # from the legacy-format reader), a bad string (UnicodeDecodeError, a ValueError).
 LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, KeyError, IndexError)
+
+
+# torch's text when weights_only loading meets a type it does not allow, e.g.
+# "Unsupported global: GLOBAL numpy._core.multiarray.scalar was not an allowed global".
+_REFUSED_TYPE = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def refused_type(err: BaseException):
+    """The type safe (weights_only) loading refused, when that is why ``err`` was raised; else None."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    found = _REFUSED_TYPE.search(str(err))
+    return found.group(1) if found else None  # other unpickling failures: damaged bytes
 
 
 def load_error_reason(err: BaseException) -> str:
@@ -66,6 +80,11 @@ def read_payload(path: str, what: str, required_key: str, error=None, origin: st
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS as err:
+        refused = refused_type(err)
+        if refused:  # an intact file holding a type no code-free load may build
+            raise error(f"{what} {path}: safe loading (torch.load weights_only=True) refused the type {refused} "
+                        "stored in it; the file was written by code that saved a non-tensor, non-builtin "
+                        "value") from None
         raise error(f"{what} {path} is truncated or corrupt: {load_error_reason(err)}") from None
     if not isinstance(payload, dict) or required_key not in payload:
         raise error(f"{what} {path} is not a {origin} file (no '{required_key}' entry)")

@@ -43,11 +43,11 @@ def quiet_third_party():
 
 
 def known_errors():
+    # Deferred, as every import of the package below: they load torch, and ``--help`` stays instant.
     from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .errors import DataError
+    from .errors import ConfigError, DataError
     from .models.backbone import BackboneError
-    from .models.cf.base import CFWeightsError
+    from .models.cf.weights import CFWeightsError
     from .models.collm import StageError
     from .prompts import PromptError
     from .registry import RegistryError
@@ -61,8 +61,8 @@ def known_errors():
 def run_main(args, forced_options=(), after=None) -> int:
     """Load config, build task and runner, run; ``after(runner, result)`` runs on success."""
     quiet_third_party()
-    from . import datasets, dist, models, registry, runners, tasks  # noqa: F401  (fill the registries)
-    from .config import load_config
+    from . import dist, registry  # deferred: see known_errors
+    from .config_loader import load_config
 
     errors = known_errors()
     finished = False

@@ -1,5 +1,4 @@
-"""Configuration: YAML (with base-file includes) + ``--options key=value`` overrides,
-validated in one place against a schema the components declare.
+"""The config schema: the sections the components declare, composed into ``Config``.
 
 The schema is a set of dataclasses given to omegaconf as a structured config,
 so an unknown key, a value of the wrong type, a choice outside its enum or a
@@ -9,28 +8,22 @@ section: a CF model its ``Config`` (``model.rec_config``, chosen by the model's
 registry name), cold start, LoRA and the Faiss index theirs. Help texts live in
 the fields' metadata (docs/config_reference.md is generated from them).
 
-:func:`load_config` checks everything before any data, weight or prompt file is
-read: registry names first, then each component's section and ranges.
+Schema only: reading YAML files and ``--options`` is config_loader.py's, the
+checks beyond the schema validate.py's.
 """
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 from .models.backbone import AnswerScore, Dtype, LoraConfig, Quantization
 from .models.cf.cold_start import ColdStartConfig
-from .retrieval.index import IndexSettings, RetrievalConfig
+from .retrieval.index import IndexSettings
 from .schema import Choice, setting
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "RunConfig", "DatasetConfig", "RetrievalSection",
-           "ColdStartConfig", "LoraConfig", "load_config", "index_settings", "dataset_config", "to_yaml",
-           "cf_name", "INCLUDE_KEY"]
-
-INCLUDE_KEY = "include"  # top-level YAML key: base file(s) merged first, relative to the including file
+           "ColdStartConfig", "LoraConfig", "dataset_config", "to_yaml"]
 
 
 @dataclass
@@ -39,9 +32,11 @@ class ModelConfig:
                                  "for baseline_train.py")
     llama_model: Optional[str] = setting(None, "local `save_pretrained` directory of the causal LM and its tokenizer "
                                                "(needed by `collm`; nothing is fetched from a hub)")
-    rec_model: str = setting("MF", "CF model feeding the projector (registry name, e.g. `MF`)")
+    rec_model: Optional[str] = setting(None, "CF model feeding the projector (registry name, e.g. `MF`); null: "
+                                             "the one `rec_config.pretrained_path` holds, else `MF`")
     rec_config: Any = setting(help="settings of the CF model (`model.arch` for a baseline, else `model.rec_model`): "
-                                   "the keys of that model's schema", factory=dict)
+                                   "the keys of that model's schema; with `pretrained_path` the weight file "
+                                   "states the rest (a key given here must agree with it)", factory=dict)
     lora_config: LoraConfig = setting(help="LoRA adapter of the LLM (peft)", factory=LoraConfig)
     freeze_rec: bool = setting(True, "keep the CF model's weights fixed")
     freeze_proj: bool = setting(False, "keep the FECE projector fixed (stage 1: true; stage 2: false)")
@@ -99,6 +94,11 @@ class SharedPrefix(Choice):
     off = "off"
 
 
+class Distributed(Choice):
+    ddp = "ddp"  # every rank holds the whole model
+    fsdp = "fsdp"  # FSDP2: decoder layers and the rest sharded across ranks
+
+
 class Device(Choice):
     auto = "auto"
     cuda = "cuda"
@@ -143,9 +143,9 @@ class RunConfig:
     nonfinite: NonFinite = setting(NonFinite.stop, "on a non-finite training loss: `stop` (error, last good "
                                                    "checkpoint kept) or `skip` the update")
     dist_timeout_s: int = setting(600, "seconds a torch.distributed collective waits for a dead peer before failing")
-    distributed: str = setting("ddp", "under torchrun: `ddp` (every rank holds the whole model) or `fsdp` (FSDP2: "
-                                      "each decoder layer and the rest sharded across ranks; bf16 mixed precision "
-                                      "on CUDA)")
+    distributed: Distributed = setting(Distributed.ddp, "under torchrun: `ddp` (every rank holds the whole model) "
+                                                        "or `fsdp` (FSDP2: each decoder layer and the rest sharded "
+                                                        "across ranks; bf16 mixed precision on CUDA)")
     shared_prefix: SharedPrefix = setting(SharedPrefix.auto, "scoring: `auto` computes the prompt part before the "
                                           "target title (history, user slots) once for the rows that share it "
                                           "(a user's candidates, a user's test rows) when the template puts the "
@@ -180,94 +180,12 @@ class Config:
                                                "candidate list", factory=RetrievalSection)
 
 
-def _path_of(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None)
-    return key if key else "?"
-
-
-def parse_options(options: Optional[List[str]]) -> List[str]:
-    """Check ``key=value`` syntax of CLI overrides; return them unchanged."""
-    options = list(options or [])
-    for opt in options:
-        if "=" not in opt or opt.startswith("="):
-            raise ConfigError(f"bad --options entry {opt!r}: expected key=value, e.g. run.init_lr=3e-4")
-    return options
-
-
-def read_yaml(path: str, seen=()) -> DictConfig:
-    """A YAML file with its ``include`` base files merged under it (recursively; paths
-    relative to the including file; later includes and the file itself win)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}" + (f" (included by {seen[-1]})" if seen else ""))
-    if os.path.abspath(path) in seen:
-        raise ConfigError(f"{path}: includes itself (through {' -> '.join(seen)})")
-    try:
-        raw = OmegaConf.load(path)
-    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as err:
-        raise ConfigError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, datasets, run, ...)")
-    bases = raw.pop(INCLUDE_KEY, None) if INCLUDE_KEY in raw else None
-    if bases is None:
-        return raw
-    merged = OmegaConf.create()
-    for base in [bases] if isinstance(bases, str) else list(bases):
-        base_path = os.path.join(os.path.dirname(path), str(base))
-        merged = OmegaConf.merge(merged, read_yaml(base_path, tuple(seen) + (os.path.abspath(path),)))
-    return OmegaConf.merge(merged, raw)
-
-
-def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfig:
-    """Load a YAML file (and its includes), apply overrides, validate; a read-only config.
-
-    Relative paths inside the config stay relative to the working directory,
-    as in CoLLM.
-    """
-    raw = read_yaml(cfg_path)
-    overrides = OmegaConf.from_dotlist(parse_options(options))
-    schema = OmegaConf.structured(Config)
-    for source, label in ((raw, cfg_path), (overrides, "--options")):
-        # YAML reads a bare `off` as false: run.shared_prefix=off means the choice `off`
-        if OmegaConf.select(source, "run.shared_prefix") is False:
-            OmegaConf.update(source, "run.shared_prefix", "off")
-        try:
-            schema = OmegaConf.merge(schema, source)
-        except OmegaConfBaseException as err:
-            reason = str(err).splitlines()[0]
-            raise ConfigError(f"{label}: key {_path_of(err)}: {reason}") from None
-    missing = sorted(OmegaConf.missing_keys(schema))
-    if missing:
-        raise ConfigError(f"{cfg_path}: missing required key(s): {', '.join(missing)}")
-    from .validate import validate
-
-    validate(schema, cfg_path)
-    OmegaConf.set_readonly(schema, True)
-    return schema
-
-
-def cf_name(cfg) -> str:
-    """The CF model the config is about: ``model.arch`` when it names one (a baseline),
-    else ``model.rec_model`` (the projector's input)."""
-    from . import registry
-
-    return cfg.model.arch if cfg.model.arch in registry.names("cf_model") else cfg.model.rec_model
-
-
 def dataset_config(cfg: DictConfig):
     """The single dataset entry: (registry name, its config)."""
     if len(cfg.datasets) != 1:
         raise ConfigError(f"datasets: expected exactly one dataset entry, found {len(cfg.datasets)}")
     name = next(iter(cfg.datasets))
     return name, cfg.datasets[name]
-
-
-def index_settings(cfg: DictConfig) -> RetrievalConfig:
-    """The ``retrieval`` section's Faiss keys as an ItemIndex config (the retrieve-then-rank
-    index and the cold-start neighbour indexes use them); bad values name their key."""
-    try:
-        return RetrievalConfig(**{f.name: cfg.retrieval[f.name] for f in fields(IndexSettings)})
-    except ValueError as err:
-        raise ConfigError(f"retrieval: {err}") from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -20,6 +20,7 @@ from enum import Enum
 from omegaconf import MISSING
 
 from . import config, registry
+from .models.cf.base import CFConfig
 from .schema import help_of
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
@@ -80,12 +81,10 @@ def default_text(f: dataclasses.Field) -> str:
 
 def cf_schemas():
     """[(schema class, [CF model names using it]), ...]: the base CFConfig first."""
-    from .models import cf  # noqa: F401  (registers the CF models)
-
     by_schema = {}
     for name in registry.names("cf_model"):
         by_schema.setdefault(registry.get("cf_model", name).Config, []).append(name)
-    return sorted(by_schema.items(), key=lambda item: (item[0] is not cf.CFConfig, item[0].__name__))
+    return sorted(by_schema.items(), key=lambda item: (item[0] is not CFConfig, item[0].__name__))
 
 
 def sections(cls=config.Config, prefix: str = "", intro: str = "", skip=(), suffix: str = "") -> list:

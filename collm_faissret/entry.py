@@ -26,6 +26,7 @@ weights that stage 2 loads through ``model.rec_config.pretrained_path``.
 
 def save_cf_weights(runner, result):
     """Best-validation weights (the runner has loaded them) in the file stage 2 reads."""
+    # Deferred: they load torch, and ``--help`` stays instant (see cli.py).
     from . import dist
     from .checkpoint import save_atomic
     from .config import to_yaml

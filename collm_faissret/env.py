@@ -79,8 +79,6 @@ def config_problems(cfg, facts: dict, versions: dict) -> list:
     if run.device == "cuda" and not facts["cuda"]:
         problems.append("run.device is cuda but torch sees no CUDA device")
     on_cuda = facts["cuda"] and run.device in ("auto", "cuda")
-    if m.dtype not in ("auto", "fp32", "bf16", "fp16"):
-        problems.append(f"model.dtype {m.dtype!r} unknown (auto, fp32, bf16, fp16)")
     if on_cuda and not facts["bf16"] and (m.dtype in ("auto", "bf16") or run.amp):
         problems.append("bf16 (model.dtype auto/bf16 or run.amp on CUDA) but this GPU has no bf16 support; "
                         "use model.dtype=fp32 run.amp=false")
@@ -95,7 +93,7 @@ def config_problems(cfg, facts: dict, versions: dict) -> list:
         elif not os.path.isfile(os.path.join(m.llama_model, "config.json")):
             problems.append(f"model.llama_model {m.llama_model}: no such save_pretrained directory (config.json)")
     files = {"model.prompt_path": m.prompt_path, "model.ckpt": m.ckpt,
-             "model.rec_config.pretrained_path": m.rec_config.pretrained_path,
+             "model.rec_config.pretrained_path": m.rec_config.get("pretrained_path"),
              "run.resume_ckpt_path": run.resume_ckpt_path}
     problems += [f"{key} {path}: no such file" for key, path in files.items() if path and not os.path.isfile(path)]
     for name, ds in cfg.datasets.items():
@@ -138,7 +136,7 @@ def main(argv=None) -> int:
         ap.error("--plan needs --cfg-path (batch size, prompt length and stage come from the config)")
     cfg = None
     if args.cfg_path:
-        from .config import ConfigError, load_config
+        from .config_loader import ConfigError, load_config
 
         try:
             cfg = load_config(args.cfg_path, args.options)

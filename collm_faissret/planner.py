@@ -93,6 +93,15 @@ def weight_bytes(shape: dict, quantization: str) -> dict:
     return {"layer": layer, "root": root}
 
 
+# The CF embedding size when the config leaves it to the weight file (rec_config.pretrained_path):
+# the schema's default; the projector it sizes is a rounding error beside the LM.
+CF_DIM_DEFAULT = 64
+
+
+def cf_dim(model_cfg) -> int:
+    return model_cfg.rec_config.get("embedding_size") or CF_DIM_DEFAULT
+
+
 def trainable_params(shape: dict, model_cfg) -> dict:
     """{"trained": parameters the stage trains, "frozen_adapter": LoRA kept frozen (stage 2)}."""
     lora = 0
@@ -103,7 +112,7 @@ def trainable_params(shape: dict, model_cfg) -> dict:
         lora = per_layer * shape["num_hidden_layers"]
     proj = 0
     if not model_cfg.freeze_proj:
-        d, m, k = model_cfg.rec_config.embedding_size, model_cfg.proj_mid_times, model_cfg.proj_token_num
+        d, m, k = cf_dim(model_cfg), model_cfg.proj_mid_times, model_cfg.proj_token_num
         proj = d * d * m + d * m + d * m * shape["hidden_size"] * k + shape["hidden_size"] * k
     trained = proj + (lora if not model_cfg.freeze_lora else 0)
     return {"trained": trained, "frozen_adapter": lora if model_cfg.freeze_lora else 0}
@@ -193,7 +202,7 @@ def estimate(shape: dict, model_cfg, quantization: str, distributed: str, batch:
     shards = gpus if distributed == "fsdp" else 1
     parts = {
         "weights": (w["layer"] * layers + w["root"]) / shards
-        + (4 * cf_rows * model_cfg.rec_config.embedding_size if not model_cfg.freeze_proj else 0),
+        + (4 * cf_rows * cf_dim(model_cfg) if not model_cfg.freeze_proj else 0),
         "trainable": (16 * t["trained"] + 4 * t["frozen_adapter"]) / shards,
         "gathered": 2 * w["layer"] + w["root"] if distributed == "fsdp" and gpus > 1 else 0.0,
         "activations": per_sample * batch,

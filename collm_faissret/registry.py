@@ -5,10 +5,20 @@ A YAML file names components by string; the registry turns the string into the
 class. Lookups never return None: an unknown name raises with the valid names,
 and registering a name twice is an error (two classes silently sharing a name
 is how a config ends up running code nobody meant).
+
+The project's own components register themselves when their package is
+imported; :data:`BUILTIN` is the one list of those packages, imported on the
+first lookup. This module sits at the bottom of the layers: the packages are
+named here as strings, so no layer imports one above it just to fill a table.
 """
+import importlib
 from typing import Callable, Dict
 
 KINDS = ("model", "cf_model", "dataset", "task", "runner", "lr_scheduler")
+
+# Packages whose import registers the built-in components (one list, read on the first lookup).
+BUILTIN = ("collm_faissret.datasets", "collm_faissret.models", "collm_faissret.tasks", "collm_faissret.runners")
+_filled = False
 
 
 class RegistryError(KeyError):
@@ -19,6 +29,15 @@ class RegistryError(KeyError):
 
 
 _REGISTRY: Dict[str, Dict[str, object]] = {kind: {} for kind in KINDS}
+
+
+def fill() -> None:
+    """Import the built-in component packages (once): their ``@register`` lines fill the tables."""
+    global _filled
+    if not _filled:
+        _filled = True
+        for module in BUILTIN:
+            importlib.import_module(module)
 
 
 def _table(kind: str) -> Dict[str, object]:
@@ -45,6 +64,7 @@ def register(kind: str, name: str) -> Callable:
 
 def get(kind: str, name: str):
     """Return the class registered as ``name``; raise listing the valid names otherwise."""
+    fill()
     table = _table(kind)
     if name not in table:
         valid = ", ".join(sorted(table)) or "(none)"
@@ -54,4 +74,5 @@ def get(kind: str, name: str):
 
 def names(kind: str):
     """Sorted registered names of one kind."""
+    fill()
     return sorted(_table(kind))

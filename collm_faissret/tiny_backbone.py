@@ -11,13 +11,12 @@ import glob
 import os
 import sys
 
+from .datasets.collm_data import load_interactions
 from .staging import staged_dir
 
 
 def corpus(data_dir: str, prompt_dir: str):
     """Titles of every split plus the prompt templates' words."""
-    from .datasets.collm_data import load_interactions
-
     files = {os.path.basename(p).rsplit(".", 1)[0]: os.path.basename(p).rsplit(".", 1)[0]
              for p in glob.glob(os.path.join(data_dir, "*_ood2.*"))}
     if not files:

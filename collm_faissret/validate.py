@@ -3,22 +3,29 @@
 Order: registry names first (so a typo is reported before anything is loaded),
 then each component's section against its own schema (the CF model's
 ``Config`` for ``model.rec_config``; cold start, LoRA, the index), then the
-ranges of ``run``, then the task's own rules. Every message names the key.
+ranges of ``run``, then the model's and the task's own rules (their
+``check_config``). Every message names the key.
+
+Nothing here imports a task or a runner: their classes are found through the
+registry, which the entry points have filled.
 """
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import registry
 from .errors import ConfigError
+from .models.backbone import BackboneError, LoraConfig, resolve_quantization
+from .models.cf.base import CFConfig
+from .models.cf.cold_start import ColdStartConfig, check_config
+from .models.cf.factory import DEFAULT_CF
+from .retrieval.index import index_settings
 
 # run.<key> -> smallest valid value; None stays valid where the schema allows it.
 RUN_MINIMUMS = {"batch_size_train": 1, "batch_size_eval": 1, "accum_grad_iters": 1, "max_epoch": 1,
                 "iters_per_epoch": 1, "log_freq": 1, "patience": 1, "num_workers": 0, "max_eval_rows": 1,
                 "save_every_n_steps": 0, "dist_timeout_s": 1}
-
-
-def _fill_registries():
-    from . import datasets, models, runners, tasks  # noqa: F401  (each registers its components)
+# The splits a dataset entry names (its train_file / valid_file / test_file).
+SPLITS = ("train", "valid", "test")
 
 
 def _known(kind: str, name: str, key: str, label: str):
@@ -29,8 +36,8 @@ def _known(kind: str, name: str, key: str, label: str):
 
 
 def check_names(cfg, label: str):
-    """Every registry name the config uses exists; returns the CF model class it is about."""
-    _fill_registries()
+    """Every registry name the config uses exists; returns the CF model class it is about
+    (None when only the weight file in ``rec_config.pretrained_path`` can tell)."""
     arch = cfg.model.arch
     if arch not in registry.names("model") and arch not in registry.names("cf_model"):
         raise ConfigError(f"{label}: model.arch: unknown model {arch!r}; registered models: "
@@ -44,7 +51,9 @@ def check_names(cfg, label: str):
     _known("lr_scheduler", cfg.run.lr_sched, "run.lr_sched", label)
     if arch in registry.names("cf_model"):
         return registry.get("cf_model", arch)
-    return _known("cf_model", cfg.model.rec_model, "model.rec_model", label)
+    if cfg.model.rec_model is not None:
+        return _known("cf_model", cfg.model.rec_model, "model.rec_model", label)
+    return None if cfg.model.rec_config.get("pretrained_path") else registry.get("cf_model", DEFAULT_CF)
 
 
 def _section(node, schema, key: str, label: str):
@@ -64,35 +73,71 @@ def _section(node, schema, key: str, label: str):
     return typed
 
 
-def validate(cfg, label: str) -> None:
-    """Raise ConfigError for the first problem; types the CF model's ``rec_config`` in place."""
-    cf_cls = check_names(cfg, label)
-    cfg.model.rec_config = _section(cfg.model.rec_config, cf_cls.Config, "model.rec_config", label)
-    from .config import index_settings
-    from .models.backbone import LoraConfig
-    from .models.cf.cold_start import ColdStartConfig, check_config
+def check_rec_config(cfg, cf_cls, label: str) -> None:
+    """``model.rec_config`` against its model's schema.
 
+    Without ``pretrained_path`` the section is typed in place (defaults filled).
+    With one, the weight file states the model, so the section keeps only the
+    keys the config gives (build_cf checks them against the file); when the
+    model is not named (``rec_model`` unset) only the keys every CF model has
+    can be checked here.
+    """
+    rec = cfg.model.rec_config
+    if not rec.get("pretrained_path"):
+        cfg.model.rec_config = _section(rec, cf_cls.Config, "model.rec_config", label)
+        return
+    if cf_cls is None:
+        common = set(CFConfig.__dataclass_fields__)
+        for key in rec:
+            if key not in common:
+                raise ConfigError(f"{label}: model.rec_config.{key}: not a key every CF model has; set "
+                                  "model.rec_model to say which model's key it is")
+    _section(rec, (cf_cls or registry.get("cf_model", DEFAULT_CF)).Config, "model.rec_config", label)
+
+
+def validate(cfg, label: str) -> None:
+    """Raise ConfigError for the first problem; types the CF model's ``rec_config`` in place
+    (unless a weight file states it)."""
+    cf_cls = check_names(cfg, label)
+    check_rec_config(cfg, cf_cls, label)
     _section(cfg.model.lora_config, LoraConfig, "model.lora_config", label)
     _section(cfg.model.cold_start, ColdStartConfig, "model.cold_start", label)  # ranges checked as it is made
-    if cfg.model.cold_start.enabled and not cf_cls.supports_cold_start:
+    if cfg.model.cold_start.enabled and cf_cls is not None and not cf_cls.supports_cold_start:
         check_config(cfg.model.cold_start, cf_cls.name)
-
-    from .models.backbone import BackboneError, resolve_quantization
-    from .runners.parallel import STRATEGIES
-
     try:
         resolve_quantization(cfg.model)
     except BackboneError as err:
         raise ConfigError(f"{label}: {err}") from None
-    if cfg.run.distributed not in STRATEGIES:
-        raise ConfigError(f"{label}: run.distributed: unknown {cfg.run.distributed!r}; use "
-                          f"{' or '.join(STRATEGIES)}")
     for split, n in next(iter(cfg.datasets.values())).get("sample_rows", {}).items():
+        if split not in SPLITS:
+            raise ConfigError(f"{label}: datasets.*.sample_rows: no split {split!r} (have {', '.join(SPLITS)})")
         if n < 1:
             raise ConfigError(f"{label}: datasets.*.sample_rows.{split} must be >= 1, got {n}")
-    index_settings(cfg)
+    try:
+        index_settings(cfg.retrieval)
+    except ConfigError as err:
+        raise ConfigError(f"{label}: {err}") from None
     for key, low in RUN_MINIMUMS.items():
         value = cfg.run.get(key)
         if value is not None and value < low:
             raise ConfigError(f"{label}: run.{key} must be >= {low}, got {value}")
-    registry.get("task", cfg.run.task).check_config(cfg)
+    arch = cfg.model.arch
+    if arch in registry.names("cf_model"):
+        if cfg.run.evaluate and not cfg.model.ckpt:
+            raise ConfigError(f"{label}: run.evaluate is true but model.ckpt is not set: which checkpoint of "
+                              f"{arch} to evaluate?")
+    else:
+        rules = getattr(registry.get("model", arch), "check_config", None)
+        if rules is not None:
+            _labelled(rules, cfg, label)
+    _labelled(registry.get("task", cfg.run.task).check_config, cfg, label)
+
+
+def _labelled(rules, cfg, label: str) -> None:
+    """Run a component's ``check_config``; its ConfigError names the config file too."""
+    try:
+        rules(cfg)
+    except ConfigError as err:
+        if str(err).startswith(f"{label}:"):
+            raise
+        raise type(err)(f"{label}: {err}") from None

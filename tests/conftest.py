@@ -189,7 +189,7 @@ def tokenizer(env):
 def load_model(cfg_path: str, *options: str):
     """(cfg, task, model, datasets) built the way a run builds them, on CPU."""
     from collm_faissret import datasets, models, tasks  # noqa: F401  (fill the registries)
-    from collm_faissret.config import load_config
+    from collm_faissret.config_loader import load_config
     from collm_faissret.tasks.rec_task import RecTask
 
     cfg = load_config(cfg_path, list(options))

@@ -274,7 +274,7 @@ def test_unmapped_collm_parameter_is_refused():
 def test_collm_mf_weight_file_loads(runs, tmp_path):
     """CoLLM's MF file (torch.save of a state dict: user_embedding / item_embedding) as
     rec_config.pretrained_path: same tables as our cf_model.pth; other models refuse it."""
-    from collm_faissret.models.cf.base import CFWeightsError
+    from collm_faissret.models.cf import CFWeightsError
     from collm_faissret.models.cf.mf import MF
     from collm_faissret.models.cf.sasrec import SASRec
 

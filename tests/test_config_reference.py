@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from collm_faissret import config_reference
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "train_configs").glob("*.yaml"))

@@ -3,7 +3,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from collm_faissret import demo
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -120,7 +120,7 @@ def entry_main(target: str):
 
 def config_problem(args: list, kind: str) -> str:
     """'' when --cfg-path (a train_configs/ file) validates with the command's --options."""
-    from collm_faissret.config import ConfigError, load_config
+    from collm_faissret.config_loader import ConfigError, load_config
 
     if "--cfg-path" not in args:
         return ""
@@ -203,7 +203,7 @@ def test_documented_command(tokens):
 
 
 def test_every_named_config_exists_and_validates():
-    from collm_faissret.config import load_config
+    from collm_faissret.config_loader import load_config
 
     named = {m for doc in DOCS for m in CONFIG_RE.findall(doc.read_text(encoding="utf-8"))}
     assert named, "the docs name no config: the pattern is wrong"

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 import baseline_train
 import train_collm
 from collm_faissret.checkpoint import load
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 
 PRED_COLUMNS = ["uid", "iid", "label", "score", "not_cold"]
 RUN_FILES = ["config.yaml", "log.txt", "metrics.jsonl", "metrics.json", "predictions_valid.csv",

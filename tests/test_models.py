@@ -6,11 +6,10 @@ import torch
 from conftest import cli_args
 
 from collm_faissret import registry
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 from collm_faissret.models import StageError
 from collm_faissret.models.backbone import BackboneError, answer_token_id
-from collm_faissret.models.cf import CFConfig
-from collm_faissret.models.cf.base import CFWeightsError
+from collm_faissret.models.cf import CFConfig, CFWeightsError
 from collm_faissret.models.cf.mf import MF
 from collm_faissret.models.collm import check_stage
 from collm_faissret.models.fece import Projector

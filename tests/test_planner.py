@@ -5,7 +5,7 @@ from conftest import REPO, load_model
 
 from collm_faissret import env as env_cli
 from collm_faissret import planner
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 
 STAGE2 = str(REPO / "train_configs" / "collm_stage2_mf_ml1m.yaml")
 

@@ -9,13 +9,14 @@ from collm_faissret import (
     models,  # noqa: F401  (registers collm and the CF models)
     registry,
 )
-from collm_faissret.config import ConfigError, load_config, parse_options
+from collm_faissret.config_loader import ConfigError, load_config, parse_options
 from collm_faissret.registry import RegistryError
 
 
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """A private copy of the registry tables, so test registrations do not leak."""
+    registry.fill()  # the built-in components first: they register into the tables copied here
     monkeypatch.setattr(registry, "_REGISTRY", copy.deepcopy(registry._REGISTRY))
 
 
@@ -69,7 +70,7 @@ def _write(tmp_path, text):
 
 
 BASE = """
-model: {arch: collm, lora_config: {r: 4}}
+model: {arch: collm, llama_model: llm, prompt_path: prompt.txt, lora_config: {r: 4}}
 datasets: {ml100k_ood: {path: data}}
 run: {output_dir: out}
 """

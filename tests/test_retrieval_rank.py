@@ -15,7 +15,7 @@ import torch
 
 import collm_faissret.models.cf.cold_start as cold_start_module
 import train_collm
-from collm_faissret.config import load_config
+from collm_faissret.config_loader import load_config
 from collm_faissret.datasets import load_interactions
 from collm_faissret.models.cf import CFConfig
 from collm_faissret.models.cf.cold_start import (

@@ -11,6 +11,9 @@ import os
 import re
 from typing import Dict, List, Tuple
 
+from .. import registry
+from ..prompts import has_id_slots, load_template
+
 # "owner/name" as the Hugging Face hub spells repositories (CoLLM's Qwen configs name them)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -223,11 +226,8 @@ class Converter:
         return target
 
     def rec_model(self, name) -> str:
-        from .. import models  # noqa: F401  (fills the cf_model registry)
-        from ..registry import names
-
         ours = REC_MODELS.get(str(name).lower())
-        if ours is None or ours not in names("cf_model"):
+        if ours is None or ours not in registry.names("cf_model"):
             raise ConvertError(f"model.rec_model: {name!r} has no counterpart here (known: "
                                f"{', '.join(sorted(REC_MODELS))})")
         if ours != name:
@@ -251,8 +251,6 @@ class Converter:
 
     def stage(self, model: dict) -> None:
         """Their freeze_* flags -> our stage: a group is trainable only when the prompt can feed it."""
-        from ..prompts import has_id_slots, load_template
-
         slots = has_id_slots(load_template(model["prompt_path"]))
         if model["rec_model"] in PROMPT_BASELINES and slots and model.get("freeze_rec", True):
             model["freeze_rec"] = False
@@ -271,10 +269,7 @@ class Converter:
         if theirs not in DATASETS:
             raise ConvertError(f"datasets.{theirs}: unknown CoLLM dataset builder (known: {', '.join(DATASETS)})")
         name, domain = DATASETS[theirs]
-        from .. import datasets  # noqa: F401  (fills the dataset registry)
-        from ..registry import names
-
-        if name not in names("dataset"):
+        if name not in registry.names("dataset"):
             raise ConvertError(f"datasets.{theirs}: our counterpart {name!r} is not registered")
         prefix = f"datasets.{theirs}"
         if name != theirs:
@@ -304,17 +299,14 @@ class Converter:
         return name, out, domain
 
     def run(self, src: dict) -> dict:
-        from .. import runners  # noqa: F401  (fills the lr_scheduler registry)
-        from ..registry import names
-
         src = dict(src)
         out: Dict[str, object] = {}
         self.fixed(src, "run.mode", "v2", "CoLLM's pairwise former/latter pretraining",
                    "v2, the Yes/No task, is the only mode; the stage is the freeze_* set")
         self.fixed(src, "run.task", "rec_pretrain", "another task", "rec_pretrain is run.task rec, the default")
         sched = src.pop("lr_sched", "linear_warmup_cosine_lr")
-        if sched not in names("lr_scheduler"):
-            have = ", ".join(names("lr_scheduler"))
+        if sched not in registry.names("lr_scheduler"):
+            have = ", ".join(registry.names("lr_scheduler"))
             raise ConvertError(f"run.lr_sched: {sched!r} has no counterpart here (have {have})")
         out["lr_sched"] = sched
         device = src.pop("device", "auto")

@@ -25,12 +25,13 @@ def parse_args(argv):
 
 def convert_file(src: str, out: str, prompt_dir: str):
     """Convert ``src`` into ``out`` (validated, then moved into place); return the notes."""
+    # Deferred: validation loads torch, which collm-prepare's data commands never need.
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from ..compat.collm_config import ConvertError, convert
-    from ..config import ConfigError, load_config
+    from ..config_loader import ConfigError, load_config
 
     if not os.path.isfile(src):
         raise ConvertError(f"--from-collm: file not found: {src}")

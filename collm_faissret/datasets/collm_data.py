@@ -80,7 +80,9 @@ def load_interactions(path_dir: str, files: Dict[str, str]) -> InteractionData:
     for split, stem in files.items():
         df, path = _read(path_dir, stem)
         splits[split] = validate(df, path)
+    # Python ints: a history's ids are numpy scalars, and these sizes go into checkpoints
+    # that safe (weights_only) loading must read back.
     n_users = 1 + max(int(df["uid"].max()) for df in splits.values())
-    n_items = 1 + max(max(int(df["iid"].max()), max((max(h) if len(h) else 0) for h in df["his"]))
+    n_items = 1 + max(max(int(df["iid"].max()), max((int(max(h)) if len(h) else 0) for h in df["his"]))
                       for df in splits.values())
     return InteractionData(splits, n_users, n_items, path_dir)

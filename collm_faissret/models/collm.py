@@ -14,10 +14,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import dist
+from ..checkpoint import load, load_model_weights
+from ..compat.collm_checkpoint import checkpoint_state
 from ..datasets.rec_dataset import collate
-from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder
+from ..errors import ConfigError
+from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, has_id_slots, load_template
 from ..registry import register
-from .backbone import AnswerScore
+from ..retrieval.index import index_settings
+from .backbone import (
+    answer_token_ids,
+    attach_lora,
+    describe_answer_tokens,
+    load_backbone,
+    prepare_backbone,
+    resolve_dtype,
+    resolve_quantization,
+)
+from .cf import build_cf, cold_start_view
 from .fece import Projector
 from .shared_prefix import packed_forward
 
@@ -34,14 +48,11 @@ class CoLLM(nn.Module):
     ``history_len`` (history ids per row its CF model reads).
     """
 
-    ANSWER_SCORES = tuple(a.value for a in AnswerScore)
-
     def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
                  proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,
                  answer_score: str = "yes_logit", template: str = None, max_txt_len: int = 1024):
         """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
         super().__init__()
-        self.check_answer_score(answer_score)
         self.llm = llm
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
@@ -58,9 +69,26 @@ class CoLLM(nn.Module):
         self.answer_score = answer_score
 
     @classmethod
-    def check_answer_score(cls, name: str) -> None:
-        if name not in cls.ANSWER_SCORES:
-            raise StageError(f"model.answer_score {name!r} unknown; use {' or '.join(cls.ANSWER_SCORES)}")
+    def from_config(cls, cfg, data, device, backbone=None):
+        """This model from the config for the loaded data: see ``build_collm``."""
+        return build_collm(cfg, data, device, backbone)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Rules of arch collm beyond the schema (config validation calls it before any file is read)."""
+        m = cfg.model
+        if not m.llama_model:
+            raise ConfigError("model.llama_model is required for arch collm (a local save_pretrained directory)")
+        if not m.prompt_path:
+            raise ConfigError("model.prompt_path is required for arch collm")
+        quantization = resolve_quantization(m)
+        if cfg.run.distributed == "fsdp" and quantization != "none":
+            raise ConfigError(f"run.distributed fsdp with model.quantization {quantization}: bitsandbytes' "
+                              "quantized weights cannot be sharded by FSDP2 here; use run.distributed=ddp (each "
+                              "rank holds the quantized model) or quantization none with fsdp")
+        if m.cold_start.enabled and not m.freeze_rec and not cfg.run.evaluate:
+            raise ConfigError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
+                              "computed once from the CF weights, which must not change while training)")
 
     @property
     def zero_shot(self) -> bool:
@@ -345,37 +373,13 @@ def build_collm(cfg, data, device, backbone=None):
     model.llama_model (benchmarks build random-weight 7B shapes this way: no
     13 GB save/load); it gets the same freezing, dtype and device as a loaded one.
     """
-    from .. import dist
-    from ..checkpoint import load, load_model_weights
-    from ..compat.collm_checkpoint import checkpoint_state
-    from ..prompts import has_id_slots, load_template
-    from .backbone import (
-        answer_token_ids,
-        attach_lora,
-        describe_answer_tokens,
-        load_backbone,
-        prepare_backbone,
-        resolve_dtype,
-        resolve_quantization,
-    )
-    from .cf import build_cf
-
     m = cfg.model
-    if not m.llama_model and backbone is None:
-        raise StageError("model.llama_model is required for arch collm (a local save_pretrained directory)")
-    if not m.prompt_path:
-        raise StageError("model.prompt_path is required for arch collm")
-    CoLLM.check_answer_score(m.answer_score)  # before anything is loaded
     template = load_template(m.prompt_path)
     slots = has_id_slots(template)
     stage = check_stage(m, slots, cfg.run.evaluate)
     dtype = resolve_dtype(m.dtype, device)
     quantization = resolve_quantization(m)
     fsdp = cfg.run.distributed == "fsdp" and dist.is_dist()
-    if fsdp and quantization != "none":
-        raise StageError(f"run.distributed fsdp with model.quantization {quantization}: bitsandbytes' quantized "
-                         "weights cannot be sharded by FSDP2 here; use run.distributed=ddp (each rank holds the "
-                         "quantized model) or quantization none with fsdp")
     # FSDP shards onto the GPU layer by layer: the backbone waits on the host (in its dtype) until then
     load_device = torch.device("cpu") if fsdp else device
     if backbone is None:
@@ -387,7 +391,7 @@ def build_collm(cfg, data, device, backbone=None):
         llm, tok = prepare_backbone(backbone[0], dtype, load_device), backbone[1]
     if m.lora_config.use_lora:
         llm = attach_lora(llm, m.lora_config)
-    cf = build_cf(cfg, data, device) if slots else None
+    cf = build_cf(m.rec_config, data, device, name=m.rec_model) if slots else None
     answer_ids = answer_token_ids(tok, template)
     log.info(describe_answer_tokens(tok, template, *answer_ids))
     model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots,
@@ -423,16 +427,8 @@ def attach_cold_start(model, data, cfg):
     Done after the checkpoint is loaded: the wrapper's tables are derived from
     the CF weights, and checkpoints keep the unwrapped parameter names.
     """
-    from .cf import cold_start_view
-
     mcfg = cfg.model
     if model.cf is None:
         raise StageError(f"model.cold_start.enabled is true but {mcfg.prompt_path} has no ID slot: "
                          "no CF embedding enters the prompt")
-    if not mcfg.freeze_rec and not cfg.run.evaluate:
-        raise StageError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
-                         "computed once from the CF weights, which must not change while training)")
-    model.cf = cold_start_view(model.cf, cfg, data)
-
-
-CoLLM.from_config = staticmethod(build_collm)
+    model.cf = cold_start_view(model.cf, data, mcfg.cold_start, index_settings(cfg.retrieval))

@@ -1,5 +1,13 @@
 """Item retrieval: a Faiss (or exact torch) inner-product index over item embeddings."""
-from .index import IndexMismatchError, ItemIndex, RetrievalConfig, auto_nlist, embedding_hash, faiss_gpu_available
+from .index import (
+    IndexMismatchError,
+    ItemIndex,
+    RetrievalConfig,
+    auto_nlist,
+    embedding_hash,
+    faiss_gpu_available,
+    index_settings,
+)
 
 __all__ = [
     "IndexMismatchError",
@@ -8,4 +16,5 @@ __all__ = [
     "auto_nlist",
     "embedding_hash",
     "faiss_gpu_available",
+    "index_settings",
 ]

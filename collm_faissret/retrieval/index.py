@@ -15,13 +15,14 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
 import faiss
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..schema import Choice, setting
 
 
@@ -90,6 +91,16 @@ class RetrievalConfig(IndexSettings):
         for name in ("nlist", "flat_threshold", "train_sample"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"RetrievalConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def index_settings(section) -> RetrievalConfig:
+    """The IndexSettings keys of a config section (the ``retrieval`` section: the
+    retrieve-then-rank index and the cold-start neighbour indexes use them) as an
+    ItemIndex config; a bad value is a ConfigError naming its key."""
+    try:
+        return RetrievalConfig(**{f.name: section[f.name] for f in fields(IndexSettings)})
+    except ValueError as err:
+        raise ConfigError(f"retrieval: {err}") from None
 
 
 def embedding_hash(array) -> str:

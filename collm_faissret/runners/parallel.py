@@ -18,6 +18,7 @@ import torch
 
 from .. import dist
 from ..checkpoint import CheckpointError, load_model_weights
+from .run_files import RunError
 
 
 class Replicated:
@@ -174,8 +175,6 @@ def decoder_layers(model):
     names = set(getattr(llm, "_no_split_modules", None) or ())
     layers = [m for m in llm.modules() if type(m).__name__ in names]
     if not layers:
-        from .run_files import RunError
-
         raise RunError(f"run.distributed fsdp: {type(llm).__name__} names no decoder layer class "
                        "(_no_split_modules) to shard")
     return layers
@@ -185,9 +184,5 @@ STRATEGIES = {cls.name: cls for cls in (Replicated, Sharded)}
 
 
 def strategy(name: str, device):
-    """The run.distributed strategy; an unknown name is a ConfigError listing the valid ones."""
-    from ..config import ConfigError
-
-    if name not in STRATEGIES:
-        raise ConfigError(f"run.distributed {name!r} unknown; use {' or '.join(STRATEGIES)}")
-    return STRATEGIES[name](device)
+    """The run.distributed strategy (a choice of the schema: ``ddp`` or ``fsdp``)."""
+    return STRATEGIES[str(name)](device)

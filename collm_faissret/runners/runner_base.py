@@ -80,9 +80,7 @@ class RunnerBase:
         no_decay = [p for n, p in self.trainable if p.ndim < 2]
         # adam: L2 penalty in the gradient (what CF baselines are usually tuned
         # with); adamw: decoupled decay (the usual choice for LoRA / projectors).
-        opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(self.run_cfg.optimizer)
-        if opt_cls is None:
-            raise RunError(f"run.optimizer {self.run_cfg.optimizer!r} unknown; use adamw or adam")
+        opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[self.run_cfg.optimizer]  # a schema choice
         return opt_cls([{"params": decay, "weight_decay": self.run_cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}],
                                  lr=self.run_cfg.init_lr, betas=(0.9, 0.999))

@@ -9,12 +9,14 @@ import numpy as np
 import torch
 
 from .. import registry
-from ..config import ConfigError, dataset_config
+from ..config import dataset_config
 from ..datasets import RecRows
 from ..datasets.packing import tokens_in
 from ..dist import all_gather_objects
 from ..metrics import auc_report
+from ..models.cf import attach_scoring_view, build_cf
 from ..registry import register
+from ..retrieval.index import index_settings
 
 
 @register("task", "rec")
@@ -95,6 +97,11 @@ class CFTask(RecTask):
 
     model_kind = "cf_model"
 
+    def build_model(self, device):
+        """model.arch's CF model (weights: rec_config.pretrained_path, then model.ckpt), scoring
+        evaluation rows through its cold-start view when model.cold_start.enabled."""
+        return build_run_cf(self.cfg, self.data, device)
+
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):
         """As RecTask.predict, with the model's scoring view (cold start: borrowed vectors
         computed from the weights as they are now)."""
@@ -104,16 +111,18 @@ class CFTask(RecTask):
 
 def sampled_splits(data, ds_cfg) -> dict:
     """split -> DataFrame, cut to ``ds_cfg.sample_rows[split]`` rows (seeded, time order kept)."""
-    for split in ds_cfg.sample_rows:
-        if split not in data.splits:
-            raise ConfigError(f"datasets.*.sample_rows: no split {split!r} (have {', '.join(data.splits)})")
     out = {}
     for split, df in data.splits.items():
-        n = ds_cfg.sample_rows.get(split)
-        if n is not None and n < 1:
-            raise ConfigError(f"datasets.*.sample_rows.{split} must be >= 1, got {n}")
+        n = ds_cfg.sample_rows.get(split)  # keys and ranges checked with the config
         if n is not None and n < len(df):
             keep = np.sort(np.random.RandomState(ds_cfg.sample_seed).choice(len(df), n, replace=False))
             df = df.iloc[keep].reset_index(drop=True)
         out[split] = df
     return out
+
+
+def build_run_cf(cfg, data, device):
+    """The CF model that is ``model.arch`` (a baseline or CF-only run)."""
+    m = cfg.model
+    model = build_cf(m.rec_config, data, device, name=m.arch, name_key="model.arch", ckpt=m.ckpt)
+    return attach_scoring_view(model, data, m.cold_start, index_settings(cfg.retrieval))

@@ -22,15 +22,15 @@ import pandas as pd
 import torch
 
 from .. import registry
-from ..config import ConfigError, index_settings
 from ..datasets import RecRows
+from ..errors import ConfigError
 from ..metrics import auc_report
-from ..models.cf import build_cf
+from ..models.cf import build_cf, cold_start_view
 from ..models.cf.text import item_titles
 from ..registry import register
-from ..retrieval.index import ItemIndex
+from ..retrieval.index import ItemIndex, index_settings
 from ..retrieval.ranking import grouped_metrics, rerank, split_queries, top_k_unseen
-from .rec_task import RecTask
+from .rec_task import RecTask, build_run_cf
 
 log = logging.getLogger("collm_faissret")
 
@@ -53,9 +53,8 @@ class RetrieveRankTask(RecTask):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.check_config(cfg)
         self.ks = sorted(set(cfg.retrieval.metric_ks)) or [cfg.retrieval.k]
-        self.index_cfg = index_settings(cfg)
+        self.index_cfg = index_settings(cfg.retrieval)
         self.cf_only = cfg.model.arch in registry.names("cf_model")
         self.index = None
         self.llm_calls = {}
@@ -65,8 +64,7 @@ class RetrieveRankTask(RecTask):
         """CoLLM (cold start attached by build_collm) or, for a CF model.arch, the CF model alone
         (its scoring view: borrowed vectors for cold rows when cold start is on)."""
         if self.cf_only:
-            model = registry.get("cf_model", self.cfg.model.arch).from_config(self.cfg, self.data, device)
-            model = self.retriever = model.for_scoring()
+            model = self.retriever = build_run_cf(self.cfg, self.data, device).for_scoring()
         else:
             model = super().build_model(device)
             self.retriever = self._stage1_cf(model, device) if model.cf is None else model.cf
@@ -81,8 +79,10 @@ class RetrieveRankTask(RecTask):
         """A text-only prompt has no CF model inside: retrieval builds one from rec_config.pretrained_path."""
         if self.cfg.retrieval.embeddings == "fece":
             raise ConfigError("retrieval.embeddings fece: the prompt has no ID slot, so no projector")
-        return build_cf(self.cfg, self.data, device, cold_start=True,
-                        need_weights="retrieve_rank: the prompt has no ID slot, so retrieval needs its own CF model")
+        m = self.cfg.model
+        cf = build_cf(m.rec_config, self.data, device, name=m.rec_model,
+                      need_weights="retrieve_rank: the prompt has no ID slot, so retrieval needs its own CF model")
+        return cold_start_view(cf, self.data, m.cold_start, self.index_cfg)
 
     # ----- candidates ----------------------------------------------------------
     def build_datasets(self, model):

@@ -1,10 +1,13 @@
 """Collaborative models, one per file, registered under ``cf_model``; ``build_cf`` makes them.
 
 Next to them, the wrapper that gives cold users/items borrowed vectors
-(cold_start.py) and the title vectors it compares items by (text.py).
+(cold_start.py), the title vectors it compares items by (text.py) and the
+weight file a trained model is saved in (weights.py).
 """
-from . import din, lightgcn, mf, personalized_prompt, sasrec, soft_prompt  # noqa: F401  (fill the registry)
-from .base import CFConfig, CFModel, CFWeightsError
-from .factory import build_cf, cold_start_view
+from . import din, lightgcn, mf, personalized_prompt, sasrec, soft_prompt  # noqa: F401  (the built-in models)
+from .base import CFConfig, CFModel
+from .factory import attach_scoring_view, build_cf, cold_start_view
+from .weights import CFWeightsError, read_cf_weights
 
-__all__ = ["CFConfig", "CFModel", "CFWeightsError", "build_cf", "cold_start_view"]
+__all__ = ["CFConfig", "CFModel", "CFWeightsError", "attach_scoring_view", "build_cf", "cold_start_view",
+           "read_cf_weights"]

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...checkpoint import read_payload
 from ...datasets.rec_dataset import collate
 from ...schema import setting
+from .weights import load_into, read_cf_weights, weights_payload
 
 
 @dataclass
@@ -47,10 +47,6 @@ class HistoryCFConfig(CFConfig):
         super().__post_init__()
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
-
-
-class CFWeightsError(ValueError):
-    """A pretrained CF weight file that does not fit the configured model."""
 
 
 def history_item_table(n_items: int, dim: int, init_std: float) -> nn.Embedding:
@@ -103,13 +99,6 @@ class CFModel(nn.Module):
     # borrowed vectors for cold users/items (rebuilt when the weights change).
     scoring_view = None
 
-    @classmethod
-    def from_config(cls, cfg, data, device):
-        """This model as ``model.arch`` (a baseline run): see ``build_cf``."""
-        from .factory import build_cf
-
-        return build_cf(cfg, data, device, name=cls.name)
-
     @property
     def collate_fn(self):
         """RecRows items -> a batch of tensors (no prompts to pad)."""
@@ -126,6 +115,7 @@ class CFModel(nn.Module):
     def __init__(self, n_users: int, n_items: int, rec_cfg):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
+        self.rec_cfg = rec_cfg  # the section it was built with: cf_model.pth stores it
         self.dim = rec_cfg.embedding_size
         self.item_bias = nn.Parameter(torch.zeros(n_items)) if rec_cfg.item_bias else None
         self.user_bias = nn.Parameter(torch.zeros(n_users)) if rec_cfg.user_bias else None
@@ -159,31 +149,10 @@ class CFModel(nn.Module):
         return {"loss": loss, "logits": logits}
 
     def weights_payload(self, config_yaml: str = "") -> dict:
-        """What baseline_train saves and stage 2 loads: weights + the facts to check them."""
-        return {"cf_model": self.name, "n_users": self.n_users, "n_items": self.n_items,
-                "dim": self.dim, "state_dict": self.state_dict(), "config": config_yaml}
+        """What baseline_train saves and stage 2 builds from (see weights.py)."""
+        return weights_payload(self, config_yaml)
 
     def load_pretrained(self, path: str) -> None:
-        """Load a baseline_train weight file (or CoLLM's MF one); refuse one made for another model or data."""
-        try:
-            payload = read_payload(path, "rec_config.pretrained_path", "cf_model", CFWeightsError,
-                                   origin="CF weight (baseline_train.py cf_model.pth)")
-        except CFWeightsError:
-            from ...compat.collm_checkpoint import collm_cf_payload
-
-            payload = collm_cf_payload(path)
-            if payload is None:
-                raise
-        if payload["cf_model"] != self.name:
-            raise CFWeightsError(f"{path}: holds {payload['cf_model']} weights, but rec_model is {self.name}")
-        for key, mine in (("n_users", self.n_users), ("n_items", self.n_items), ("dim", self.dim)):
-            if payload[key] != mine:
-                raise CFWeightsError(f"{path}: {key}={payload[key]} but the data/config give {mine}")
-        try:
-            missing, unexpected = self.load_state_dict(payload["state_dict"], strict=False)
-        except RuntimeError as err:  # a tensor of another shape: other rec_config settings
-            raise CFWeightsError(f"{path}: weights do not fit this {self.name} configuration "
-                                 f"({str(err).splitlines()[-1].strip()})") from None
-        if missing or unexpected:
-            raise CFWeightsError(f"{path}: weights do not match {self.name}: "
-                                 f"missing {missing}, unexpected {unexpected}")
+        """Load a baseline_train weight file (or CoLLM's MF one) into this model, built with the
+        file's sizes; refuse one made for another model or shape."""
+        load_into(self, read_cf_weights(path))
