@@ -107,8 +107,8 @@ def parse_args(argv=None):
                          "unless --tune proj+lora)")
     ap.add_argument("--stage1-rows", type=int, default=None, help="stage 1's training subset (default: the first "
                                                                   "--train-rows)")
-    ap.add_argument("--stage1-epochs", type=int, default=1)
-    ap.add_argument("--stage1-lr", type=float, default=3e-4)
+    ap.add_argument("--stage1-epochs", type=int, default=1, help="stage 1's passes over its subset")
+    ap.add_argument("--stage1-lr", type=float, default=3e-4, help="stage 1's peak learning rate (LoRA)")
     ap.add_argument("--test-rows", type=int, default=0, help="test rows scored; 0: all 7,331 (the default)")
     ap.add_argument("--valid-rows", type=int, default=0, help="validation rows scored; 0: all 10,401 (the default)")
     ap.add_argument("--eval-splits", nargs="+", default=["test", "valid"], choices=["test", "valid"],
@@ -119,9 +119,10 @@ def parse_args(argv=None):
     ap.add_argument("--curve-valid-rows", type=int, default=0 if cuda else 1000,
                     help="seeded validation sample scored at each point; 0: the whole split")
     ap.add_argument("--patience", type=int, default=2, help="validation points without improvement before stopping")
-    ap.add_argument("--batch-size", type=int, default=16 if cuda else 4)
-    ap.add_argument("--eval-batch-size", type=int, default=64 if cuda else 16)
-    ap.add_argument("--answer-score", default="yes_minus_no", choices=["yes_logit", "yes_minus_no"])
+    ap.add_argument("--batch-size", type=int, default=16 if cuda else 4, help="training rows per step")
+    ap.add_argument("--eval-batch-size", type=int, default=64 if cuda else 16, help="rows per scoring batch")
+    ap.add_argument("--answer-score", default="yes_minus_no", choices=["yes_logit", "yes_minus_no"],
+                    help="model.answer_score of every LLM row")
     ap.add_argument("--eval-dtype", default="auto",
                     help="model.dtype of the scoring runs (auto: fp32 on CPU, bf16 on CUDA)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -409,9 +410,9 @@ def _scored(row_dir, spec, out):
                 metrics[split] = m[split]
         if m.get("test"):
             test_rows_seen = os.path.join(row_dir, step, "predictions_test.csv")
-    if "test" not in metrics and "valid" not in metrics:
-        return None
     kind = spec["kind"]
+    if not metrics and kind not in ("collm", "stage1"):
+        return None
     test, valid = metrics.get("test") or {}, metrics.get("valid") or {}
     row = {"name": None, "kind": kind, "test_auc": test.get("auc"), "test_uauc": test.get("uauc"),
            "test_warm_auc": (test.get("warm") or {}).get("auc"), "test_cold_auc": (test.get("cold") or {}).get("auc"),
@@ -430,6 +431,8 @@ def _scored(row_dir, spec, out):
         m, rec = _step(train_dir)
         if m is None:
             return None
+        if not metrics:  # trained, not scored yet: its learning curve only
+            row["kind"] = "unscored"
         cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
         n = _train_rows(os.path.join(train_dir, "log.txt"))
         curve = _curve(train_dir, rec["argv"])
@@ -589,7 +592,7 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = {}
     for r in rows:
-        if r["kind"] in ("collm", "stage1") and r.get("curve"):
+        if r["kind"] in ("collm", "stage1", "unscored") and r.get("curve"):
             xs, ys = zip(*r["curve"])
             line, = ax.plot(xs, ys, marker="o", label=r["name"], alpha=1.0 if r["selected"] else 0.5)
             colors.setdefault(r.get("cf"), line.get_color())
@@ -610,7 +613,8 @@ def plot(rows, path):
 
 def collect(args) -> int:
     out = os.path.abspath(args.out)
-    rows = name_rows(load_rows(out))
+    found = load_rows(out)
+    rows = name_rows([r for r in found if r["kind"] != "unscored"])
     path = args.json or os.path.join(out, "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
@@ -619,12 +623,18 @@ def collect(args) -> int:
     table = markdown(rows)
     with open(stem + ".md", "w") as fh:
         fh.write(table + "\n")
-    if any(r.get("curve") for r in rows):
-        plot(rows, stem + ".png")
+    unscored = [r for r in found if r["kind"] == "unscored"]
+    for r in unscored:  # drawn, not listed
+        r.update(name=f"{os.path.basename(r['run_dir'])} (not scored yet)", selected=False)
+    curves = [r for r in rows + unscored if r.get("curve")]
+    if curves:
+        plot(rows + unscored, stem + ".png")
     print("\n" + table)
+    for r in curves:
+        print(f"learning curve {r['name']}: " + ", ".join(f"{n} rows {auc:.4f}" for n, auc in r["curve"]))
     for goal, met in goals(rows).items():
         print(f"goal {'met    ' if met else 'not met'}: {goal}")
-    print(f"wrote {path} ({len(rows)} rows)" + (f", {stem}.png" if any(r.get('curve') for r in rows) else ""))
+    print(f"wrote {path} ({len(rows)} rows)" + (f", {stem}.png" if curves else ""))
     return 0
 
 
