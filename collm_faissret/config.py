@@ -94,6 +94,11 @@ class NonFinite(Choice):
     skip = "skip"
 
 
+class SharedPrefix(Choice):
+    auto = "auto"  # rows whose prompts share everything before the target title score that part once
+    off = "off"
+
+
 class Device(Choice):
     auto = "auto"
     cuda = "cuda"
@@ -141,6 +146,10 @@ class RunConfig:
     distributed: str = setting("ddp", "under torchrun: `ddp` (every rank holds the whole model) or `fsdp` (FSDP2: "
                                       "each decoder layer and the rest sharded across ranks; bf16 mixed precision "
                                       "on CUDA)")
+    shared_prefix: SharedPrefix = setting(SharedPrefix.auto, "scoring: `auto` computes the prompt part before the "
+                                          "target title (history, user slots) once for the rows that share it "
+                                          "(a user's candidates, a user's test rows) when the template puts the "
+                                          "target last; `off` scores every prompt whole. Scores agree to ~1e-5")
     tensorboard: bool = setting(True, "write scalars (loss, lr, samples/s, valid AUC/UAUC) to "
                                       "`<output_dir>/tensorboard/` (rank 0)")
 

@@ -47,10 +47,12 @@ def has_id_slots(template: str) -> bool:
 
 @dataclass
 class BuiltPrompt:
-    """One row's prompt. input_ids [L]; slot [L] with SLOT_NONE/SLOT_USER/SLOT_ITEM."""
+    """One row's prompt. input_ids [L]; slot [L] with SLOT_NONE/SLOT_USER/SLOT_ITEM;
+    prefix_len: where the target title starts (the tokens before it are the row's prefix)."""
     input_ids: List[int]
     slot: List[int]
     n_history_used: int
+    prefix_len: int = 0
 
 
 class PromptBuilder:
@@ -73,6 +75,15 @@ class PromptBuilder:
         self.n_user_slots = proj_token_num * template.count(USER)
         self.n_item_slots = proj_token_num * template.count(ITEM)
         self._title_cache: Dict[str, List[int]] = {}
+
+    @property
+    def target_last(self) -> bool:
+        """Whether everything that depends on the user (history titles, <UserID>) comes before
+        <TargetItemTitle> and everything that depends on the target (<TargetItemID>) after it:
+        then the tokens before the target title are the same for all of one user's candidates."""
+        where = {p: i for i, p in enumerate(self.parts) if p in FIELDS}
+        t = where[TARGET]
+        return all(where.get(f, -1) < t for f in (HIS, USER)) and where.get(ITEM, t + 1) > t
 
     def _encode(self, text: str) -> List[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -100,6 +111,7 @@ class PromptBuilder:
             raise PromptError(f"prompt needs {fixed} tokens without any history, more than max_txt_len={self.max_len}")
         ids: List[int] = list(self.bos)
         slot: List[int] = [SLOT_NONE] * len(ids)
+        prefix_len = 0
         for i, part in enumerate(self.parts):
             if part == HIS:
                 for j, h in enumerate(his[start:]):
@@ -107,6 +119,7 @@ class PromptBuilder:
                         ids += self.sep_ids
                     ids += h
             elif part == TARGET:
+                prefix_len = len(ids)
                 ids += target
             elif part in (USER, ITEM):
                 kind = SLOT_USER if part == USER else SLOT_ITEM
@@ -116,4 +129,4 @@ class PromptBuilder:
             else:
                 ids += self.part_ids[i]
             slot += [SLOT_NONE] * (len(ids) - len(slot))
-        return BuiltPrompt(ids, slot, len(his) - start)
+        return BuiltPrompt(ids, slot, len(his) - start, prefix_len)

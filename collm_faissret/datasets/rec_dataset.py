@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, PromptError
 from .collm_data import clean_history
+from .packing import pack_prefixes
 
 
 class RecRows(Dataset):
@@ -40,6 +41,11 @@ class RecRows(Dataset):
                 self.his[r, his_len - len(ids):] = ids
             self.his_titles.append(titles[-max_his:] if max_his > 0 else [])
         self._lengths = None
+        self._groups = None
+        # Set by the task when scoring may share prompt prefixes: batches then carry
+        # prefix_len and group per row, and collate packs the rows of a group.
+        self.share_prefix = False
+        self.pack_ratio = 0.0  # models/shared_prefix.py attention_ratio of the scoring model
 
     def __len__(self):
         return len(self.uid)
@@ -53,6 +59,18 @@ class RecRows(Dataset):
                 self._lengths = np.array([len(self.builder.build(self.his_titles[r], self.title[r]).input_ids)
                                           for r in range(len(self))], dtype=np.int64)
         return self._lengths
+
+    def prefix_groups(self) -> np.ndarray:
+        """Group id per row [N]: rows with the same prompt prefix (the token ids before the target
+        title) and the same user inputs of the ID slots (uid and history ids) share one."""
+        if self._groups is None:
+            keys = {}
+            self._groups = np.array([
+                keys.setdefault((tuple(b.input_ids[:b.prefix_len]), int(self.uid[r]), self.his[r].tobytes()),
+                                len(keys))
+                for r, b in ((r, self.builder.build(self.his_titles[r], self.title[r])) for r in range(len(self)))],
+                dtype=np.int64)
+        return self._groups
 
     def _prompt(self, r):
         try:
@@ -82,6 +100,10 @@ class RecRows(Dataset):
             built = [self._prompt(int(r)) for r in rows]
             batch["input_ids"] = [b.input_ids for b in built]
             batch["slot"] = [b.slot for b in built]
+            if self.share_prefix:
+                batch["prefix_len"] = [b.prefix_len for b in built]
+                batch["group"] = self.prefix_groups()[rows]
+                batch["pack_ratio"] = self.pack_ratio
         return batch
 
 
@@ -94,7 +116,10 @@ def collate(batch, pad_id: int = 0):
     """
     out = {k: torch.from_numpy(np.ascontiguousarray(batch[k]))
            for k in ("uid", "iid", "label", "not_cold", "row", "his")}
-    if "input_ids" in batch:
+    packed = pack_prefixes(batch, pad_id) if "group" in batch else None
+    if packed is not None:  # rows of one prompt prefix in one sequence (datasets/packing.py)
+        out.update(packed)
+    elif "input_ids" in batch:
         seqs = batch["input_ids"]
         width = max(len(x) for x in seqs)
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

@@ -8,6 +8,8 @@ length share a batch (less padding); the batch order is still shuffled.
 """
 import numpy as np
 
+from .packing import group_order
+
 BUCKET_BATCHES = 64  # a bucket spans this many global batches before sorting by length
 
 
@@ -53,16 +55,21 @@ class TrainBatchStream:
             p, offset = p + 1, 0
 
 
-def eval_batches(lengths, batch_size: int, world_size: int = 1, rank: int = 0, max_rows=None):
+def eval_batches(lengths, batch_size: int, world_size: int = 1, rank: int = 0, max_rows=None, groups=None):
     """This rank's evaluation batches (lists of row indices).
 
     Batches are cut from the rows sorted by length (little padding) the same
     way whatever the world size, then dealt out whole: each row is scored in
     the same batch under 1 or N processes, so scores match bit for bit and no
-    row is duplicated or dropped.
+    row is duplicated or dropped. With ``groups`` [N] (rows sharing a prompt
+    prefix), a group's rows are contiguous instead, so they land in one batch
+    (a group larger than a batch is cut into batch-sized pieces).
     """
     lengths = np.asarray(lengths)
     n = len(lengths) if max_rows is None else min(len(lengths), max_rows)
-    order = np.argsort(lengths[:n], kind="stable")
+    if groups is not None:
+        order = group_order(np.asarray(groups)[:n], lengths[:n])
+    else:
+        order = np.argsort(lengths[:n], kind="stable")
     batches = [order[s:s + batch_size].tolist() for s in range(0, n, batch_size)]
     return batches[rank::world_size]

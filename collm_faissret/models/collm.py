@@ -19,6 +19,7 @@ from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder
 from ..registry import register
 from .backbone import AnswerScore
 from .fece import Projector
+from .shared_prefix import packed_forward
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,10 @@ class CoLLM(nn.Module):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
         Returns {"loss": scalar or None, "logits": [B] float32 answer scores (see answer_score)}.
+        A batch packed by prefix (pack_* keys, datasets/packing.py) goes through shared_prefix.py.
         """
+        if "pack_ids" in batch:
+            return packed_forward(self, batch)
         mask = batch["attention_mask"]
         # Left padding: positions count from each row's first real token, so a
         # prompt gets the same result whatever batch it lands in.

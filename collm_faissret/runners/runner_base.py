@@ -21,6 +21,7 @@ from .. import dist
 from ..checkpoint import CheckpointError, load, rng_state, save_atomic, set_rng_state
 from ..config import to_yaml
 from ..datasets.sampler import TrainBatchStream, eval_batches
+from ..models.shared_prefix import attention_ratio, why_plain
 from ..registry import get, register
 from .nonfinite import NonFiniteGuard, rows_text
 from .parallel import strategy
@@ -48,6 +49,7 @@ class RunnerBase:
         self.is_main = dist.is_main()
         self.tb = ScalarLog(self.out, cfg.run.tensorboard and self.is_main)
         self.parallel = strategy(cfg.run.distributed, device)
+        self._paths_logged = set()
 
     # ----- setup -------------------------------------------------------------
     def amp_ctx(self):
@@ -92,14 +94,37 @@ class RunnerBase:
         module = self.model
         module.eval()
         size = self.run_cfg.batch_size_eval
-        batches = eval_batches(ds.lengths(), size, dist.world_size(), dist.rank(), max_rows)
-        batches = self.parallel.even_batches(batches, eval_batches(ds.lengths(), size, 1, 0, max_rows)[0])
+        groups = self._prefix_groups(split, ds, module, max_rows)
+        batches = eval_batches(ds.lengths(), size, dist.world_size(), dist.rank(), max_rows, groups)
+        batches = self.parallel.even_batches(batches, eval_batches(ds.lengths(), size, 1, 0, max_rows, groups)[0])
         bar = tqdm(total=len(batches), desc=f"eval {split}", disable=None if self.is_main else True, leave=False,
                    dynamic_ncols=True)
         rows, scores = self.task.predict(module, ds, batches, self.device, self.amp_ctx, bar)
         self.parallel.after_eval(module)
         bar.close()
         return self.task.report(ds, rows, scores), rows, scores
+
+    def _prefix_groups(self, split, ds, model, max_rows):
+        """Prefix group per row when this split's rows are scored with shared prefixes, else None
+        (``ds.share_prefix`` set accordingly); the path taken is logged once per split."""
+        reason = why_plain(model, self.run_cfg.shared_prefix) if getattr(ds, "builder", None) else "no prompt"
+        groups = None
+        if not reason:
+            groups = ds.prefix_groups()
+            n = len(groups) if max_rows is None else min(len(groups), max_rows)
+            n_groups = len(np.unique(groups[:n]))
+            if n_groups == n:
+                reason, groups = "no two rows share a prompt prefix", None
+        ds.share_prefix = groups is not None
+        ds.pack_ratio = attention_ratio(model.llm.config) if groups is not None else 0.0
+        if split not in self._paths_logged:
+            self._paths_logged.add(split)
+            if groups is None:
+                log.info("scoring %s: every prompt whole (%s)", split, reason)
+            else:
+                log.info("scoring %s: shared prompt prefixes, %d rows in %d groups (mean group size %.2f)",
+                         split, n, n_groups, n / max(n_groups, 1))
+        return groups
 
     def _score_splits(self, result, label=""):
         """Every valid and test split scored: predictions_<split>.csv, ``result[split]``, metrics.json."""

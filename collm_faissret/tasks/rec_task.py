@@ -11,6 +11,7 @@ import torch
 from .. import registry
 from ..config import ConfigError, dataset_config
 from ..datasets import RecRows
+from ..datasets.packing import tokens_in
 from ..dist import all_gather_objects
 from ..metrics import auc_report
 from ..registry import register
@@ -59,9 +60,10 @@ class RecTask:
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=model.collate_fn,
                                              num_workers=self.cfg.run.num_workers,
                                              pin_memory=device.type == "cuda")  # async copies, as in training
-        rows, scores = [], []
+        rows, scores, tokens = [], [], 0
         for batch in loader:
             rows.append(batch["row"].numpy())  # from the host copy: no device round trip
+            tokens += tokens_in(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with amp_ctx():
                 logits = model(batch)["logits"]
@@ -71,8 +73,9 @@ class RecTask:
             if progress is not None:
                 progress.update(1)
         mine = (np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32))
+                torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32), tokens)
         parts = all_gather_objects(mine)
+        dataset.tokens_computed = sum(p[2] for p in parts)  # prompt tokens the LM ran, all ranks
         all_rows = np.concatenate([p[0] for p in parts])
         all_scores = np.concatenate([p[1] for p in parts])
         # Rows are dealt out whole, so each appears once; unique() also guards

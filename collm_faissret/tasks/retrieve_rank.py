@@ -6,7 +6,9 @@ unseen candidates, queried with the user's collaborative vector (borrowed
 for cold users when model.cold_start.enabled). CoLLM then scores only those
 K prompts per user and re-ranks them. Recall/NDCG/HitRate@k are reported
 for retrieval alone and after re-ranking; the number of LLM calls goes into
-the metrics. With a CF model as model.arch there is no LLM: the candidates
+the metrics, with the prompt tokens the LM computed (a user's K prompts
+share everything before the target title: scored as one group, that part
+is computed once per batch). With a CF model as model.arch there is no LLM: the candidates
 keep their retrieval scores (retrieval metrics only, 0 LLM calls).
 
 Each split's dataset holds one row per (user, candidate), so the runner's
@@ -163,10 +165,16 @@ class RetrieveRankTask(RecTask):
         out["retrieval"] = grouped_metrics(cand, info["relevant"], self.ks, info["cold_user"])
         out["reranked"] = grouped_metrics(rerank(cand, new_scores), info["relevant"], self.ks, info["cold_user"])
         calls = self.llm_calls.get(dataset.name, 0)
+        # Tokens the LM computed: a user's candidates share their prompt up to the target title,
+        # computed once per batch when run.shared_prefix is auto; whole prompts count every token.
+        tokens = 0 if self.cf_only else int(getattr(dataset, "tokens_computed", 0))
+        whole = 0 if self.cf_only else int(dataset.lengths()[rows].sum())
         out.update(k=self.cfg.retrieval.k, n_users=int(len(info["uids"])), llm_calls=calls,
-                   llm_calls_per_user=calls / max(len(info["uids"]), 1), index=repr(self.index))
-        log.info("retrieve_rank %s: %d users x top-%d -> %d LLM calls", dataset.name, len(info["uids"]),
-                 self.cfg.retrieval.k, calls)
+                   llm_calls_per_user=calls / max(len(info["uids"]), 1), tokens_computed=tokens,
+                   tokens_per_llm_call=tokens / max(calls, 1), tokens_whole_prompts=whole, index=repr(self.index))
+        log.info("retrieve_rank %s: %d users x top-%d -> %d LLM calls, %d tokens computed (%.1f per call; "
+                 "whole prompts: %d)", dataset.name, len(info["uids"]), self.cfg.retrieval.k, calls, tokens,
+                 tokens / max(calls, 1), whole)
         for stage in ("retrieval", "reranked"):
             log.info("retrieve_rank %s %s: %s", dataset.name, stage,
                      " ".join(f"{key} {out[stage][key]:.4f}" for key in out[stage]

@@ -1,0 +1,216 @@
+"""Shared-prefix scoring equals scoring every prompt whole.
+
+Rows that share everything before the target title (a user's test rows with
+one history, a user's retrieved candidates) are packed into one sequence with
+the prefix once (datasets/packing.py, models/shared_prefix.py); every path
+must give the plain path's scores within 1e-4 in fp32.
+"""
+import json
+
+import backbone_layouts
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, cli_args, load_model
+
+from collm_faissret.datasets.packing import pack_prefixes, tokens_in
+from collm_faissret.datasets.sampler import eval_batches
+from collm_faissret.metrics import auc_report
+from collm_faissret.models.shared_prefix import attention_ratio, why_plain
+
+
+def _scores(task, model, ds, batch_size, shared):
+    """(rows, scores, tokens computed) over the whole split, shared prefixes on or off."""
+    ds.share_prefix = shared
+    ds.pack_ratio = attention_ratio(model.llm.config)
+    groups = ds.prefix_groups() if shared else None
+    batches = eval_batches(ds.lengths(), batch_size, groups=groups)
+    model.eval()
+    rows, scores = task.predict(model, ds, batches, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    tokens = ds.tokens_computed
+    ds.share_prefix = False
+    return rows, scores, tokens
+
+
+def _check_equal(task, model, ds, batch_size, tol=1e-4):
+    r0, s0, t0 = _scores(task, model, ds, batch_size, False)
+    r1, s1, t1 = _scores(task, model, ds, batch_size, True)
+    assert (r0 == r1).all() and (r0 == np.arange(len(ds))).all()
+    assert np.abs(s0 - s1).max() <= tol, np.abs(s0 - s1).max()
+    a0 = auc_report(ds.uid[r0], ds.label[r0], s0, ds.not_cold[r0])
+    a1 = auc_report(ds.uid[r1], ds.label[r1], s1, ds.not_cold[r1])
+    for key in ("auc", "uauc"):
+        assert round(a0[key], 4) == round(a1[key], 4), key
+    assert t1 < t0, (t1, t0)  # the shared path computed fewer tokens
+    return t0, t1
+
+
+def _shared_rows(ds):
+    groups = ds.prefix_groups()
+    return int((np.bincount(groups)[groups] > 1).sum())
+
+
+@pytest.mark.parametrize("stage, options", [
+    ("stage1", ()),
+    ("stage2", ()),
+    ("stage2", ("model.answer_score=yes_minus_no",)),
+    ("stage2", ("model.proj_token_num=3", "model.lora_config.use_lora=false", "model.freeze_lora=true")),
+])
+def test_tiny_llama_scores_equal_the_plain_path(env, tmp_path, stage, options):
+    cfg, task, model, datasets = load_model(env.config(stage, tmp_path / "run"), *options)
+    assert why_plain(model, cfg.run.shared_prefix) == ""
+    for split in ("valid", "test"):
+        ds = datasets[split]
+        assert _shared_rows(ds) > len(ds) // 3  # the fixture's users have several rows per history
+        _check_equal(task, model, ds, 64)
+
+
+def test_groups_larger_than_the_batch_are_split(env, tmp_path):
+    cfg, task, model, datasets = load_model(env.config("stage2", tmp_path / "run"))
+    ds = datasets["test"]
+    groups = ds.prefix_groups()
+    assert np.bincount(groups).max() > 2
+    _check_equal(task, model, ds, 2)  # every group of 3+ rows spans batches
+    _check_equal(task, model, ds, 5)
+
+
+def test_prompt_baselines_score_equal(env, tmp_path):
+    """soft_prompt (the same slot vectors for every row) and personalized_prompt (per-user tables)."""
+    for rec in ("soft_prompt", "personalized_prompt"):
+        cfg, task, model, datasets = load_model(
+            env.config("stage2", tmp_path / rec, rec_model=rec, freeze_rec=False,
+                       rec_config={"embedding_size": 16}))
+        assert why_plain(model, cfg.run.shared_prefix) == ""
+        _check_equal(task, model, datasets["test"], 64)
+
+
+def test_bf16_scores_close_and_merged_lora_equal(env, tmp_path):
+    cfg, task, model, datasets = load_model(env.config("stage1", tmp_path / "run"))
+    ds = datasets["test"]
+    with torch.no_grad():  # a LoRA that is not the identity, then merged into the weights
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    _check_equal(task, model, ds, 64)
+    model.llm = model.llm.merge_and_unload()
+    _check_equal(task, model, ds, 64)
+    model.to(torch.bfloat16)
+    r0, s0, _ = _scores(task, model, ds, 64, False)
+    r1, s1, _ = _scores(task, model, ds, 64, True)
+    assert np.abs(s0 - s1).max() <= 0.1 * max(np.abs(s0).max(), 1.0)
+
+
+def test_eager_attention_takes_an_additive_mask(env, tmp_path):
+    cfg, task, model, datasets = load_model(env.config("stage2", tmp_path / "run"))
+    model.llm.config._attn_implementation = "eager"
+    for module in model.llm.modules():
+        if hasattr(module, "config") and module.config is not model.llm.config:
+            module.config._attn_implementation = "eager"
+    _check_equal(task, model, datasets["test"], 64)
+
+
+def test_templates_without_the_target_last_take_the_plain_path(env, tmp_path):
+    template = tmp_path / "target_first.txt"
+    template.write_text("#Question: Would the user like <TargetItemTitle>? They liked <ItemTitleList>.\n#Answer:")
+    cfg, task, model, datasets = load_model(env.config("stage1", tmp_path / "run", prompt_path=str(template)))
+    assert "target after the user's part" in why_plain(model, "auto")
+    cfg, task, model, datasets = load_model(env.config("stage1", tmp_path / "run2"))
+    assert why_plain(model, "off") == "run.shared_prefix is off"
+
+
+def test_packing_layout_by_hand():
+    """Two rows of group 7 (prefix [1, 2, 3]), one row of group 9: one sequence of 3 + 2 + 1 and
+    one of 2 + 1; each row read at its suffix's last token, positions continuing the prefix."""
+    batch = {"input_ids": [[1, 2, 3, 10, 11], [1, 2, 3, 12], [5, 6, 13]], "slot": [[0, 1, 0, 0, 2], [0, 1, 0, 2],
+                                                                                 [0, 0, 0]],
+             "prefix_len": [3, 3, 2], "group": np.array([7, 7, 9])}
+    out = pack_prefixes(batch, pad_id=0)
+    assert out["pack_ids"].tolist() == [[1, 2, 3, 10, 11, 12], [5, 6, 13, 0, 0, 0]]
+    assert out["pack_pos"].tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 0, 0, 0]]
+    assert out["pack_grp"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    assert out["pack_sfx"].tolist() == [[0, 0, 0, 1, 1, 2], [0, 0, 1, 0, 0, 0]]
+    assert out["pack_src"].tolist()[0] == [0, 0, 0, 0, 0, 1]
+    assert out["read_pack"].tolist() == [0, 0, 1] and out["read_pos"].tolist() == [4, 5, 2]
+    assert tokens_in(out) == 9
+    single = dict(batch, group=np.array([1, 2, 3]))
+    assert pack_prefixes(single, pad_id=0) is None  # nothing shared: the plain layout
+
+
+def test_qwen2_scores_equal_the_plain_path(env, tmp_path):
+    texts = [t for df in env.frames.values() for t in df["title"]] + [(REPO / "prompt" / "stage2_movie.txt")
+                                                                      .read_text()] * 20
+    qwen = backbone_layouts.qwen2(texts, str(tmp_path / "qwen2"))
+    cfg, task, model, datasets = load_model(env.config("stage2", tmp_path / "run", llama_model=qwen))
+    assert type(model.llm.get_base_model()).__name__ == "Qwen2ForCausalLM"
+    _check_equal(task, model, datasets["test"], 64)
+
+
+def _evaluate(env, out, ckpt, mode, task="rec", *extra):
+    import train_collm
+
+    rc = train_collm.main(cli_args(env.config("evaluate", out), f"model.ckpt={ckpt}", f"run.shared_prefix={mode}",
+                                   f"run.task={task}", *extra))
+    assert rc == 0, (out / "log.txt").read_text()[-2000:]
+    return json.loads((out / "metrics.json").read_text()), (out / "log.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def stage2_ckpt(env, tmp_path_factory):
+    import train_collm
+
+    out = tmp_path_factory.mktemp("shared") / "train"
+    assert train_collm.main(cli_args(env.config("stage2", out), "run.iters_per_epoch=3")) == 0
+    return out / "checkpoint_best.pth"
+
+
+def _rounded(metrics):
+    if isinstance(metrics, dict):
+        return {k: _rounded(v) for k, v in metrics.items()}
+    return round(metrics, 4) if isinstance(metrics, float) else metrics
+
+
+def test_evaluate_only_off_and_auto_give_the_same_metrics(env, stage2_ckpt, tmp_path):
+    off, log_off = _evaluate(env, tmp_path / "off", stage2_ckpt, "off")
+    auto, log_auto = _evaluate(env, tmp_path / "auto", stage2_ckpt, "auto")
+    assert _rounded(off) == _rounded(auto)
+    assert "scoring test: every prompt whole (run.shared_prefix is off)" in log_off
+    assert "scoring test: shared prompt prefixes" in log_auto and "mean group size" in log_auto
+    for split in ("valid", "test"):  # predictions in the same row order
+        p_off = (tmp_path / "off" / f"predictions_{split}.csv").read_text().splitlines()
+        p_auto = (tmp_path / "auto" / f"predictions_{split}.csv").read_text().splitlines()
+        assert [line.split(",")[:2] for line in p_off] == [line.split(",")[:2] for line in p_auto]
+
+
+def test_retrieve_rank_scores_a_users_candidates_as_one_group(env, stage2_ckpt, tmp_path):
+    opts = ("retrieval.k=8", "retrieval.metric_ks=[4,8]", "run.valid_splits=[]")
+    off, _ = _evaluate(env, tmp_path / "off", stage2_ckpt, "off", "retrieve_rank", *opts)
+    auto, log = _evaluate(env, tmp_path / "auto", stage2_ckpt, "auto", "retrieve_rank", *opts)
+    t_off, t_auto = off["test"], auto["test"]
+    assert t_off["llm_calls"] == t_auto["llm_calls"] > t_off["n_users"] * 4
+    assert t_off["tokens_computed"] == t_off["tokens_whole_prompts"] == t_auto["tokens_whole_prompts"]
+    assert t_auto["tokens_computed"] < 0.6 * t_off["tokens_computed"]
+    for key in ("tokens_computed", "tokens_per_llm_call"):
+        t_off.pop(key), t_auto.pop(key)
+    assert _rounded(t_off) == _rounded(t_auto)
+    groups = log.split("scoring test: shared prompt prefixes, ")[1].split(" groups")[0]
+    assert groups.endswith(f"in {t_off['n_users']}")  # one group per queried user
+
+
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_process_shared_scoring_equals_one_process_plain(env, stage2_ckpt, tmp_path, distributed):
+    """Groups stay whole on one rank (batches are dealt out whole): torchrun with shared prefixes
+    gives the in-process plain scores, every row once, in the same order."""
+    from test_distributed import run_torchrun
+
+    off, _ = _evaluate(env, tmp_path / "off", stage2_ckpt, "off", "rec", "run.batch_size_eval=8")
+    run_torchrun(env.config("evaluate", tmp_path / "two"), f"model.ckpt={stage2_ckpt}", "run.shared_prefix=auto",
+                 "run.batch_size_eval=8", f"run.distributed={distributed}")
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert _rounded(off) == _rounded(two)
+    assert "shared prompt prefixes" in (tmp_path / "two" / "log.txt").read_text()
+    for split in ("valid", "test"):
+        p_off = pd.read_csv(tmp_path / "off" / f"predictions_{split}.csv")
+        p_two = pd.read_csv(tmp_path / "two" / f"predictions_{split}.csv")
+        assert (p_off.drop(columns="score") == p_two.drop(columns="score")).all().all()
+        assert np.abs(p_off["score"] - p_two["score"]).max() <= 1e-4
