@@ -227,6 +227,9 @@ def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfi
     overrides = OmegaConf.from_dotlist(parse_options(options))
     schema = OmegaConf.structured(Config)
     for source, label in ((raw, cfg_path), (overrides, "--options")):
+        # YAML reads a bare `off` as false: run.shared_prefix=off means the choice `off`
+        if OmegaConf.select(source, "run.shared_prefix") is False:
+            OmegaConf.update(source, "run.shared_prefix", "off")
         try:
             schema = OmegaConf.merge(schema, source)
         except OmegaConfBaseException as err:

@@ -5,6 +5,7 @@ one history, a user's retrieved candidates) are packed into one sequence with
 the prefix once (datasets/packing.py, models/shared_prefix.py); every path
 must give the plain path's scores within 1e-4 in fp32.
 """
+import contextlib
 import json
 
 import backbone_layouts
@@ -27,7 +28,7 @@ def _scores(task, model, ds, batch_size, shared):
     groups = ds.prefix_groups() if shared else None
     batches = eval_batches(ds.lengths(), batch_size, groups=groups)
     model.eval()
-    rows, scores = task.predict(model, ds, batches, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    rows, scores = task.predict(model, ds, batches, torch.device("cpu"), contextlib.nullcontext)
     tokens = ds.tokens_computed
     ds.share_prefix = False
     return rows, scores, tokens
@@ -214,3 +215,11 @@ def test_two_process_shared_scoring_equals_one_process_plain(env, stage2_ckpt, t
         p_two = pd.read_csv(tmp_path / "two" / f"predictions_{split}.csv")
         assert (p_off.drop(columns="score") == p_two.drop(columns="score")).all().all()
         assert np.abs(p_off["score"] - p_two["score"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("quant", ["int8", "nf4"])
+def test_quantized_backbone_scores_equal(env, tmp_path, quant):
+    """bitsandbytes on CPU: the packed forward goes through the same quantized layers."""
+    pytest.importorskip("bitsandbytes")
+    cfg, task, model, datasets = load_model(env.config("stage2", tmp_path / "run", quantization=quant))
+    _check_equal(task, model, datasets["test"], 64)

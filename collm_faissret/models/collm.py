@@ -122,6 +122,23 @@ class CoLLM(nn.Module):
         lora = {k[len("llm."):]: v for k, v in state.items() if k.startswith("llm.")}
         self.llm.save_pretrained(os.path.join(out_dir, "adapter"), state_dict=lora)
 
+    def freeze_for_scoring(self, enabled: bool = True) -> bool:
+        """The weights will not change again: fold LoRA into the base weights (peft's merge_adapter,
+        parameter names kept) where that is exact. Returns whether it merged.
+
+        Only for fp32, unquantized weights: a bf16 or quantized base would round the adapter's
+        small update away in part. FSDP shards are left alone (a merge needs whole weights).
+        """
+        llm = self.llm
+        if not enabled or not hasattr(llm, "merge_adapter"):
+            return False
+        weights = [p for n, p in llm.named_parameters() if "lora_" not in n]
+        if any(p.dtype != torch.float32 or type(p) is not nn.Parameter for p in weights):
+            return False
+        llm.merge_adapter()
+        log.info("LoRA merged into the base weights for scoring")
+        return True
+
     def inputs_embeds(self, batch):
         """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs."""
         emb_layer = self.llm.get_input_embeddings()
@@ -150,6 +167,66 @@ class CoLLM(nn.Module):
             return mask
         return sdpa_mask(mask)
 
+    def causal_lm(self):
+        """The transformers causal LM under any peft wrapper (LoRA stays injected in its layers)."""
+        llm = self.llm
+        return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+    def _answer_parts(self):
+        """(body, final norm or None, LM head, softcap or None, answer row index [2]) of self.llm,
+        looked up once (a few tens of microseconds per call otherwise: a visible share of a
+        small model's step); looked up again if the LM object is replaced."""
+        parts = self.__dict__.get("_answer_cache")
+        if parts is None or parts[0] is not self.llm:
+            lm = self.causal_lm()
+            body = lm.get_decoder()
+            rows = torch.tensor([self.yes_id, self.no_id])
+            parts = (self.llm, body, final_norm(body), lm.get_output_embeddings(),
+                     getattr(lm.config, "final_logit_softcapping", None), rows)
+            self.__dict__["_answer_cache"] = parts
+        return parts[1:]
+
+    def hidden_states(self, inputs_embeds, attention_mask, position_ids, **kwargs):
+        """The LM body's last hidden states BEFORE its final norm: [B, L, H] in the body's dtype.
+
+        The LM head is not run: ``answer_logits`` applies the final norm and the two
+        answer rows of the head in fp32 on the positions that are read. kwargs go to
+        the body (a KV cache, ``use_cache``). The body's own final norm is bypassed for
+        this call (a forward hook returning its input), so it is not computed twice.
+        """
+        body, norm, _, _, _ = self._answer_parts()
+        handle = None if norm is None else norm.register_forward_hook(_pass_input)
+        try:
+            out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return out.last_hidden_state
+
+    def answer_logits(self, hidden):
+        """hidden [..., H] (``hidden_states`` at the positions read) -> answer scores [...] in fp32.
+
+        The final norm and the Yes/No rows of the LM head (two rows of [V, H]; a tied
+        head is the embedding matrix) in fp32 whatever the body's dtype: a bf16 head
+        rounds logits near 10 to steps of 0.0625, and AUC counts the ties as half.
+        """
+        _, norm, head, cap, rows = self._answer_parts()
+        h = hidden.float()
+        if norm is not None:
+            h = norm_fp32(norm, h)
+        if rows.device != head.weight.device:  # made once per device: a host-to-device copy per call would wait
+            rows = rows.to(head.weight.device)
+            self.__dict__["_answer_cache"] = self.__dict__["_answer_cache"][:-1] + (rows,)
+        bias = getattr(head, "bias", None)
+        out = F.linear(h, head.weight.index_select(0, rows).float(),
+                       None if bias is None else bias.index_select(0, rows).float())  # [..., 2]
+        if cap:  # Gemma-2's head: tanh soft-capping of every logit
+            out = torch.tanh(out / cap) * cap
+        if self.answer_score == "yes_minus_no":
+            return out[..., 0] - out[..., 1]
+        return out[..., 0]
+
     def forward(self, batch):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
@@ -162,16 +239,47 @@ class CoLLM(nn.Module):
         # Left padding: positions count from each row's first real token, so a
         # prompt gets the same result whatever batch it lands in.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=self.inputs_embeds(batch), attention_mask=self.attention_mask(mask),
-                       position_ids=position_ids, use_cache=False, logits_to_keep=1)
-        last = out.logits[:, -1]  # [B, V]
-        logits = last[:, self.yes_id].float()
-        if self.answer_score == "yes_minus_no":
-            logits = logits - last[:, self.no_id].float()
+        hidden = self.hidden_states(self.inputs_embeds(batch), self.attention_mask(mask), position_ids,
+                                    use_cache=False)
+        logits = self.answer_logits(hidden[:, -1])
         loss = None
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         return {"loss": loss, "logits": logits}
+
+
+FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")  # LLaMA/Qwen2, GPT-2, OPT, ...
+
+
+def final_norm(body):
+    """The decoder body's final norm module (the input of the LM head), or None when the
+    body has none under a known name (its output is then taken as normed)."""
+    for name in FINAL_NORMS:
+        module = getattr(body, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def _pass_input(module, args, output):
+    """Forward hook: the module's output replaced by its input (the final norm left to answer_logits)."""
+    return args[0]
+
+
+def norm_fp32(norm, h):
+    """norm applied to fp32 h [..., H] with its weights upcast -> fp32 [..., H].
+
+    HF's RMSNorms compute in the input's dtype and promote a bf16 weight, so fp32 in
+    gives fp32 out; torch's LayerNorm refuses mixed dtypes; anything else gets fp32
+    copies of its parameters for the call (slower: torch.func.functional_call).
+    """
+    if isinstance(norm, nn.LayerNorm):
+        return F.layer_norm(h, norm.normalized_shape, None if norm.weight is None else norm.weight.float(),
+                            None if norm.bias is None else norm.bias.float(), norm.eps)
+    out = norm(h)
+    if out.dtype != torch.float32:
+        out = torch.func.functional_call(norm, {k: v.float() for k, v in norm.named_parameters()}, (h,))
+    return out
 
 
 def sdpa_mask(mask):
@@ -285,6 +393,8 @@ def build_collm(cfg, data, device, backbone=None):
     if m.cold_start.enabled:
         attach_cold_start(model, data, cfg)
     model.set_stage(*stage)
+    if cfg.run.evaluate:
+        model.freeze_for_scoring(m.lora_config.merge_for_scoring)
     if m.gradient_checkpointing:
         enable_checkpointing(llm)
     return model

@@ -79,29 +79,20 @@ def packed_embeds(model, batch):
 
 
 def packed_hidden(model, batch):
-    """The decoder's last hidden state at each row's last token: [B, H]."""
+    """The body's last hidden state (before the final norm, as CoLLM.hidden_states gives it)
+    at each row's last token: [B, H]."""
     config = model.llm.config
     emb = packed_embeds(model, batch)
     mask = packed_mask(batch["pack_grp"], batch["pack_sfx"],
                        None if config._attn_implementation == "sdpa" else emb.dtype)
-    hidden = model.llm.get_decoder()(inputs_embeds=emb, attention_mask=mask, position_ids=batch["pack_pos"],
-                                     use_cache=False).last_hidden_state  # [P, T, H]
+    hidden = model.hidden_states(emb, mask, batch["pack_pos"], use_cache=False)  # [P, T, H]
     return hidden[batch["read_pack"], batch["read_pos"]]
-
-
-def answer_logits(model, hidden):
-    """hidden [B, H] (after the final norm) -> [B] float32 answer scores, through the same LM
-    head and answer rows as the plain forward."""
-    last = model.llm.get_output_embeddings()(hidden)  # [B, V]
-    logits = last[:, model.yes_id].float()
-    if model.answer_score == "yes_minus_no":
-        logits = logits - last[:, model.no_id].float()
-    return logits
 
 
 def packed_forward(model, batch):
     """CoLLM.forward for a packed batch: {"loss", "logits" [B] in the batch's row order}."""
-    logits = answer_logits(model, packed_hidden(model, batch))
+    # The same head as the plain forward (final norm and answer rows in fp32): both paths agree.
+    logits = model.answer_logits(packed_hidden(model, batch))
     loss = None
     if "label" in batch:
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
