@@ -37,11 +37,14 @@ training rows seen) and <json stem>.md (the table). Finished runs are kept in
 run anyway); --collect only rebuilds the JSON, PNG and table from <out>.
 
 Time on 2 idle CPU cores, fp32 (SmolLM2, ML-1M prompts of ~150 tokens): training
-2.3 samples/s (2.1 with --proj-tokens 8); scoring 5.6-6.1 rows/s, so a full test split
-(7,331 rows) takes about 20-22 minutes and a full validation split (10,401) about
-30 minutes per row, before shared-prefix scoring; a row of 1,600 training rows x 1 epoch
-about 1.3 CPU hours all told, a cold-start row another 50 minutes. On a busy machine 2-3x
-that. On CUDA the defaults are the whole training split and batch sizes 16/64.
+2.3 samples/s (2.1 with --proj-tokens 8). A full-split evaluation of SmolLM2 took, before
+shared-prefix scoring (5.6-6.1 rows/s), about 20-22 minutes for the test split (7,331
+rows) and 30 minutes for the validation split (10,401); with it (run.shared_prefix: auto,
+the default: 1.98x the rows/s on the test split in bench/score_throughput.py, measured on
+a loaded machine) about 11 and 15 minutes. A CoLLM row of 1,600 training rows x 1 epoch
+with its learning curve and both full splits: about 55 minutes of an idle machine, its
+cold-start row another 26. On a busy machine 2-8x that (docs/benchmarks.md). On CUDA the
+defaults are the whole training split and batch sizes 16/64.
 
   python bench/real_backbone.py --rows cf collm --cf MF --proj-tokens 8 --train-rows 1600
   python bench/real_backbone.py --dry-run                            # print the commands only
