@@ -63,6 +63,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CF_NAMES = ("MF", "LightGCN", "SASRec", "DIN")
 ROW_KINDS = ("cf", "zero-shot", "stage1", "collm", "cold")
@@ -432,17 +434,17 @@ def _scored(row_dir, spec, out):
         s = spec["setting"]
         train_dir = os.path.join(out, spec.get("trained_in", os.path.basename(row_dir)), "train")
         m, rec = _step(train_dir)
-        if m is None:
+        curve = _curve(train_dir)
+        if m is None and not curve:
             return None
-        if not metrics:  # trained, not scored yet: its learning curve only
+        if m is None or not metrics:  # training, or trained and not scored yet: its learning curve only
             row["kind"] = "unscored"
-        cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
-        n = _train_rows(os.path.join(train_dir, "log.txt"))
-        curve = _curve(train_dir, rec["argv"])
-        row.update(cf=spec.get("cf"), setting=s, train_rows=n, epochs=s["epochs"],
-                   rows_seen=curve[-1][0] if curve else None, curve=curve,
-                   best_point=m.get("best_epoch"), curve_valid_auc=m.get("best_valid_auc"),
-                   curve_valid_rows=_opt(rec["argv"], "datasets.movielens_ood.sample_rows.valid"))
+        if rec is not None:
+            cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
+        row.update(cf=spec.get("cf"), setting=s, train_rows=_train_rows(os.path.join(train_dir, "log.txt")),
+                   epochs=s["epochs"], rows_seen=curve[-1][0] if curve else None, curve=curve,
+                   best_point=(m or {}).get("best_epoch"), curve_valid_auc=(m or {}).get("best_valid_auc"),
+                   curve_valid_rows=_config_int(train_dir, "datasets.movielens_ood.sample_rows.valid"))
     row["cpu_hours"] = round(cpu_s / 3600, 3)
     row["wall_hours"] = round(wall_s / 3600, 3)
     return row
@@ -471,20 +473,23 @@ def _train_rows(log_path):
     return int(found[-1]) if found else None
 
 
-def _opt(argv, key):
-    for a in argv:
-        if a.startswith(key + "="):
-            v = a.split("=", 1)[1]
-            return int(v) if v.isdigit() else v
-    return None
+def _config_int(run_dir, key):
+    """An integer of a run's resolved config.yaml (dotted key), or None."""
+    from omegaconf import OmegaConf
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    value = OmegaConf.select(OmegaConf.load(path), key)
+    return None if value is None else int(value)
 
 
-def _curve(train_dir, argv):
+def _curve(train_dir):
     """[[training rows seen, validation AUC on the curve sample], ...] from metrics.jsonl."""
     path = os.path.join(train_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    batch = _config_int(train_dir, "run.batch_size_train")
+    if not os.path.isfile(path) or batch is None:
         return []
-    batch = int(_opt(argv, "run.batch_size_train"))
     with open(path) as fh:
         return [[r["step"] * batch, round(r["auc"], 4)] for r in map(json.loads, fh) if r.get("auc") is not None]
 
@@ -584,6 +589,30 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def cf_on_curve_sample(rows, train_dir):
+    """Each CF row's validation AUC on the learning curves' validation sample (the seeded draw of
+    datasets.*.sample_rows.valid that the training runs scored), from its whole-split predictions."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+    from sklearn.metrics import roc_auc_score
+
+    sys.path.insert(0, REPO)
+    from collm_faissret.datasets.collm_data import _read
+
+    cfg = OmegaConf.load(os.path.join(train_dir, "config.yaml")).datasets.movielens_ood
+    n = (cfg.get("sample_rows") or {}).get("valid")
+    if not n:
+        return
+    valid = _read(cfg.path, "valid_ood2")[0]
+    keep = np.sort(np.random.RandomState(cfg.sample_seed).choice(len(valid), n, replace=False))
+    sample = valid.iloc[keep][["uid", "iid"]].drop_duplicates()
+    for r in rows:
+        path = os.path.join(r["run_dir"], "eval_valid", "predictions_valid.csv")
+        if r["kind"] == "cf" and r["valid_rows"] == len(valid) and os.path.isfile(path):
+            scored = pd.read_csv(path).merge(sample, on=["uid", "iid"])
+            r["curve_sample_valid_auc"] = round(float(roc_auc_score(scored["label"], scored["score"])), 4)
+
+
 def plot(rows, path):
     """Validation AUC (the curve sample) against training rows seen, one line per trained row;
     each CF model alone as a dashed level (its full-validation AUC)."""
@@ -601,8 +630,10 @@ def plot(rows, path):
             colors.setdefault(r.get("cf"), line.get_color())
     for r in rows:
         if r["kind"] == "cf" and r["valid_auc"] is not None:
-            ax.axhline(r["valid_auc"], ls="--", lw=1, color=colors.get(r["cf"], "grey"),
-                       label=f"{r['name']} alone ({r['valid_rows']} valid rows)")
+            on_sample = r.get("curve_sample_valid_auc") is not None
+            ax.axhline(r["curve_sample_valid_auc"] if on_sample else r["valid_auc"], ls="--", lw=1,
+                       color=colors.get(r["cf"], f"C{len(colors) + CF_NAMES.index(r['cf'])}"),
+                       label=f"{r['name']} alone ({'the same sample' if on_sample else 'whole validation split'})")
     n = sorted({r.get("curve_valid_rows") for r in rows if r.get("curve")} - {None})
     ax.set_xlabel("training rows seen")
     ax.set_ylabel(f"validation AUC ({', '.join(map(str, n)) or 'all'}-row seeded sample)")
@@ -618,6 +649,9 @@ def collect(args) -> int:
     out = os.path.abspath(args.out)
     found = load_rows(out)
     rows = name_rows([r for r in found if r["kind"] != "unscored"])
+    trained = [r for r in found if r.get("curve")]
+    if trained:  # the CF models on the learning curves' validation sample
+        cf_on_curve_sample(rows, os.path.join(trained[0]["run_dir"], "train"))
     path = args.json or os.path.join(out, "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
