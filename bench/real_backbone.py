@@ -589,6 +589,22 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def keep_predictions(rows, folder):
+    """Each row's predictions_test.csv beside the JSON (gzipped, <folder>/<name>.csv.gz), so that
+    anyone can recompute its metrics without the run directories."""
+    import gzip
+    import shutil
+
+    os.makedirs(folder, exist_ok=True)
+    for r in rows:
+        if r.get("predictions_test"):
+            slug = re.sub(r"[^A-Za-z0-9+.-]+", "_", r["name"]).strip("_")
+            target = os.path.join(folder, f"{slug}.csv.gz")
+            with open(r["predictions_test"], "rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
+                shutil.copyfileobj(src, dst)
+            r["predictions_test"] = os.path.relpath(target)
+
+
 def cf_on_curve_sample(rows, train_dir):
     """Each CF row's validation AUC on the learning curves' validation sample (the seeded draw of
     datasets.*.sample_rows.valid that the training runs scored), from its whole-split predictions."""
@@ -654,9 +670,10 @@ def collect(args) -> int:
         cf_on_curve_sample(rows, os.path.join(trained[0]["run_dir"], "train"))
     path = args.json or os.path.join(out, "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    stem = os.path.splitext(path)[0]
+    keep_predictions(rows, stem + "_predictions")
     with open(path, "w") as fh:
         json.dump(rows, fh, indent=2)
-    stem = os.path.splitext(path)[0]
     table = markdown(rows)
     with open(stem + ".md", "w") as fh:
         fh.write(table + "\n")

@@ -155,7 +155,8 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
                 "cpu_hours", "command"} <= set(r), name
         assert r["command"].startswith("python bench/real_backbone.py --rows "), name
         assert any(line.startswith(f"| {name} |") for line in printed.splitlines()), name
-        frame = pd.read_csv(r["predictions_test"])  # the metrics can be recomputed from the predictions
+        frame = pd.read_csv(r["predictions_test"])  # kept beside the JSON: the metrics can be recomputed
+        assert r["predictions_test"].endswith(".csv.gz") and len(frame) == 24
         assert abs(roc_auc_score(frame["label"], frame["score"]) - r["test_auc"]) < 1e-9, name
     collm = rows["CoLLM-MF"]
     assert collm["train_rows"] == 16 and collm["epochs"] == 2 and collm["setting"]["tokens"] == 2
