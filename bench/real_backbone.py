@@ -585,7 +585,7 @@ def markdown(rows):
         lines.append(f"| {r['name']} | {f(r['test_auc'])} | {f(r['test_uauc'])} | {f(r['test_warm_auc'])} | "
                      f"{f(r['test_cold_auc'])} | {r['test_rows'] or '-'} | {f(r['valid_auc'])}{valid_rows} | "
                      f"{f(r.get('cf_test_auc'))} | {r['train_rows'] or '-'} | {r['epochs'] or '-'} | "
-                     f"{r['cpu_hours']:.2f} |")
+                     f"{r['cpu_hours']:.3f} |")
     return "\n".join(lines)
 
 
