@@ -17,8 +17,9 @@
 #            tp_7b.json, tp_7b_ckpt.json, bare_7b_full_logits.jsonl.
 #   smollm2  a real pretrained LM without a download: SmolLM2-135M built by `collm-prepare backbone
 #            smollm2` (--smollm2 DIR reuses one), bench/real_backbone.py on the full training split
-#            and the full test split (zero-shot, stage 1, stage 2, stage 2 + cold start, MF), then
-#            its speed against the bare loop. smollm2_summary.json, tp_smollm2.json.
+#            and the full test split (each CF model alone, zero-shot, stage 1, CoLLM-MF and
+#            CoLLM-SASRec with and without cold start), then
+#            its speed against the bare loop. smollm2_ml1m.json (+ .png, .md), tp_smollm2.json.
 #   quant    a random-weight 7B checkpoint written once into OUT/rand_7b (13 GB, bf16), stage 2
 #            under model.quantization int8 and nf4 at batch 4 and 16 against the bare loop loading
 #            the same directory with the same BitsAndBytesConfig, the same batches on the longest
@@ -105,12 +106,13 @@ for part in "${PARTS[@]}"; do
         ;;
     smollm2)
         step "$log" "$PY" -m collm_faissret.data_prep backbone smollm2 --out "$SMOL"
-        # ---- bench/real_backbone.py: the whole chain on SmolLM2, full training and test splits ----
-        # (0 = all rows; its other settings are its own defaults; see its --help)
+        # ---- bench/real_backbone.py: the SmolLM2 CoLLM study, full training, validation and test splits ----
+        # (--train-rows 0 = all 33,891 rows; --real-backbone-args "--cf MF LightGCN SASRec DIN
+        # --proj-tokens 1 8 --tune proj proj+lora --epochs 2" runs the whole grid; a rerun with the same --out resumes)
         # shellcheck disable=SC2086
-        step "$log" "$PY" "bench/real_backbone.py" --data "$DATA" --backbone "$SMOL" --out "$OUT/smollm2_runs" \
-            --device "$DEVICE" --train-rows 0 --valid-rows 0 --test-rows 0 --compare-dtypes 0 $RB_ARGS
-        cp "$OUT/smollm2_runs/summary.json" "$OUT/smollm2_summary.json" 2>/dev/null || rc=1
+        step "$log" "$PY" "bench/real_backbone.py" --data "$DATA" --backbone "$SMOL" --cf-dir "$OUT/cf" \
+            --out "$OUT/smollm2_runs" --json "$OUT/smollm2_ml1m.json" --device "$DEVICE" --train-rows 0 \
+            --cf MF SASRec --proj-tokens 8 --tune proj --epochs 1 --curve-every 8000 $RB_ARGS
         # ---- end of the bench/real_backbone.py call ----
         step "$log" "${BENCH[@]}" --shape "$SMOL" --warmup "$WARMUP" --batch-size 16 --eval-batch-size 64 \
             --json "$OUT/tp_smollm2.json"
@@ -166,13 +168,13 @@ for path in sorted(glob.glob(os.path.join(out, "bare_*_full_logits.jsonl"))):
             print(f"{os.path.basename(path):<24} {'-':>5} {r['mode']:>10} {r['batch_size']:>4} | {'-':>9} "
                   f"{r['samples_per_s']:>9.1f} {'-':>6} | {'-':>8} {f(r.get('peak_mem_gib'), '6.2f')} | "
                   f"bare loop alone, logits at every position, {r['seq_len']} tokens")
-summary = os.path.join(out, "smollm2_summary.json")
+summary = os.path.join(out, "smollm2_ml1m.json")
 if os.path.isfile(summary):
     with open(summary) as fh:
-        rows = json.load(fh)["rows"]
-    print(f"\nSmolLM2-135M ({summary})\n{'model':<24} {'test AUC':>8} {'UAUC':>7} {'rows':>6}")
-    for name, r in rows.items():
-        t = r.get("test") or {}
-        print(f"{name:<24} {f(t.get('auc'), '8.4f')} {f(t.get('uauc'), '7.4f')} {f(t.get('n_rows'), '6d')}")
+        rows = json.load(fh)
+    print(f"\nSmolLM2-135M ({summary})\n{'row':<24} {'test AUC':>8} {'UAUC':>7} {'rows':>6} {'valid AUC':>9}")
+    for r in rows:
+        print(f"{r['name']:<24} {f(r.get('test_auc'), '8.4f')} {f(r.get('test_uauc'), '7.4f')} "
+              f"{f(r.get('test_rows'), '6d')} {f(r.get('valid_auc'), '9.4f')}")
 EOF
 exit $rc

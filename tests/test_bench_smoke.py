@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, make_collm_data
@@ -105,24 +106,76 @@ def test_act_memory_extrapolation():
                     "saved_per_layer": 100}
 
 
-def test_real_backbone_smallest_run_prints_every_row(env, tmp_path, capsys):
-    """bench/real_backbone.py end to end at its smallest sizes, on the session's tiny data and
-    backbone (the real run uses SmolLM2 and ML-1M): every row of the table, and the goals."""
+def _real_backbone():
     spec = importlib.util.spec_from_file_location("real_backbone", REPO / "bench" / "real_backbone.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = tmp_path / "rb"
-    rc = bench.main(["--data", str(env.data_dir), "--backbone", str(env.backbone_dir), "--out", str(out),
-                     "--train-rows", "16", "--valid-rows", "16", "--test-rows", "24", "--device", "cpu",
-                     "--eval-dtype", "fp32", "--threads", "1"])
+    return bench
+
+
+def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
+    """bench/real_backbone.py end to end at its smallest sizes, on the session's tiny data and
+    backbone (the real study uses SmolLM2 and ML-1M): the CF baseline trained when absent, every
+    kind of row scored on the same test rows, the JSON the docs quote, the learning-curve PNG;
+    a second run of the same command reuses every finished step. The entry points run in this
+    process (the script starts them as subprocesses) to keep the test short."""
+    from sklearn.metrics import roc_auc_score
+
+    import baseline_train
+    import train_collm
+
+    bench = _real_backbone()
+    launched = []
+
+    def in_process(argv, env_vars):
+        launched.append(argv)
+        main = {"baseline_train.py": baseline_train.main, "train_collm.py": train_collm.main}[argv[0]]
+        return main(argv[1:]), 0.0
+
+    monkeypatch.setattr(bench.Bench, "launch", staticmethod(in_process))
+    out, results = tmp_path / "study", tmp_path / "results" / "smollm2.json"
+    argv = ["--data", str(env.data_dir), "--backbone", str(env.backbone_dir), "--cf-dir", str(tmp_path / "cf"),
+            "--out", str(out), "--json", str(results), "--cf", "MF", "--proj-tokens", "2", "--tune", "proj",
+            "--train-rows", "16", "--epochs", "2", "--curve-every", "8", "--curve-valid-rows", "16",
+            "--test-rows", "24", "--valid-rows", "20", "--patience", "10", "--batch-size", "4",
+            "--eval-batch-size", "8", "--device", "cpu"]
+    assert bench.main(argv) == 0
     printed = capsys.readouterr().out
-    assert rc == 0
-    summary = json.loads((out / "summary.json").read_text())
-    for name in ("MF", "zero-shot", "stage 1", "stage 2", "stage 2 + cold start"):
-        assert summary["rows"][name]["test"]["n_rows"] == 24, name
-        assert any(line.startswith(name) for line in printed.splitlines()), name
-    assert set(summary["goals"]) == {"stage 1 test AUC >= 0.60", "stage 2 >= MF and >= stage 1 (same test rows)",
-                                     "moonshot: stage 2 + cold start >= 0.7295"}
+    # trained: MF, stage 1, CoLLM-MF; scored (test, then valid): MF, zero-shot, stage 1, CoLLM-MF, + cold
+    assert len(launched) == 3 + 2 * 5, [a[:3] for a in launched]
+    assert [a[4].rsplit("/", 1)[1] for a in launched[1:3]] == ["eval_test", "eval_valid"]
+    rows = {r["name"]: r for r in json.loads(results.read_text())}
+    assert set(rows) == {"MF", "zero-shot", "stage1", "CoLLM-MF", "CoLLM-MF+cold"}
+    for name, r in rows.items():
+        assert (r["test_rows"], r["valid_rows"]) == (24, 20), name
+        assert {"test_auc", "test_uauc", "test_warm_auc", "test_cold_auc", "valid_auc", "train_rows", "epochs",
+                "cpu_hours", "command"} <= set(r), name
+        assert r["command"].startswith("python bench/real_backbone.py --rows "), name
+        assert any(line.startswith(f"| {name} |") for line in printed.splitlines()), name
+        frame = pd.read_csv(r["predictions_test"])  # kept beside the JSON: the metrics can be recomputed
+        assert r["predictions_test"].endswith(".csv.gz") and len(frame) == 24
+        assert abs(roc_auc_score(frame["label"], frame["score"]) - r["test_auc"]) < 1e-9, name
+    collm = rows["CoLLM-MF"]
+    assert collm["train_rows"] == 16 and collm["epochs"] == 2 and collm["setting"]["tokens"] == 2
+    assert [p[0] for p in collm["curve"]] == [8, 16, 24, 32]  # a validation point every 8 rows seen
+    assert collm["cf_test_auc"] == rows["MF"]["test_auc"]  # the CF model alone on the same rows
+    assert rows["CoLLM-MF+cold"]["train_rows"] == 16
+    assert "--rows cold" in rows["CoLLM-MF+cold"]["command"]
+    assert results.with_suffix(".png").stat().st_size > 0 and results.with_suffix(".md").is_file()
+    assert "goal" in printed
+    launched.clear()
+    assert bench.main(argv) == 0  # every step finished: nothing runs again
+    assert launched == []
+    assert json.loads(results.read_text())[0]["test_auc"] == next(iter(rows.values()))["test_auc"]
+
+
+def test_real_backbone_help_lists_the_variants(capsys):
+    with pytest.raises(SystemExit):
+        _real_backbone().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for variant in ("--cf", "LightGCN", "SASRec", "DIN", "--proj-tokens", "--tune", "proj+lora", "proj+cf",
+                    "--train-rows", "--epochs", "cold", "--init", "full test split"):
+        assert variant in text, variant
 
 
 def test_bare_loop_runs_each_named_shape_kind(capsys):
