@@ -28,13 +28,13 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from collm_faissret import registry  # noqa: E402
-from collm_faissret.config import ColdStartConfig  # noqa: E402
+from collm_faissret.config import ColdStartConfig, RetrievalSection  # noqa: E402
 from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
 from collm_faissret.metrics import auc_report  # noqa: E402
 from collm_faissret.models.cf import build_cf  # noqa: E402
 from collm_faissret.models.cf.cold_start import ColdItemsCF, ColdStartCF, cold_items_only  # noqa: E402
 from collm_faissret.models.cf.text import item_titles  # noqa: E402
-from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
+from collm_faissret.retrieval.index import index_settings  # noqa: E402
 
 # Key -> values tried, in this order; each round keeps the best valid AUC.
 # mix = (neighbors_weight, history_weight, global_weight, map_weight).
@@ -117,7 +117,17 @@ def weight_file(weights_dir: str, name: str) -> str:
                      f"baseline_{name.lower()}_ml1m/cf_model.pth (train it with baseline_train.py)")
 
 
-def sweep(base, data, splits, titles, rounds: int, trials: list):
+def neighbour_index(nprobe=None, nlist=None):
+    """The cold-start neighbour indexes' settings: the config schema's ``retrieval.*`` defaults,
+    with ``nprobe`` / ``nlist`` when given (as ``--options retrieval.nprobe=...`` sets them in a run)."""
+    section = OmegaConf.structured(RetrievalSection)
+    for key, value in (("nprobe", nprobe), ("nlist", nlist)):
+        if value is not None:
+            section[key] = value
+    return index_settings(section)
+
+
+def sweep(base, data, splits, titles, rounds: int, trials: list, index):
     """Coordinate-wise search on valid AUC; returns (chosen ColdStartConfig, its valid summary)."""
     cls = registry.get("cf_model", base.name)
     items_only = cold_items_only(cls)
@@ -133,7 +143,7 @@ def sweep(base, data, splits, titles, rounds: int, trials: list):
                 if name in tried:
                     continue
                 t0 = time.time()
-                m = summary(evaluate(wrap(base, data, cs, RetrievalConfig(), titles=titles), splits["valid"]))
+                m = summary(evaluate(wrap(base, data, cs, index, titles=titles), splits["valid"]))
                 tried[name] = m
                 trials.append({"model": base.name, "setting": dataclasses.asdict(cs), "round": rnd, **m})
                 print(f"{base.name} round {rnd} {key}={value}: valid AUC {m['auc']:.4f} UAUC {m['uauc']:.4f} "
@@ -162,18 +172,22 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="passes of the coordinate-wise search")
     ap.add_argument("--json", help="write the table's rows here (a list of objects)")
     ap.add_argument("--trials", help="write every valid trial here")
+    ap.add_argument("--nprobe", type=int, help="IVF lists visited per neighbour query (default: retrieval.nprobe's)")
+    ap.add_argument("--nlist", type=int, help="IVF lists of the neighbour indexes (default: retrieval.nlist's, "
+                                              "0 = about 4*sqrt(items))")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     data = load_interactions(args.data, SPLITS)
     splits = {s: RecRows(data.splits[s], 0, None, name=s, his_len=MAX_HISTORY) for s in ("valid", "test")}
     titles = item_titles(data)
+    index = neighbour_index(args.nprobe, args.nlist)
     rows, trials = [], []
     for name in args.models:
         base = load_model(weight_file(args.weights_dir, name), data)
         off = {s: summary(evaluate(base, splits[s])) for s in ("valid", "test")}
         print(f"{name} off: valid {off['valid']['auc']:.4f} test {off['test']['auc']:.4f}", flush=True)
-        best, best_valid, wrap = sweep(base, data, splits, titles, args.rounds, trials)
-        test = summary(evaluate(wrap(base, data, best, RetrievalConfig(), titles=titles), splits["test"]))
+        best, best_valid, wrap = sweep(base, data, splits, titles, args.rounds, trials, index)
+        test = summary(evaluate(wrap(base, data, best, index, titles=titles), splits["test"]))
         print(f"{name} chosen on valid: {changed_keys(best)}", flush=True)
         rows.append(row(name, False, off["test"], off["valid"], train_command(name)))
         rows.append(row(f"{name} + cold start", True, test, best_valid, train_command(name, best), best))

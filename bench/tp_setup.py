@@ -55,9 +55,8 @@ def build_tokenizer(data, vocab_size: int):
     that training on every row's titles takes. Token counts do not depend on
     the vocabulary (one token per word or punctuation mark, known or not).
     """
-    import glob
-
     from collm_faissret.tiny_backbone import build_tokenizer as train_word_tokenizer
+    from collm_faissret.tiny_backbone import template_texts
 
     titles = set()
     for df in data.splits.values():
@@ -65,10 +64,7 @@ def build_tokenizer(data, vocab_size: int):
         for his in df["his_title"]:
             titles.update(str(t) for t in his)
     titles.discard("")
-    prompts = ['Yes No "Yes" "No"']
-    for path in sorted(glob.glob(os.path.join(REPO, "prompt", "*.txt"))):
-        with open(path, encoding="utf-8") as fh:
-            prompts.append(fh.read())
+    prompts = template_texts(os.path.join(REPO, "prompt"))
     texts = sorted(titles)
     return train_word_tokenizer(texts + prompts * max(len(texts), 1), vocab_size)
 

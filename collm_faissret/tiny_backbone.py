@@ -27,12 +27,17 @@ def corpus(data_dir: str, prompt_dir: str):
         texts += df["title"].astype(str).tolist()
     # Template words occur once per file but in every prompt: repeat them so
     # the frequency cut of the vocabulary never turns them into <unk>.
-    # ";" separates history titles (PromptBuilder's title_sep "; ").
-    prompt_texts = ['Yes No "Yes" "No" ;']
+    return texts + template_texts(prompt_dir) * len(texts)
+
+
+def template_texts(prompt_dir: str) -> list:
+    """The answer words, the history-title separator (";", PromptBuilder's title_sep "; ")
+    and the text of every prompt template in ``prompt_dir``."""
+    texts = ['Yes No "Yes" "No" ;']
     for path in sorted(glob.glob(os.path.join(prompt_dir, "*.txt"))):
         with open(path, encoding="utf-8") as fh:
-            prompt_texts.append(fh.read())
-    return texts + prompt_texts * len(texts)
+            texts.append(fh.read())
+    return texts
 
 
 def build_tokenizer(texts, vocab_size: int):

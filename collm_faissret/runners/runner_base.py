@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from ..config import to_yaml
 from ..datasets.sampler import TrainBatchStream, eval_batches
 from ..models.shared_prefix import attention_ratio, why_plain
 from ..registry import get, register
+from .loop_state import LoopState
 from .nonfinite import NonFiniteGuard, rows_text
 from .parallel import strategy
 from .run_files import (
@@ -154,7 +156,8 @@ class RunnerBase:
                 "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
                 "scaler": None if self.scaler is None else self.scaler.state_dict(), "rng": rng_state(), **state}
 
-    def save_checkpoint(self, name, state):
+    def save_checkpoint(self, name, state: dict):
+        """Model, optimizer, config, RNG and ``state`` (a LoopState's payload) to ``name``."""
         payload = self._payload(state) if self.is_main or self.parallel.collective_save() else None  # FSDP: all
         if self.is_main:
             save_atomic(payload, os.path.join(self.out, name))
@@ -207,11 +210,11 @@ class RunnerBase:
         """The loop: per epoch, micro-steps (forward/backward, optimizer step, mid-epoch
         checkpoint, log), then validation, best/last checkpoints and early stopping."""
         loop = self._start_training()
-        for epoch in range(loop.state["epoch"], self.run_cfg.max_epoch):
+        for epoch in range(loop.state.epoch, self.run_cfg.max_epoch):
             for i, batch in self._epoch_batches(loop, epoch):
                 self._forward_backward(loop, batch)
                 for hook in self.step_hooks:
-                    hook(self, loop.state["step"])
+                    hook(self, loop.state.step)
                 if (i + 1) % self.run_cfg.accum_grad_iters == 0 or i + 1 == loop.iters:
                     self._optimizer_step(loop, i)
                 loop.bar.update(1)
@@ -237,8 +240,7 @@ class RunnerBase:
         total_opt_steps = math.ceil(loop.iters / rc.accum_grad_iters) * rc.max_epoch
         loop.sched = get("lr_scheduler", rc.lr_sched)(self.optimizer, total_opt_steps, rc.init_lr, rc.min_lr,
                                                      rc.warmup_lr, rc.warmup_steps)
-        loop.state = {"epoch": 0, "step": 0, "opt_step": 0, "best_auc": -1.0, "best_epoch": None, "bad_epochs": 0,
-                      "history": [], "nonfinite_skipped": 0}
+        loop.state = LoopState()
         if rc.resume_ckpt_path:
             loop.state = self._resume(rc.resume_ckpt_path)
         elif self.is_main and os.path.exists(os.path.join(self.out, "metrics.jsonl")):
@@ -246,27 +248,28 @@ class RunnerBase:
         self._write_config()
         loop.model = self.parallel.prepare(self.model)
         loop.guard = NonFiniteGuard(rc.nonfinite, self.device, self.out)
-        loop.saved_at = loop.state["step"]
+        loop.saved_at = loop.state.step
         return loop
 
     def _epoch_batches(self, loop, epoch):
         """(index in epoch, batch on the device) for the rest of ``epoch``."""
         rc = self.run_cfg
         loop.model.train()
-        start = loop.state["step"] - epoch * loop.iters
+        start = loop.state.step - epoch * loop.iters
         # Its own generator: creating a loader draws a seed from the global RNG otherwise, and a
         # run resumed mid-epoch (one loader more) would then see other dropout masks than an
         # uninterrupted one. Pinned host batches on CUDA: a copy from pageable memory makes the
         # host wait for every queued kernel first (a hidden sync per step).
         loader = torch.utils.data.DataLoader(
-            self.datasets["train"], batch_sampler=_take(loop.stream.iter_from(loop.state["step"]), loop.iters - start),
+            self.datasets["train"], batch_sampler=_take(loop.stream.iter_from(loop.state.step), loop.iters - start),
             collate_fn=self.model.collate_fn, num_workers=rc.num_workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(rc.seed + epoch))
         loop.bar = tqdm(total=loop.iters, initial=start, desc=f"epoch {epoch}",
                         disable=None if self.is_main else True, dynamic_ncols=True, leave=False)
         # Loss accumulators of the log interval (logging only); a mid-epoch checkpoint
         # carries them so a resumed run logs the same means.
-        acc_sum, loop.loss_n = loop.state.pop("loss_acc", (0.0, 0)) if start else (0.0, 0)
+        acc_sum, loop.loss_n = (loop.state.loss_acc if start else None) or (0.0, 0)
+        loop.state.loss_acc = None  # used: later checkpoints carry their own
         if not self.is_main:  # the checkpoint holds every rank's sums: rank 0 carries them
             acc_sum, loop.loss_n = 0.0, 0
         loop.loss_sum, loop.t0, loop.seen = torch.tensor(acc_sum, device=self.device), time.time(), 0
@@ -279,14 +282,14 @@ class RunnerBase:
         state = loop.state
         with self.amp_ctx():
             loss = self.task.train_step(loop.model, batch)
-        state["step"] += 1
-        if loop.guard.observe(loss, state["step"], batch["row"]):  # skip mode; stop mode raises
-            state["nonfinite_skipped"] += 1
+        state.step += 1
+        if loop.guard.observe(loss, state.step, batch["row"]):  # skip mode; stop mode raises
+            state.nonfinite_skipped += 1
             loop.skip_update = True
             log.warning("non-finite loss at step %d, batch of train rows %s%s: update skipped (%d so far)",
-                        state["step"], rows_text(batch["row"]),
+                        state.step, rows_text(batch["row"]),
                         " (rank 0's share; the loss may be another rank's)" if dist.is_dist() else "",
-                        state["nonfinite_skipped"])
+                        state.nonfinite_skipped)
         else:
             scaled = loss / self.run_cfg.accum_grad_iters
             (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
@@ -297,7 +300,7 @@ class RunnerBase:
     def _optimizer_step(self, loop, i):
         """Learning rate, update (unless a micro-step of the window was skipped), zero grads; is a
         mid-epoch checkpoint due (every run.save_every_n_steps micro-steps, never on an epoch's last)?"""
-        loop.sched.step(loop.state["opt_step"])
+        loop.sched.step(loop.state.opt_step)
         if not loop.skip_update:
             if self.scaler is None:
                 self.optimizer.step()
@@ -305,17 +308,17 @@ class RunnerBase:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        loop.state["opt_step"] += 1
+        loop.state.opt_step += 1
         loop.skip_update = False
         every = self.run_cfg.save_every_n_steps
-        loop.save_due = bool(every and i + 1 < loop.iters and loop.state["step"] // every > loop.saved_at // every)
+        loop.save_due = bool(every and i + 1 < loop.iters and loop.state.step // every > loop.saved_at // every)
 
     def _checkpoint_mid_epoch(self, loop):
         """checkpoint_last.pth with the log interval's loss sums so far (all ranks')."""
         loop.guard.check()
         acc = dist.sum_over_ranks(loop.loss_sum, loop.loss_n)
-        self.save_checkpoint("checkpoint_last.pth", {**loop.state, "loss_acc": acc})
-        loop.saved_at = loop.state["step"]
+        self.save_checkpoint("checkpoint_last.pth", replace(loop.state, loss_acc=acc).to_payload())
+        loop.saved_at = loop.state.step
         loop.save_due = False
 
     def _log_progress(self, loop, epoch, i, batch_rows):
@@ -325,10 +328,10 @@ class RunnerBase:
         mean_loss = dist.mean_over_ranks(loop.loss_sum, loop.loss_n)
         rate = loop.seen * dist.world_size() / max(time.time() - loop.t0, 1e-9)
         eta = (loop.iters - i - 1) * batch_rows * dist.world_size() / max(rate, 1e-9)
-        lr = loop.sched.lr_at(max(loop.state["opt_step"] - 1, 0))
+        lr = loop.sched.lr_at(max(loop.state.opt_step - 1, 0))
         log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f samples/s eta %.0fs", epoch, i + 1, loop.iters,
                  mean_loss, lr, rate, eta)
-        loop.state.setdefault("train_loss", []).append(mean_loss)
+        loop.state.train_loss.append(mean_loss)
         self._log_interval(loop.state, mean_loss, lr, rate)
         loop.loss_sum.zero_()
         loop.loss_n = 0
@@ -338,57 +341,51 @@ class RunnerBase:
         rc, state = self.run_cfg, loop.state
         valid_split = rc.valid_splits[0]
         metrics, rows, scores = self.evaluate(valid_split, rc.max_eval_rows)
-        record = {"epoch": epoch, "step": state["step"], "split": valid_split,
-                  "train_loss": state.get("train_loss", [float("nan")])[-1], **flat_metrics(metrics)}
+        record = {"epoch": epoch, "step": state.step, "split": valid_split,
+                  "train_loss": state.train_loss[-1] if state.train_loss else float("nan"), **flat_metrics(metrics)}
         # [step, loss] of this epoch's log intervals: the learning curve collm_faissret.report draws
-        record["train_loss_steps"] = [p for p in state.get("loss_log", []) if p[0] > epoch * loop.iters]
-        state["history"].append(record)
+        record["train_loss_steps"] = [p for p in state.loss_log if p[0] > epoch * loop.iters]
+        state.history.append(record)
         self._append_metrics(record)
         self._log_valid(record)
         log.info("epoch %d %s: %s", epoch, valid_split, format_metrics(metrics))
-        state["epoch"] = epoch + 1
-        loop.saved_at = state["step"]
-        if metrics["auc"] > state["best_auc"]:
-            state.update(best_auc=metrics["auc"], best_epoch=epoch, bad_epochs=0)
-            self.save_checkpoint("checkpoint_best.pth", state)
+        state.epoch = epoch + 1
+        loop.saved_at = state.step
+        if metrics["auc"] > state.best_auc:
+            state.best_auc, state.best_epoch, state.bad_epochs = metrics["auc"], epoch, 0
+            self.save_checkpoint("checkpoint_best.pth", state.to_payload())
             self.save_artifacts()
             # The best weights' validation scores: the end of the run reuses them when they
             # cover the whole split (a valid pass of a 7B model or SmolLM2 on CPU is long).
             whole = len(rows) == len(self.datasets[valid_split])
             loop.best_valid = {valid_split: (metrics, rows, scores)} if whole else None
         else:
-            state["bad_epochs"] += 1
-        self.save_checkpoint("checkpoint_last.pth", state)
-        if state["bad_epochs"] >= rc.patience:
+            state.bad_epochs += 1
+        self.save_checkpoint("checkpoint_last.pth", state.to_payload())
+        if state.bad_epochs >= rc.patience:
             log.info("early stop: valid AUC has not improved for %d epochs", rc.patience)
             return True
         return False
 
-    def _resume(self, path):
+    def _resume(self, path) -> LoopState:
         payload = load(path, "run.resume_ckpt_path")
+        state = LoopState.from_payload(payload, path)
         self.parallel.load_model(self.model, payload["model"], path)
         self.parallel.load_optimizer(self.model, self.optimizer, payload["optimizer"], path)
         if self.scaler is not None and payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
-        state = {k: payload[k] for k in ("epoch", "step", "opt_step", "best_auc", "best_epoch", "bad_epochs",
-                                         "history")}
-        state["train_loss"] = payload.get("train_loss", [])
-        state["loss_log"] = payload.get("loss_log", [])
-        state["nonfinite_skipped"] = payload.get("nonfinite_skipped", 0)
-        if "loss_acc" in payload:  # a mid-epoch checkpoint
-            state["loss_acc"] = payload["loss_acc"]
         if self.is_main:  # the log of evaluations is the checkpoint's, not what a killed run appended later
             with open(os.path.join(self.out, "metrics.jsonl"), "w") as fh:
-                fh.writelines(json.dumps(json_safe(r)) + "\n" for r in state["history"])
-        log.info("resumed from %s at epoch %d step %d", path, state["epoch"], state["step"])
+                fh.writelines(json.dumps(json_safe(r)) + "\n" for r in state.history)
+        log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step)
         return state
 
     def _log_interval(self, state, mean_loss, lr, rate):
         """One log interval's numbers: kept for metrics.jsonl and drawn in TensorBoard."""
-        state.setdefault("loss_log", []).append([state["step"], mean_loss])
+        state.loss_log.append([state.step, mean_loss])
         for tag, value in (("train/loss", mean_loss), ("train/lr", lr), ("train/samples_per_s", rate)):
-            self.tb.add(tag, value, state["step"])
+            self.tb.add(tag, value, state.step)
 
     def _log_valid(self, record):
         for key in ("auc", "uauc"):
@@ -406,12 +403,12 @@ class RunnerBase:
         if not os.path.isfile(best):
             raise CheckpointError(f"no best checkpoint in {self.out}")
         self.parallel.load_model(self.model, load(best)["model"], best)
-        result = {"best_epoch": state["best_epoch"], "best_valid_auc": state["best_auc"],
-                  "nonfinite_skipped_steps": state["nonfinite_skipped"]}
+        result = {"best_epoch": state.best_epoch, "best_valid_auc": state.best_auc,
+                  "nonfinite_skipped_steps": state.nonfinite_skipped}
         if best_valid:
             log.info("%s: the best epoch's scores of the whole split (same weights), not scored again",
                      ", ".join(best_valid))
-        return self._score_splits(result, f"best checkpoint (epoch {state['best_epoch']}) ", best_valid)
+        return self._score_splits(result, f"best checkpoint (epoch {state.best_epoch}) ", best_valid)
 
 
 def loss_scaler(model, device):
@@ -424,7 +421,7 @@ def loss_scaler(model, device):
 
 class _Loop:
     """What the training loop's steps share: the (DDP) model, batch stream, schedule,
-    non-finite guard, state (checkpointed) and the log interval's accumulators."""
+    non-finite guard, state (a LoopState, checkpointed) and the log interval's accumulators."""
     model = stream = sched = guard = bar = state = best_valid = None
     iters = saved_at = loss_n = seen = 0
     loss_sum = t0 = None
