@@ -30,6 +30,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tp_report import write_json  # noqa: E402
+
 from collm_faissret.models.cf.base import CFConfig  # noqa: E402
 from collm_faissret.models.cf.cold_start import ColdStartCF, ColdStartConfig  # noqa: E402
 from collm_faissret.models.cf.mf import MF  # noqa: E402
@@ -127,9 +129,7 @@ def main(argv=None) -> int:
     report["cosine_to_own_cluster"] = round(float(own), 3)
     report["cosine_to_random_cluster"] = round(float(other), 3)
     print(f"cold users' borrowed vectors: cosine to own cluster centre {own:.3f}, to a random one {other:.3f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+    write_json(args.json, report)
     return 0
 
 

@@ -27,6 +27,8 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tp_report import write_json  # noqa: E402
+
 from collm_faissret import registry  # noqa: E402
 from collm_faissret.config import ColdStartConfig, RetrievalSection  # noqa: E402
 from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
@@ -199,13 +201,8 @@ def main(argv=None) -> int:
                                     "valid_auc")) + " |")
     for r in rows:
         print(f"{r['name']}: {r['command']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
-    if args.trials:
-        with open(args.trials, "w") as fh:
-            json.dump(trials, fh, indent=1)
+    write_json(args.json, rows)
+    write_json(args.trials, trials)
     return 0
 
 
