@@ -5,6 +5,7 @@ Toy data (3 users, items 1..6, 2-d MF vectors set by hand):
   test positives: user 1 {3, 4}, user 2 {6}, user 3 {4}; item 6 is cold (not in train).
 """
 import contextlib
+import importlib.util
 import json
 import math
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from omegaconf import OmegaConf
 
 import collm_faissret.models.cf.cold_start as cold_start_module
@@ -21,6 +23,7 @@ from collm_faissret.config import Config
 from collm_faissret.config_loader import load_config
 from collm_faissret.datasets import load_interactions
 from collm_faissret.datasets.sampler import eval_batches
+from collm_faissret.metrics import auc_report
 from collm_faissret.models.cf import CFConfig, attach_scoring_view
 from collm_faissret.models.cf.cold_start import (
     ColdItemsCF,
@@ -380,3 +383,31 @@ def test_baseline_scoring_view_goes_through_the_task(toy):
         expected = with_cold_start(toy.mf, toy.data, cs, RetrievalConfig()).eval().score(batch).numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
     assert np.abs(scores - mf.score(batch).detach().numpy()).max() > 1e-4
+
+
+def test_cold_start_sweep_scores_as_the_wrapper(toy, tmp_path, capsys, monkeypatch):
+    """bench/cold_start_sweep.py end to end on the toy (an MF weight file as baseline_train.py writes
+    it): its test rows are the AUCs of the bare MF's and of the chosen wrapper's own scores."""
+    (tmp_path / "w" / "mf").mkdir(parents=True)
+    torch.save(toy.mf.weights_payload(), tmp_path / "w" / "mf" / "cf_model.pth")
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as when run as a script: its helpers beside it
+    spec = importlib.util.spec_from_file_location("cold_start_sweep", REPO / "bench" / "cold_start_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    out = tmp_path / "rows.json"
+    assert sweep.main(["--data", str(toy.path), "--weights-dir", str(tmp_path / "w"), "--models", "MF",
+                       "--json", str(out)]) == 0
+    off, on = json.loads(out.read_text())
+    assert (off["name"], on["name"], off["test_rows"]) == ("MF", "MF + cold start", 7)
+    test = toy.data.splits["test"]
+    batch = {"uid": torch.tensor(test["uid"].to_numpy()), "iid": torch.tensor(test["iid"].to_numpy()),
+             "his": torch.tensor(np.stack([np.pad(h, (sweep.MAX_HISTORY - len(h), 0)) for h in test["his"]]))}
+    chosen = ColdStartConfig(**{**ColdStartConfig().__dict__, **on["setting"]})
+    with torch.no_grad():
+        cold = with_cold_start(toy.mf, toy.data, chosen, RetrievalConfig()).eval()
+        for r, model in ((off, toy.mf), (on, cold)):
+            m = auc_report(test["uid"].to_numpy(), test["label"].to_numpy(), model.score(batch).numpy(),
+                           test["not_cold"].to_numpy())
+            assert (r["test_auc"], r["test_uauc"], r["cold_auc"]) == (m["auc"], m["uauc"], m["cold"]["auc"])
+    assert off["test_auc"] != on["test_auc"]
+    assert "| MF + cold start | yes |" in capsys.readouterr().out
