@@ -28,13 +28,13 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tp_report import write_json  # noqa: E402
 
-from collm_faissret.models.cf.base import CFConfig  # noqa: E402
+from collm_faissret.models.cf import CFConfig, build_cf  # noqa: E402
 from collm_faissret.models.cf.cold_start import ColdStartCF, ColdStartConfig  # noqa: E402
-from collm_faissret.models.cf.mf import MF  # noqa: E402
 from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
 
 QUERY_BATCH = 65536  # cold users' histories sent to cold_users at once
@@ -104,11 +104,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     w = world(args.users, args.items, args.dim, args.history, args.centers, args.cold_share, 0)
     phase("synthetic data", t0)
-    mf = MF(args.users, args.items, CFConfig(embedding_size=args.dim))
+    data = SimpleNamespace(splits={"train": w.train}, n_users=args.users, n_items=args.items)
+    mf = build_cf(OmegaConf.structured(CFConfig(embedding_size=args.dim)), data, torch.device("cpu"), name="MF")
     with torch.no_grad():
         mf.user.weight.copy_(torch.from_numpy(w.users))
         mf.item.weight.copy_(torch.from_numpy(w.items))
-    data = SimpleNamespace(splits={"train": w.train}, n_users=args.users, n_items=args.items)
     index_cfg = RetrievalConfig(index_type="ivf_flat", nprobe=args.nprobe, train_sample=args.train_sample,
                                 use_gpu=False)
     cs = ColdStartConfig(enabled=True, user_repr="item_mean", neighbors_weight=1.0, map_weight=1.0,

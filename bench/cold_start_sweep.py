@@ -1,12 +1,15 @@
 """Cold start per CF encoder: settings chosen on VALID, test reported with and without.
 
 For each CF model (a baseline_train.py weight file, ``<weights-dir>/<model>/cf_model.pth``
-or ``<weights-dir>/baseline_<model>_ml1m/cf_model.pth``, whose saved config gives
-its rec_config): scores valid and test without cold start, then runs a
+or ``<weights-dir>/baseline_<model>_ml1m/cf_model.pth``, built from the file by
+``build_cf``): scores valid and test without cold start, then runs a
 coordinate-wise search (one key varied at a time from the current best, by
 valid AUC) over the keys that apply to the model (users and items for
 per-user tables, MF and LightGCN; items only for history models, SASRec and
-DIN), and scores test once, with the chosen setting. Prints a markdown table;
+DIN), and scores test once, with the chosen setting. Every score comes from
+the framework's own path: the model with cold start is ``cold_start_view`` of
+the CF model (neighbour indexes from the ``retrieval.*`` keys), scored by
+``CFTask.predict`` as a baseline run scores a split. Prints a markdown table;
 --json writes one object per (model, with/without) with the test metrics and
 the one shell line (``command``) that trains that row's model with
 baseline_train.py and writes its metrics.json under outputs/; --trials writes
@@ -16,13 +19,13 @@ every valid trial.
       --json docs/results/cold_start_ml1m.json
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -30,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tp_report import write_json  # noqa: E402
 
 from collm_faissret import registry  # noqa: E402
-from collm_faissret.config import ColdStartConfig, RetrievalSection  # noqa: E402
-from collm_faissret.datasets import RecRows, load_interactions  # noqa: E402
-from collm_faissret.metrics import auc_report  # noqa: E402
-from collm_faissret.models.cf import build_cf  # noqa: E402
-from collm_faissret.models.cf.cold_start import ColdItemsCF, ColdStartCF, cold_items_only  # noqa: E402
+from collm_faissret.config import ColdStartConfig, Config  # noqa: E402
+from collm_faissret.datasets.sampler import eval_batches  # noqa: E402
+from collm_faissret.models.cf import build_cf, cold_start_view  # noqa: E402
+from collm_faissret.models.cf.cold_start import cold_items_only  # noqa: E402
 from collm_faissret.models.cf.text import item_titles  # noqa: E402
 from collm_faissret.retrieval.index import index_settings  # noqa: E402
+from collm_faissret.tasks import CFTask  # noqa: E402
 
 # Key -> values tried, in this order; each round keeps the best valid AUC.
 # mix = (neighbors_weight, history_weight, global_weight, map_weight).
@@ -53,9 +56,9 @@ ITEM_GRID = {
     "cold_items": [False, True],
     "item_neighbors": [5, 10, 20],
 }
-MAX_HISTORY = 200
-BATCH = 4096
-SPLITS = {"train": "train_ood2", "valid": "valid_ood2", "test": "test_ood2"}
+MAX_HISTORY = 200  # history ids per row read from the data (each model reads its own last few)
+BATCH = 4096  # rows per scoring batch (run.batch_size_eval)
+CPU = torch.device("cpu")
 
 
 def with_key(cs: ColdStartConfig, key, value) -> ColdStartConfig:
@@ -87,15 +90,24 @@ def train_command(model_name: str, cs=None) -> str:
     return f"python baseline_train.py --cfg-path {cfg} --options " + " ".join(opts)
 
 
-@torch.no_grad()
-def evaluate(model, rows: RecRows) -> dict:
-    """auc_report of model.score over every row of ``rows``."""
-    scores = []
-    for start in range(0, len(rows), BATCH):
-        part = rows.__getitems__(np.arange(start, min(start + BATCH, len(rows))))
-        b = {k: torch.from_numpy(v) for k, v in part.items()}
-        scores.append(model.score(b).float().numpy())
-    return auc_report(rows.uid, rows.label, np.concatenate(scores), rows.not_cold)
+def bench_config(data_dir: str, nprobe=None, nlist=None):
+    """The run config this bench loads and scores with: the data directory (CoLLM's ML-1M split
+    files), evaluation batches of BATCH rows and the ``retrieval.*`` keys the cold-start neighbour
+    indexes are built with: the schema's defaults, with ``nprobe`` / ``nlist`` when given (as
+    ``--options retrieval.nprobe=...`` sets them in a run)."""
+    retrieval = {k: v for k, v in (("nprobe", nprobe), ("nlist", nlist)) if v is not None}
+    return OmegaConf.merge(OmegaConf.structured(Config), {"datasets": {"movielens_ood": {"path": data_dir}},
+                                                          "run": {"batch_size_eval": BATCH},
+                                                          "retrieval": retrieval})
+
+
+def evaluate(task: CFTask, model, rows) -> dict:
+    """auc_report of ``model`` over every row of ``rows``, scored as a run scores a split
+    (``CFTask.predict``: the model's scoring view, batches of run.batch_size_eval rows)."""
+    model.eval()
+    batches = eval_batches(rows.lengths(), task.cfg.run.batch_size_eval)
+    ids, scores = task.predict(model, rows, batches, CPU, contextlib.nullcontext)
+    return task.report(rows, ids, scores)
 
 
 def summary(m: dict) -> dict:
@@ -103,9 +115,10 @@ def summary(m: dict) -> dict:
             "cold_auc": m["cold"]["auc"], "cold_uauc": m["cold"]["uauc"], "rows": m["n_rows"]}
 
 
-def load_model(path: str, data):
-    """The CF model of a baseline_train.py weight file (the file states its model, config and sizes)."""
-    return build_cf(OmegaConf.create({"pretrained_path": path}), data, torch.device("cpu")).eval()
+def load_model(path: str, name: str, data):
+    """The CF model of a baseline_train.py weight file (the file states its config and sizes;
+    ``name``, a registry name, must be the model it holds)."""
+    return build_cf(OmegaConf.create({"pretrained_path": path}), data, CPU, name=name, name_key="--models").eval()
 
 
 def weight_file(weights_dir: str, name: str) -> str:
@@ -119,22 +132,10 @@ def weight_file(weights_dir: str, name: str) -> str:
                      f"baseline_{name.lower()}_ml1m/cf_model.pth (train it with baseline_train.py)")
 
 
-def neighbour_index(nprobe=None, nlist=None):
-    """The cold-start neighbour indexes' settings: the config schema's ``retrieval.*`` defaults,
-    with ``nprobe`` / ``nlist`` when given (as ``--options retrieval.nprobe=...`` sets them in a run)."""
-    section = OmegaConf.structured(RetrievalSection)
-    for key, value in (("nprobe", nprobe), ("nlist", nlist)):
-        if value is not None:
-            section[key] = value
-    return index_settings(section)
-
-
-def sweep(base, data, splits, titles, rounds: int, trials: list, index):
+def sweep(task, base, splits, titles, rounds: int, trials: list, index):
     """Coordinate-wise search on valid AUC; returns (chosen ColdStartConfig, its valid summary)."""
-    cls = registry.get("cf_model", base.name)
-    items_only = cold_items_only(cls)
+    items_only = cold_items_only(registry.get("cf_model", base.name))
     grid = ITEM_GRID if items_only else {**USER_GRID, **ITEM_GRID}
-    wrap = ColdItemsCF if items_only else ColdStartCF
     best = dataclasses.replace(ColdStartConfig(), enabled=True)
     best_m, tried = None, {}
     for rnd in range(rounds):
@@ -145,14 +146,15 @@ def sweep(base, data, splits, titles, rounds: int, trials: list, index):
                 if name in tried:
                     continue
                 t0 = time.time()
-                m = summary(evaluate(wrap(base, data, cs, index, titles=titles), splits["valid"]))
+                cold = cold_start_view(base, task.data, cs, index, titles=titles)
+                m = summary(evaluate(task, cold, splits["valid"]))
                 tried[name] = m
                 trials.append({"model": base.name, "setting": dataclasses.asdict(cs), "round": rnd, **m})
                 print(f"{base.name} round {rnd} {key}={value}: valid AUC {m['auc']:.4f} UAUC {m['uauc']:.4f} "
                       f"cold {m['cold_auc']:.4f}/{m['cold_uauc']:.4f} ({time.time() - t0:.1f}s)", flush=True)
                 if best_m is None or m["auc"] > best_m["auc"]:
                     best, best_m = cs, m
-    return best, best_m, wrap
+    return best, best_m
 
 
 def row(name: str, cold_start: bool, test: dict, valid: dict, command: str, setting=None) -> dict:
@@ -179,17 +181,18 @@ def main(argv=None) -> int:
                                               "0 = about 4*sqrt(items))")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    data = load_interactions(args.data, SPLITS)
-    splits = {s: RecRows(data.splits[s], 0, None, name=s, his_len=MAX_HISTORY) for s in ("valid", "test")}
+    task = CFTask(bench_config(args.data, args.nprobe, args.nlist))
+    data = task.load_data()
     titles = item_titles(data)
-    index = neighbour_index(args.nprobe, args.nlist)
+    index = index_settings(task.cfg.retrieval)
     rows, trials = [], []
     for name in args.models:
-        base = load_model(weight_file(args.weights_dir, name), data)
-        off = {s: summary(evaluate(base, splits[s])) for s in ("valid", "test")}
+        base = load_model(weight_file(args.weights_dir, name), name, data)
+        splits = {s: task.rows(data.splits[s], s, base, his_len=MAX_HISTORY) for s in ("valid", "test")}
+        off = {s: summary(evaluate(task, base, splits[s])) for s in ("valid", "test")}
         print(f"{name} off: valid {off['valid']['auc']:.4f} test {off['test']['auc']:.4f}", flush=True)
-        best, best_valid, wrap = sweep(base, data, splits, titles, args.rounds, trials, index)
-        test = summary(evaluate(wrap(base, data, best, index, titles=titles), splits["test"]))
+        best, best_valid = sweep(task, base, splits, titles, args.rounds, trials, index)
+        test = summary(evaluate(task, cold_start_view(base, data, best, index, titles=titles), splits["test"]))
         print(f"{name} chosen on valid: {changed_keys(best)}", flush=True)
         rows.append(row(name, False, off["test"], off["valid"], train_command(name)))
         rows.append(row(f"{name} + cold start", True, test, best_valid, train_command(name, best), best))

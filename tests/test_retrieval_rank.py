@@ -4,6 +4,8 @@ Toy data (3 users, items 1..6, 2-d MF vectors set by hand):
   train: user 1 liked 1, 2 (disliked 5); user 2 liked 4, 3, 2; user 3 is cold (test only).
   test positives: user 1 {3, 4}, user 2 {6}, user 3 {4}; item 6 is cold (not in train).
 """
+import contextlib
+import importlib.util
 import json
 import math
 from types import SimpleNamespace
@@ -12,12 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
+from omegaconf import OmegaConf
 
 import collm_faissret.models.cf.cold_start as cold_start_module
 import train_collm
+from collm_faissret.config import Config
 from collm_faissret.config_loader import load_config
 from collm_faissret.datasets import load_interactions
-from collm_faissret.models.cf import CFConfig
+from collm_faissret.datasets.sampler import eval_batches
+from collm_faissret.metrics import auc_report
+from collm_faissret.models.cf import CFConfig, attach_scoring_view
 from collm_faissret.models.cf.cold_start import (
     ColdItemsCF,
     ColdStartCF,
@@ -34,6 +41,7 @@ from collm_faissret.models.cf.personalized_prompt import PersonalizedPrompt
 from collm_faissret.models.cf.sasrec import SASRec, SASRecConfig
 from collm_faissret.retrieval.index import ItemIndex, RetrievalConfig
 from collm_faissret.retrieval.ranking import grouped_metrics, rerank
+from collm_faissret.tasks import CFTask
 from collm_faissret.tasks.retrieve_rank import RetrieveRankTask
 
 TITLES = {1: "Star Wars (1977)", 2: "Toy Story (1995)", 3: "Heat (1995)", 4: "Alien (1979)",
@@ -316,3 +324,90 @@ def test_simulated_cold_rows_only_while_training(toy):
     np.testing.assert_allclose(cf.eval().user_embed(batch).numpy()[0], USERS[1])
     # Playing cold, user 1 may not borrow from itself: user 2 (shares item 2) is its only neighbour.
     np.testing.assert_allclose(cf.train().user_embed(batch).numpy()[0], USERS[2], rtol=1e-6)
+
+
+def _predict(toy, model, batch_size=3):
+    """(rows, scores) of every toy test row through CFTask.predict, as a baseline run scores a split."""
+    task = CFTask(OmegaConf.merge(OmegaConf.structured(Config),
+                                  {"datasets": {"movielens_ood": {"path": str(toy.path)}}}))
+    task.data = toy.data
+    ds = task.rows(toy.data.splits["test"], "test", model)
+    model.eval()
+    rows, scores = task.predict(model, ds, eval_batches(ds.lengths(), batch_size), torch.device("cpu"),
+                                contextlib.nullcontext)
+    direct = {k: torch.from_numpy(v) for k, v in ds.__getitems__(np.arange(len(ds))).items()}
+    return ds, rows, scores, direct
+
+
+@pytest.mark.parametrize("arch", ["MF", "SASRec"])
+def test_wrapped_model_scores_through_the_task(toy, arch):
+    """A cold-start wrapper scored by CFTask.predict (batches of 3 of the 7 test rows) gives its own
+    score() on every row; rows with a cold item (MF: or user) differ from the wrapped model's,
+    the others do not."""
+    if arch == "MF":
+        base = toy.mf
+        cs = ColdStartConfig(enabled=True, n_neighbors=2, item_neighbors=1, title_dim=0)
+    else:
+        torch.manual_seed(0)
+        base = SASRec(toy.data.n_users, toy.data.n_items, SASRecConfig(embedding_size=2, n_heads=1,
+                                                                        item_bias=True)).eval()
+        cs = ColdStartConfig(enabled=True, item_neighbors=1, title_dim=0)
+    cf = with_cold_start(base, toy.data, cs, RetrievalConfig())
+    assert isinstance(cf, ColdStartCF if arch == "MF" else ColdItemsCF)
+    ds, rows, scores, batch = _predict(toy, cf)
+    np.testing.assert_array_equal(rows, np.arange(7))
+    with torch.no_grad():
+        own, plain = cf.score(batch).numpy(), base.score(batch).numpy()
+    np.testing.assert_allclose(scores, own, rtol=1e-6)
+    # Cold: item 6 and (MF only; SASRec reads users from the history) user 3.
+    cold = (ds.iid == 6) | ((ds.uid == 3) if arch == "MF" else (ds.his == 6).any(1))
+    assert np.abs(scores[ds.iid == 6] - plain[ds.iid == 6]).min() > 1e-4
+    if arch == "MF":
+        assert np.abs(scores[cold] - plain[cold]).min() > 1e-4
+    np.testing.assert_allclose(scores[~cold], plain[~cold], rtol=1e-6)  # the rest as before
+    if arch == "MF":
+        assert scores[1] == pytest.approx(float(USERS[1] @ ITEMS[3]))  # user 1, item 3 by hand: 0.6
+        # Item 6 ("Star Wars Returns") borrows item 1 ("Star Wars"): user 1 scores it 1.
+        assert scores[0] == pytest.approx(float(USERS[1] @ ITEMS[1]))
+
+
+def test_baseline_scoring_view_goes_through_the_task(toy):
+    """A CF model being trained with cold start on (attach_scoring_view) is scored by CFTask.predict
+    through its view: the wrapper's scores, not the bare model's."""
+    cs = ColdStartConfig(enabled=True, n_neighbors=2, item_neighbors=1, title_dim=0)
+    mf = MF(toy.data.n_users, toy.data.n_items, CFConfig(embedding_size=2))
+    mf.load_state_dict(toy.mf.state_dict())
+    attach_scoring_view(mf, toy.data, cs, RetrievalConfig())
+    _, rows, scores, batch = _predict(toy, mf)
+    with torch.no_grad():
+        expected = with_cold_start(toy.mf, toy.data, cs, RetrievalConfig()).eval().score(batch).numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    assert np.abs(scores - mf.score(batch).detach().numpy()).max() > 1e-4
+
+
+def test_cold_start_sweep_scores_as_the_wrapper(toy, tmp_path, capsys, monkeypatch):
+    """bench/cold_start_sweep.py end to end on the toy (an MF weight file as baseline_train.py writes
+    it): its test rows are the AUCs of the bare MF's and of the chosen wrapper's own scores."""
+    (tmp_path / "w" / "mf").mkdir(parents=True)
+    torch.save(toy.mf.weights_payload(), tmp_path / "w" / "mf" / "cf_model.pth")
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as when run as a script: its helpers beside it
+    spec = importlib.util.spec_from_file_location("cold_start_sweep", REPO / "bench" / "cold_start_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    out = tmp_path / "rows.json"
+    assert sweep.main(["--data", str(toy.path), "--weights-dir", str(tmp_path / "w"), "--models", "MF",
+                       "--json", str(out)]) == 0
+    off, on = json.loads(out.read_text())
+    assert (off["name"], on["name"], off["test_rows"]) == ("MF", "MF + cold start", 7)
+    test = toy.data.splits["test"]
+    batch = {"uid": torch.tensor(test["uid"].to_numpy()), "iid": torch.tensor(test["iid"].to_numpy()),
+             "his": torch.tensor(np.stack([np.pad(h, (sweep.MAX_HISTORY - len(h), 0)) for h in test["his"]]))}
+    chosen = ColdStartConfig(**{**ColdStartConfig().__dict__, **on["setting"]})
+    with torch.no_grad():
+        cold = with_cold_start(toy.mf, toy.data, chosen, RetrievalConfig()).eval()
+        for r, model in ((off, toy.mf), (on, cold)):
+            m = auc_report(test["uid"].to_numpy(), test["label"].to_numpy(), model.score(batch).numpy(),
+                           test["not_cold"].to_numpy())
+            assert (r["test_auc"], r["test_uauc"], r["cold_auc"]) == (m["auc"], m["uauc"], m["cold"]["auc"])
+    assert off["test_auc"] != on["test_auc"]
+    assert "| MF + cold start | yes |" in capsys.readouterr().out

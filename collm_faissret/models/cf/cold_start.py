@@ -532,13 +532,14 @@ def borrow_item_rows(items: np.ndarray, bias: Optional[np.ndarray], warm_items: 
     return np.ascontiguousarray(table[:, :-1]), np.ascontiguousarray(table[:, -1])
 
 
-def with_cold_start(cf, data, cs, index_cfg: RetrievalConfig):
+def with_cold_start(cf, data, cs, index_cfg: RetrievalConfig, titles: Optional[Dict[int, str]] = None):
     """``cf`` itself when cold start is off (or cf is None), else a ColdStartCF (models with a
     per-user table) or ColdItemsCF (history models) around it whose neighbour indexes are built
-    with ``index_cfg`` (the ``retrieval`` keys)."""
+    with ``index_cfg`` (the ``retrieval`` keys). ``titles`` (item id -> title) defaults to every
+    title in ``data``."""
     if cf is None or not cs.enabled:
         return cf
     check_config(cs, cf.name)
     if cold_items_only(type(cf)):
-        return ColdItemsCF(cf, data, cs, index_cfg)
-    return ColdStartCF(cf, data, cs, index_cfg)
+        return ColdItemsCF(cf, data, cs, index_cfg, titles=titles)
+    return ColdStartCF(cf, data, cs, index_cfg, titles=titles)

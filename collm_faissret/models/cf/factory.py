@@ -53,11 +53,12 @@ def build_cf(rec_cfg, data, device, name=None, name_key="model.rec_model", ckpt=
     return model.to(device)
 
 
-def cold_start_view(cf, data, cs, index_cfg):
+def cold_start_view(cf, data, cs, index_cfg, titles=None):
     """``cf`` with borrowed vectors for cold users/items when ``cs.enabled`` (the
     ``model.cold_start`` section; neighbour indexes built with ``index_cfg``, an
-    ``IndexSettings`` of the ``retrieval`` section); ``cf`` itself otherwise."""
-    return with_cold_start(cf, data, cs, index_cfg)
+    ``IndexSettings`` of the ``retrieval`` section; ``titles``: item id -> title, default
+    every title in ``data``); ``cf`` itself otherwise."""
+    return with_cold_start(cf, data, cs, index_cfg, titles)
 
 
 def attach_scoring_view(model, data, cs, index_cfg):
