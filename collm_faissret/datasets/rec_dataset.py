@@ -128,12 +128,16 @@ class RecRows(Dataset):
         return batch
 
 
+UNPADDED = "unpadded"  # collate's marker of a batch without padding: the key's presence is the fact
+
+
 def collate(batch, pad_id: int = 0):
     """Tensors from one ``RecRows.__getitems__`` batch; prompts are left-padded
     (the answer is read at the last position).
 
     Returns uid/iid/label/not_cold/row [B], his [B, his_len] and, with prompts,
-    input_ids/attention_mask/slot [B, L].
+    input_ids/attention_mask/slot [B, L], plus the key ``UNPADDED`` (an empty tensor) when
+    no row is padded.
     """
     out = {k: torch.from_numpy(np.ascontiguousarray(batch[k]))
            for k in ("uid", "iid", "label", "not_cold", "row", "his")}
@@ -144,6 +148,8 @@ def collate(batch, pad_id: int = 0):
         ids, mask, slot = left_pad(batch["input_ids"], batch["slot"], pad_id)
         out.update(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                    slot=torch.from_numpy(slot))
+        if mask.all():  # known here on the host, so the model need not read the mask to know it
+            out[UNPADDED] = torch.empty(0)
     return out
 
 
