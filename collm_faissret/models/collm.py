@@ -169,7 +169,8 @@ class CoLLM(nn.Module):
         return True
 
     def inputs_embeds(self, batch):
-        """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs."""
+        """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs
+        (at collate's slot_pos [B, 2k] when the batch has them, else found by fill_slots)."""
         emb_layer = self.llm.get_input_embeddings()
         emb = emb_layer(batch["input_ids"])
         if self.use_slots:
@@ -178,7 +179,13 @@ class CoLLM(nn.Module):
             # one projector call and one fill for both kinds: fewer small ops per step
             cf = torch.cat([self.cf.user_embed(batch), self.cf.item_embed(batch["iid"])])  # [2B, d]
             tok = self.proj(cf).to(emb.dtype)  # [2B, k, H]: users, then items
-            emb = fill_slots(emb, slot, torch.cat([tok[:n], tok[n:]], 1))  # [B, 2k, H]
+            tok = torch.cat([tok[:n], tok[n:]], 1)  # [B, 2k, H]
+            pos = batch.get("slot_pos")  # [B, 2k] from collate: the same places fill_slots finds
+            if pos is not None and pos.shape[1] == tok.shape[1]:
+                rows = torch.arange(n, device=pos.device).unsqueeze(1)
+                emb = emb.index_put((rows, pos), tok)
+            else:
+                emb = fill_slots(emb, slot, tok)
         return emb
 
     def attention_mask(self, mask):
