@@ -85,17 +85,19 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     keep = {} if getattr(args, "full_logits", False) else {"logits_to_keep": 1}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
+    # Once, as a training loop or an evaluation does (and as ours does: once per epoch / pass);
+    # per step, the walk over its 75 modules cost 0.2 ms: 2-4% of a tiny model's step, charged to bare alone.
+    model.train(mode == "train")
+
     def step():
         ids = torch.randint(3, vocab, (batch_size, args.seq_len), device=device)
         labels = torch.randint(0, 2, (batch_size,), device=device).float()
         if mode == "train":
-            model.train()
             logits = model(input_ids=ids, **keep).logits[:, -1, yes_id].float()
             torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         else:
-            model.eval()
             with torch.no_grad():
                 model(input_ids=ids, **keep).logits[:, -1, yes_id].float()
 

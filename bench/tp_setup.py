@@ -30,7 +30,12 @@ def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_l
                  mf_path: str = None, dtype: str = "auto", options=()):
     """The repository's stage YAML through the real config loader, with overrides for a
     short benchmark run (one epoch of ``steps`` iterations, no stage-1 checkpoint), then
-    ``options`` (later ones win: e.g. a model.llama_model directory and model.quantization)."""
+    ``options`` (later ones win: e.g. a model.llama_model directory and model.quantization).
+
+    Scoring runs every prompt whole (run.shared_prefix=off): the yardstick scores as many
+    tokens per row as our unpacked batches hold, so a packed batch (rows sharing a prompt
+    prefix computed once, about a fifth fewer tokens on the validation split) would compare
+    less work against more. bench/score_throughput.py measures what sharing gains."""
     from collm_faissret.config_loader import load_config
 
     overrides = [
@@ -41,6 +46,7 @@ def stage_config(stage: int, data_dir: str, out_dir: str, device: str, max_txt_l
         f"run.batch_size_eval={eval_batch_size}", f"run.iters_per_epoch={steps}", "run.max_epoch=1",
         f"run.num_workers={num_workers}", f"run.length_bucketing={str(bucketing).lower()}",
         "run.accum_grad_iters=1",  # one optimizer step per batch, as the yardstick does
+        "run.shared_prefix=off",  # equal tokens per row on both sides (see above)
     ]
     if stage == 2:
         overrides += ["model.ckpt=null", f"model.rec_config.pretrained_path={mf_path}"]

@@ -7,7 +7,10 @@ RecTask and RunnerBase: real ML-1M prompts tokenised in DataLoader workers, leng
 bucketing, AMP on CUDA, AdamW, LM head at the answer position only; the backbone is a
 random-weight LLaMA of a named shape (tiny / 1b / 7b / 13b, bench/tp_setup.py) with a word tokenizer
 trained on the data's titles. Bare: the yardstick's loop at the same batch size and
-seq_len = our mean padded width (equal tokens per step).
+seq_len = our mean padded width (equal tokens per step). Scoring runs every prompt whole
+(run.shared_prefix=off): packed rows would compute about a fifth fewer tokens than the
+yardstick is given (bench/score_throughput.py measures sharing). The yardstick has no CF
+model or projector: stage 2's ratio charges those (CoLLM's own model work) to ours.
 
   python bench/train_throughput.py --shape tiny --device cpu --data data/ml-1m --batch-size 32
   python bench/train_throughput.py --shape 7b --device cuda --data data/ml-1m --batch-size 16 \\

@@ -7,6 +7,7 @@ dispatcher on CPU too, so a dispatch mode can count them here, without a GPU.
 """
 import collections
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -93,3 +94,41 @@ def test_sdpa_mask_on_a_hand_made_batch():
                                   [0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(got[0, 0], expected_row0)
     assert torch.equal(got[1, 0], torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_host_mask_shortcuts_give_the_boolean_mask_path_exactly(stage2_model):
+    """On the host, an unpadded batch runs SDPA's causal kernel with no mask and a padded one an
+    additive float mask: the logits and projector gradients are those of the boolean 4D mask."""
+    from collm_faissret.datasets.rec_dataset import UNPADDED
+    from collm_faissret.models import collm
+
+    _, task, model, datasets = stage2_model
+    ds = datasets["train"]
+    lengths = ds.lengths()
+    same = np.flatnonzero(lengths == np.bincount(lengths).argmax())[:4].tolist()
+    unpadded = model.collate_fn(ds.__getitems__(same))
+    padded = model.collate_fn(ds.__getitems__([0, 1, 2, 3, 4, 5]))
+    assert UNPADDED in unpadded and len(same) == 4 and UNPADDED not in padded
+    model.eval()  # no dropout: every pass sees the same function
+
+    def logits_and_grads(batch):
+        model.zero_grad(set_to_none=True)
+        logits = model(batch)["logits"]
+        logits.sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shortcut = {name: logits_and_grads(b) for name, b in (("unpadded", unpadded), ("padded", padded))}
+    original = collm.CoLLM._additive_mask_ok
+    collm.CoLLM._additive_mask_ok = lambda self, dtype: False  # the boolean mask, as on a GPU
+    try:
+        boolean = {"unpadded": logits_and_grads({k: v for k, v in unpadded.items() if k != UNPADDED}),
+                   "padded": logits_and_grads(padded)}
+    finally:
+        collm.CoLLM._additive_mask_ok = original
+    model.zero_grad(set_to_none=True)
+    for name, (logits, grads) in shortcut.items():
+        ref_logits, ref_grads = boolean[name]
+        assert torch.equal(logits, ref_logits), (name, (logits - ref_logits).abs().max())
+        assert grads.keys() == ref_grads.keys() and any(n.startswith("proj.") for n in grads)
+        for param, g in grads.items():
+            assert torch.equal(g, ref_grads[param]), (name, param, (g - ref_grads[param]).abs().max())

@@ -1,4 +1,5 @@
 """PromptBuilder: ID slots, titles as tokens, truncation; template validation; slot embeddings."""
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -175,3 +176,36 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
     # the padded row's slots sit at its own positions shifted by the padding
     single = model.collate_fn(ds.__getitems__(rows[:1]))
     assert torch.equal(single["slot"][0], slot[0, pad:])
+
+
+def test_slot_positions_from_collate_fill_as_fill_slots_does(stage2_model):
+    """collate's slot_pos (index_put at known places) and fill_slots (places found on the device)
+    give the same embeddings and the same projector gradients, padded rows included."""
+    from collm_faissret.datasets.rec_dataset import slot_positions
+
+    _, task, model, datasets = stage2_model
+    ds = datasets["train"]
+    batch = model.collate_fn(ds.__getitems__([0, 1, 2, 3, 4, 5]))
+    assert "slot_pos" in batch and batch["attention_mask"].sum(1).unique().numel() > 1
+    k = model.proj.token_num
+    assert batch["slot_pos"].shape == (6, 2 * k)
+    model.eval()
+
+    def embeds_and_grads(b):
+        model.zero_grad(set_to_none=True)
+        emb = model.inputs_embeds(b)
+        (emb * torch.arange(emb.shape[-1])).sum().backward()
+        return emb.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    placed, placed_grads = embeds_and_grads(batch)
+    found, found_grads = embeds_and_grads({key: v for key, v in batch.items() if key != "slot_pos"})
+    model.zero_grad(set_to_none=True)
+    assert torch.equal(placed, found)
+    assert placed_grads.keys() == found_grads.keys() and any(n.startswith("proj.") for n in placed_grads)
+    for name, g in placed_grads.items():
+        assert torch.equal(g, found_grads[name]), name
+    # rows whose slot counts differ get no positions (the model then finds them itself)
+    slot = np.array([[0, SLOT_USER, SLOT_ITEM], [SLOT_USER, SLOT_USER, SLOT_ITEM]])
+    assert slot_positions(slot) is None
+    assert slot_positions(np.zeros((2, 3), dtype=np.int64)) is None
+    assert slot_positions(np.array([[SLOT_ITEM, 0, SLOT_USER]])).tolist() == [[2, 0]]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import dist
 from ..checkpoint import load, load_model_weights
 from ..compat.collm_checkpoint import checkpoint_state
-from ..datasets.rec_dataset import collate
+from ..datasets.rec_dataset import UNPADDED, collate
 from ..errors import ConfigError
 from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, has_id_slots, load_template
 from ..registry import register
@@ -169,7 +169,8 @@ class CoLLM(nn.Module):
         return True
 
     def inputs_embeds(self, batch):
-        """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs."""
+        """input_ids [B, L] -> embeddings [B, L, H] with ID slots filled by FECE outputs
+        (at collate's slot_pos [B, 2k] when the batch has them, else found by fill_slots)."""
         emb_layer = self.llm.get_input_embeddings()
         emb = emb_layer(batch["input_ids"])
         if self.use_slots:
@@ -178,7 +179,13 @@ class CoLLM(nn.Module):
             # one projector call and one fill for both kinds: fewer small ops per step
             cf = torch.cat([self.cf.user_embed(batch), self.cf.item_embed(batch["iid"])])  # [2B, d]
             tok = self.proj(cf).to(emb.dtype)  # [2B, k, H]: users, then items
-            emb = fill_slots(emb, slot, torch.cat([tok[:n], tok[n:]], 1))  # [B, 2k, H]
+            tok = torch.cat([tok[:n], tok[n:]], 1)  # [B, 2k, H]
+            pos = batch.get("slot_pos")  # [B, 2k] from collate: the same places fill_slots finds
+            if pos is not None and pos.shape[1] == tok.shape[1]:
+                rows = torch.arange(n, device=pos.device).unsqueeze(1)
+                emb = emb.index_put((rows, pos), tok)
+            else:
+                emb = fill_slots(emb, slot, tok)
         return emb
 
     def attention_mask(self, mask):
@@ -197,22 +204,57 @@ class CoLLM(nn.Module):
             return mask
         return sdpa_mask(mask)
 
+    def body_mask(self, mask, dtype, unpadded: bool = False):
+        """mask [B, L] (1 token, 0 left padding) -> (attention mask, position ids [B, L]) for the body.
+
+        Left padding: positions count from each row's first real token, so a prompt gets
+        the same result whatever batch it lands in. On the host (a CPU mask) two cheaper
+        forms give the same numbers (tests/test_host_sync.py):
+
+        * a batch without padding (``unpadded``: collate said so) passes neither: SDPA then
+          runs its causal kernel, which skips the blocks above the diagonal instead of
+          masking them, and the positions are 0..L-1 all the same;
+        * an SDPA mask is handed over additive (0 / -inf) in the compute dtype: given a
+          boolean mask, SDPA converts it to exactly that in every layer.
+
+        On a GPU the boolean mask is always built (``attention_mask``): without a mask,
+        transformers reads the position ids back to look for packed sequences (a device
+        sync), and under autocast or FSDP's mixed precision the compute dtype is not the
+        embeddings' dtype.
+        """
+        host = mask.device.type == "cpu"
+        if host and unpadded:
+            return None, None
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        attn = self.attention_mask(mask)
+        if host and attn.dtype == torch.bool and self._additive_mask_ok(dtype):
+            attn = torch.zeros(attn.shape, dtype=dtype).masked_fill_(~attn, float("-inf"))
+        return attn, position_ids
+
+    def _additive_mask_ok(self, dtype) -> bool:
+        """Whether the queries of a CPU forward are in ``dtype`` (the embeddings' dtype): a float
+        mask must match them. Not under CPU autocast, nor for bitsandbytes-quantized layers."""
+        return (dtype.is_floating_point and not torch.is_autocast_enabled("cpu")
+                and getattr(self.llm.config, "quantization_config", None) is None)
+
     def causal_lm(self):
         """The transformers causal LM under any peft wrapper (LoRA stays injected in its layers)."""
         llm = self.llm
         return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
     def _answer_parts(self):
-        """(body, final norm or None, LM head, softcap or None, answer row index [2]) of self.llm,
-        looked up once (a few tens of microseconds per call otherwise: a visible share of a
-        small model's step); looked up again if the LM object is replaced."""
+        """(body, final norm's name in the body or None, final norm or None, LM head, softcap or
+        None, answer row index [2]) of self.llm, looked up once (a few tens of microseconds per
+        call otherwise: a visible share of a small model's step); looked up again if the LM
+        object is replaced."""
         parts = self.__dict__.get("_answer_cache")
         if parts is None or parts[0] is not self.llm:
             lm = self.causal_lm()
             body = lm.get_decoder()
+            name = final_norm_name(body)
             rows = torch.tensor([self.yes_id, self.no_id])
-            parts = (self.llm, body, final_norm(body), lm.get_output_embeddings(),
-                     getattr(lm.config, "final_logit_softcapping", None), rows)
+            parts = (self.llm, body, name, None if name is None else getattr(body, name),
+                     lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None), rows)
             self.__dict__["_answer_cache"] = parts
         return parts[1:]
 
@@ -221,17 +263,18 @@ class CoLLM(nn.Module):
 
         The LM head is not run: ``answer_logits`` applies the final norm and the two
         answer rows of the head in fp32 on the positions that are read. kwargs go to
-        the body (a KV cache, ``use_cache``). The body's own final norm is bypassed for
-        this call (a forward hook returning its input), so it is not computed twice.
+        the body (a KV cache, ``use_cache``). The body's own final norm is an identity
+        for this call, so it is not computed at all (over every position, for nothing).
         """
-        body, norm, _, _, _ = self._answer_parts()
-        handle = None if norm is None else norm.register_forward_hook(_pass_input)
+        body, name, norm, _, _, _ = self._answer_parts()
+        if norm is not None:
+            body._modules[name] = _IDENTITY  # the attribute lookup the body's forward makes
         try:
             out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                        **kwargs)
         finally:
-            if handle is not None:
-                handle.remove()
+            if norm is not None:
+                body._modules[name] = norm
         return out.last_hidden_state
 
     def answer_logits(self, hidden):
@@ -241,7 +284,7 @@ class CoLLM(nn.Module):
         head is the embedding matrix) in fp32 whatever the body's dtype: a bf16 head
         rounds logits near 10 to steps of 0.0625, and AUC counts the ties as half.
         """
-        _, norm, head, cap, rows = self._answer_parts()
+        _, _, norm, head, cap, rows = self._answer_parts()
         h = hidden.float()
         if norm is not None:
             h = norm_fp32(norm, h)
@@ -265,12 +308,9 @@ class CoLLM(nn.Module):
         """
         if "pack_ids" in batch:
             return packed_forward(self, batch)
-        mask = batch["attention_mask"]
-        # Left padding: positions count from each row's first real token, so a
-        # prompt gets the same result whatever batch it lands in.
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.hidden_states(self.inputs_embeds(batch), self.attention_mask(mask), position_ids,
-                                    use_cache=False)
+        emb = self.inputs_embeds(batch)
+        attention_mask, position_ids = self.body_mask(batch["attention_mask"], emb.dtype, UNPADDED in batch)
+        hidden = self.hidden_states(emb, attention_mask, position_ids, use_cache=False)
         logits = self.answer_logits(hidden[:, -1])
         loss = None
         if "label" in batch:
@@ -281,19 +321,22 @@ class CoLLM(nn.Module):
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")  # LLaMA/Qwen2, GPT-2, OPT, ...
 
 
-def final_norm(body):
-    """The decoder body's final norm module (the input of the LM head), or None when the
-    body has none under a known name (its output is then taken as normed)."""
+def final_norm_name(body):
+    """The name of the decoder body's final norm module (the input of the LM head), or None
+    when the body has none under a known name (its output is then taken as normed)."""
     for name in FINAL_NORMS:
-        module = getattr(body, name, None)
-        if isinstance(module, nn.Module):
-            return module
+        if isinstance(body._modules.get(name), nn.Module):
+            return name
     return None
 
 
-def _pass_input(module, args, output):
-    """Forward hook: the module's output replaced by its input (the final norm left to answer_logits)."""
-    return args[0]
+def final_norm(body):
+    """The decoder body's final norm module, or None (see ``final_norm_name``)."""
+    name = final_norm_name(body)
+    return None if name is None else body._modules[name]
+
+
+_IDENTITY = nn.Identity()  # stands in for the body's final norm while hidden_states runs it
 
 
 def norm_fp32(norm, h):

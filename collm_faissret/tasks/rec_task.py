@@ -66,7 +66,8 @@ class RecTask:
         for batch in loader:
             rows.append(batch["row"].numpy())  # from the host copy: no device round trip
             tokens += tokens_in(batch)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            # no label: scoring reads the logits only, so the model computes no loss
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "label"}
             with amp_ctx():
                 logits = model(batch)["logits"]
             # Scores stay on the device until the end: a copy to the host per
