@@ -21,10 +21,12 @@ from collm_faissret.metrics import auc_report
 from collm_faissret.models.shared_prefix import attention_ratio, why_plain
 
 
-def _scores(task, model, ds, batch_size, shared):
-    """(rows, scores, tokens computed) over the whole split, shared prefixes on or off."""
+def _scores(task, model, ds, batch_size, shared, kv_min=0):
+    """(rows, scores, tokens computed) over the whole split, shared prefixes on or off; groups of
+    kv_min+ rows over a cache of their prefix (0: every group packed)."""
     ds.share_prefix = shared
     ds.pack_ratio = attention_ratio(model.llm.config)
+    ds.kv_min_group = kv_min
     groups = ds.prefix_groups() if shared else None
     batches = eval_batches(ds.lengths(), batch_size, groups=groups)
     model.eval()
@@ -34,17 +36,23 @@ def _scores(task, model, ds, batch_size, shared):
     return rows, scores, tokens
 
 
-def _check_equal(task, model, ds, batch_size, tol=1e-4):
+def _check_equal(task, model, ds, batch_size, tol=1e-4, kv_mins=(0, 2, 3)):
+    """Plain against shared: every group packed (0), groups of 2+ (every shared group) and of
+    3+ rows (a batch holding both layouts) over a cache of their prefix."""
     r0, s0, t0 = _scores(task, model, ds, batch_size, False)
-    r1, s1, t1 = _scores(task, model, ds, batch_size, True)
-    assert (r0 == r1).all() and (r0 == np.arange(len(ds))).all()
-    assert np.abs(s0 - s1).max() <= tol, np.abs(s0 - s1).max()
     a0 = auc_report(ds.uid[r0], ds.label[r0], s0, ds.not_cold[r0])
-    a1 = auc_report(ds.uid[r1], ds.label[r1], s1, ds.not_cold[r1])
-    for key in ("auc", "uauc"):
-        assert round(a0[key], 4) == round(a1[key], 4), key
-    assert t1 < t0, (t1, t0)  # the shared path computed fewer tokens
-    return t0, t1
+    assert (r0 == np.arange(len(ds))).all()
+    shared = []
+    for kv_min in kv_mins:
+        r1, s1, t1 = _scores(task, model, ds, batch_size, True, kv_min)
+        assert (r0 == r1).all()
+        assert np.abs(s0 - s1).max() <= tol, (kv_min, np.abs(s0 - s1).max())
+        a1 = auc_report(ds.uid[r1], ds.label[r1], s1, ds.not_cold[r1])
+        for key in ("auc", "uauc"):
+            assert round(a0[key], 4) == round(a1[key], 4), key
+        assert t1 < t0, (t1, t0)  # the shared path computed fewer tokens
+        shared.append(t1)
+    return t0, shared[0]
 
 
 def _shared_rows(ds):

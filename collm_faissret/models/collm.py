@@ -33,7 +33,7 @@ from .backbone import (
 )
 from .cf import build_cf, cold_start_view
 from .fece import Projector
-from .shared_prefix import packed_forward
+from .shared_prefix import shared_forward
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +261,10 @@ class CoLLM(nn.Module):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
         Returns {"loss": scalar or None, "logits": [B] float32 answer scores (see answer_score)}.
-        A batch packed by prefix (pack_* keys, datasets/packing.py) goes through shared_prefix.py.
+        A batch in a shared-prefix layout (pack_* / kv_* keys, datasets/packing.py) goes through shared_prefix.py.
         """
-        if "pack_ids" in batch:
-            return packed_forward(self, batch)
+        if "pack_ids" in batch or "kv_ids" in batch:
+            return shared_forward(self, batch)
         mask = batch["attention_mask"]
         # Left padding: positions count from each row's first real token, so a
         # prompt gets the same result whatever batch it lands in.
