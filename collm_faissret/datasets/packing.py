@@ -155,7 +155,7 @@ def suffix_row_length(suffix: float, longest: int, ratio) -> int:
 
 def kv_layout(batch, groups, pad_id: int):
     """The rows of ``groups`` as one prefix row per group, then their suffixes packed into rows
-    of one group each (``suffix_row_length`` tokens, first-fit decreasing); the model runs the
+    of one group each (at most about ``suffix_row_length`` tokens, filled evenly); the model runs the
     prefixes, then the suffix rows over their prefix's keys and values
     (models/shared_prefix.py ``kv_hidden``).
 
@@ -172,19 +172,17 @@ def kv_layout(batch, groups, pad_id: int):
     longest = max(len(ids[b]) - plen[b] for g in groups for b in g)
     mean = np.mean([len(ids[b]) - plen[b] for g in groups for b in g])
     cap = suffix_row_length(mean, longest, batch.get("pack_ratio"))
-    packs = []  # (group index, [used length, [batch rows]])
+    packs = []  # (group index, [batch rows])
     for gi, rows in enumerate(groups):
-        mine = []
-        for b in sorted(rows, key=lambda b: -(len(ids[b]) - plen[b])):
-            n = len(ids[b]) - plen[b]
-            for pk in mine:
-                if pk[0] + n <= cap:
-                    pk[0] += n
-                    pk[1].append(b)
-                    break
-            else:
-                mine.append([n, [b]])
-        packs += [(gi, pk[1]) for pk in mine]
+        # as few rows as the cap allows, filled evenly (longest suffix onto the shortest row):
+        # the batch's width is its longest row, so a short last row would be mostly padding
+        lens = {b: len(ids[b]) - plen[b] for b in rows}
+        mine = [[0, []] for _ in range(-(-sum(lens.values()) // cap))]
+        for b in sorted(rows, key=lambda b: -lens[b]):
+            pk = min(mine, key=lambda m: m[0])
+            pk[0] += lens[b]
+            pk[1].append(b)
+        packs += [(gi, pk[1]) for pk in mine if pk[1]]
     out = {"kv_pre_src": torch.tensor([g[0] for g in groups], dtype=torch.long),
            "kv_pre_len": torch.tensor(pre_len, dtype=torch.long),
            "kv_grp": torch.tensor([gi for gi, _ in packs], dtype=torch.long)}
