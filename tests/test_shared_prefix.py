@@ -146,6 +146,30 @@ def test_packing_layout_by_hand():
     assert pack_prefixes(single, pad_id=0) is None  # nothing shared: the plain layout
 
 
+def test_cache_layout_by_hand():
+    """Groups 7 (prefix [1, 2, 3], three rows) and 9 (prefix [5, 6], one row) over a prefix cache,
+    rows of at most 3 suffix tokens (pack_ratio 0: the longest suffix): group 7's suffixes spread
+    over two rows, positions continuing the prefix, each row read at its last token; row 2 (group
+    8, alone) packed."""
+    batch = {"input_ids": [[1, 2, 3, 10, 11], [1, 2, 3, 12], [4, 13], [1, 2, 3, 14, 15, 16], [5, 6, 17]],
+             "slot": [[0, 1, 0, 0, 2], [0, 1, 0, 2], [0, 0], [0, 1, 0, 0, 0, 2], [0, 0, 2]],
+             "prefix_len": [3, 3, 1, 3, 2], "group": np.array([7, 7, 8, 7, 9]), "kv_min_group": 3, "pack_ratio": 0}
+    out = pack_prefixes(batch, pad_id=0)
+    assert out["pack_rows"].tolist() == [4, 2] and out["kv_rows"].tolist() == [3, 0, 1]
+    assert out["kv_pre_ids"].tolist() == [[1, 2, 3]] and out["kv_pre_src"].tolist() == [0]
+    assert out["kv_ids"].tolist() == [[14, 15, 16], [10, 11, 12]]
+    assert out["kv_pos"].tolist() == [[3, 4, 5], [3, 4, 3]]
+    assert out["kv_sfx"].tolist() == [[1, 1, 1], [1, 1, 2]]
+    assert out["kv_src"].tolist() == [[3, 3, 3], [0, 0, 1]]
+    assert out["kv_slot"].tolist() == [[0, 0, 2], [0, 2, 2]] and out["kv_pre_slot"].tolist() == [[0, 1, 0]]
+    assert out["kv_read_row"].tolist() == [0, 1, 1] and out["kv_read_pos"].tolist() == [2, 1, 2]
+    assert tokens_in(out) == 3 + 6 + (2 + 3)  # the prefix once, the suffixes, the packed rows whole
+    batch["kv_min_group"] = 1  # every group over a cache: two prefixes, right-padded
+    out = pack_prefixes(batch, pad_id=0)
+    assert "pack_ids" not in out and out["kv_pre_ids"].tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0]]
+    assert out["kv_pre_len"].tolist() == [3, 1, 2] and out["kv_grp"].tolist() == [0, 0, 1, 2]
+
+
 def test_qwen2_scores_equal_the_plain_path(env, tmp_path):
     texts = [t for df in env.frames.values() for t in df["title"]] + [(REPO / "prompt" / "stage2_movie.txt")
                                                                       .read_text()] * 20
@@ -204,6 +228,7 @@ def test_retrieve_rank_scores_a_users_candidates_as_one_group(env, stage2_ckpt, 
     assert _rounded(t_off) == _rounded(t_auto)
     groups = log.split("scoring test: shared prompt prefixes, ")[1].split(" groups")[0]
     assert groups.endswith(f"in {t_off['n_users']}")  # one group per queried user
+    assert "groups of 8+ rows over a cache of their prefix" in log  # K = 8 candidates: the cache layout
 
 
 @pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
@@ -217,7 +242,10 @@ def test_two_process_shared_scoring_equals_one_process_plain(env, stage2_ckpt, t
                  "run.batch_size_eval=8", f"run.distributed={distributed}")
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert _rounded(off) == _rounded(two)
-    assert "shared prompt prefixes" in (tmp_path / "two" / "log.txt").read_text()
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "shared prompt prefixes" in log
+    if distributed == "fsdp":  # one forward per batch on every rank: the packed layout only
+        assert "every group packed (FSDP runs one forward per batch on every rank)" in log
     for split in ("valid", "test"):
         p_off = pd.read_csv(tmp_path / "off" / f"predictions_{split}.csv")
         p_two = pd.read_csv(tmp_path / "two" / f"predictions_{split}.csv")
