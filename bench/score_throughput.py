@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tp_setup as S  # noqa: E402
 
 GOALS = {"test": 1.4, "rr50": 4.5}
+# path -> (share prefixes, groups of how many rows take the prefix cache: None as auto chooses, 0 never)
+PATHS = {"plain": (False, 0), "shared": (True, None), "packed": (True, 0), "kv": (True, 2)}
 FLOOR = 0.95
 
 
@@ -49,6 +51,10 @@ def parse_args(argv=None):
     ap.add_argument("--rr-rows", type=int, default=200,
                     help="rows per retrieve-then-rank case: max(1, rr_rows // K) users with K candidates each")
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per path, best kept")
+    ap.add_argument("--paths", nargs="+", default=["plain", "shared"], choices=sorted(PATHS),
+                    help="scoring paths, each timed on the same rows; the first is the yardstick of the ratios. "
+                         "shared: as run.shared_prefix auto chooses; packed: every group packed; kv: every "
+                         "shared group over a cache of its prefix")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -119,13 +125,15 @@ def rr_case(task, model, data, k, n_users, seed):
     return task.rows(pd.concat(frames, ignore_index=True), f"rr{k}", model)
 
 
-def timed(task, model, ds, batch_size, shared, repeats):
-    """(best seconds, scores, tokens computed) of scoring every row of ds."""
+def timed(task, model, ds, batch_size, path, repeats):
+    """(best seconds, scores, tokens computed) of scoring every row of ds along ``path`` (PATHS)."""
     from collm_faissret.datasets.sampler import eval_batches
-    from collm_faissret.models.shared_prefix import attention_ratio
+    from collm_faissret.models.shared_prefix import attention_ratio, kv_min_group
 
+    shared, kv_min = PATHS[path]
     ds.share_prefix = shared
     ds.pack_ratio = attention_ratio(model.llm.config)
+    ds.kv_min_group = kv_min_group(model)[0] if kv_min is None else kv_min
     groups = ds.prefix_groups() if shared else None
     batches = eval_batches(ds.lengths(), batch_size, groups=groups)
     nothing = torch.autocast("cpu", enabled=False)
@@ -159,29 +167,35 @@ def main(argv=None) -> int:
                     ds = rr_case(task, model, data, k, users, args.seed)
                     note = f"{users} users x {k} candidates"
                 groups = ds.prefix_groups()
-                t_plain, s_plain, tok_plain = timed(task, model, ds, args.batch_size, False, args.repeats)
-                t_shared, s_shared, tok_shared = timed(task, model, ds, args.batch_size, True, args.repeats)
+                runs = {path: timed(task, model, ds, args.batch_size, path, args.repeats) for path in args.paths}
+                base = args.paths[0]
+                t0, s0, tok0 = runs[base]
                 n = len(ds)
-                rows.append({"dtype": dtype_name, "case": case, "rows": n, "note": note,
-                             "group": n / len(np.unique(groups)), "plain": n / t_plain, "shared": n / t_shared,
-                             "tok_plain": tok_plain / n, "tok_shared": tok_shared / n,
-                             "ratio": t_plain / t_shared, "max_dscore": float(np.abs(s_plain - s_shared).max())})
-                r = rows[-1]
-                print(f"{dtype_name} {case}: {r['plain']:.2f} -> {r['shared']:.2f} rows/s ({r['ratio']:.2f}x)",
-                      flush=True)
+                for path in args.paths[1:]:
+                    t1, s1, tok1 = runs[path]
+                    rows.append({"dtype": dtype_name, "case": case, "rows": n, "note": note, "path": path,
+                                 "group": n / len(np.unique(groups)), "plain": n / t0, "shared": n / t1,
+                                 "tok_plain": tok0 / n, "tok_shared": tok1 / n,
+                                 "ratio": t0 / t1, "max_dscore": float(np.abs(s0 - s1).max())})
+                    r = rows[-1]
+                    print(f"{dtype_name} {case}: {base} {r['plain']:.2f} -> {path} {r['shared']:.2f} rows/s "
+                          f"({r['ratio']:.2f}x)", flush=True)
             del task, model
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    base = args.paths[0]
     print(f"\nshape {args.shape}; batch {args.batch_size}; threads {args.threads}; {when}")
-    print("| dtype | case | rows | rows/group | plain rows/s | shared rows/s | shared/plain | tokens/row plain "
-          "| tokens/row shared | max abs d score | rows |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| dtype | case | rows | rows/group | path | {base} rows/s | path rows/s | path/{base} | tokens/row {base} "
+          "| tokens/row path | max abs d score | rows |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['dtype']} | {r['case']} | {r['rows']} | {r['group']:.2f} | {r['plain']:.2f} | {r['shared']:.2f} "
-              f"| {r['ratio']:.2f}x | {r['tok_plain']:.1f} | {r['tok_shared']:.1f} | {r['max_dscore']:.1e} "
-              f"| {r['note']} |")
+        print(f"| {r['dtype']} | {r['case']} | {r['rows']} | {r['group']:.2f} | {r['path']} | {r['plain']:.2f} "
+              f"| {r['shared']:.2f} | {r['ratio']:.2f}x | {r['tok_plain']:.1f} | {r['tok_shared']:.1f} "
+              f"| {r['max_dscore']:.1e} | {r['note']} |")
     print()
+    if args.paths[:2] != ["plain", "shared"]:
+        return 0  # the goals compare plain and shared
     for dtype_name in args.dtype:
-        mine = {r["case"]: r for r in rows if r["dtype"] == dtype_name}
+        mine = {r["case"]: r for r in rows if r["dtype"] == dtype_name and r["path"] == "shared"}
         checks = []
         if "test" in mine:
             checks.append(("test split >= 1.4x", mine["test"]["ratio"] >= GOALS["test"]))

@@ -21,10 +21,12 @@ from collm_faissret.metrics import auc_report
 from collm_faissret.models.shared_prefix import attention_ratio, why_plain
 
 
-def _scores(task, model, ds, batch_size, shared):
-    """(rows, scores, tokens computed) over the whole split, shared prefixes on or off."""
+def _scores(task, model, ds, batch_size, shared, kv_min=0):
+    """(rows, scores, tokens computed) over the whole split, shared prefixes on or off; groups of
+    kv_min+ rows over a cache of their prefix (0: every group packed)."""
     ds.share_prefix = shared
     ds.pack_ratio = attention_ratio(model.llm.config)
+    ds.kv_min_group = kv_min
     groups = ds.prefix_groups() if shared else None
     batches = eval_batches(ds.lengths(), batch_size, groups=groups)
     model.eval()
@@ -34,17 +36,23 @@ def _scores(task, model, ds, batch_size, shared):
     return rows, scores, tokens
 
 
-def _check_equal(task, model, ds, batch_size, tol=1e-4):
+def _check_equal(task, model, ds, batch_size, tol=1e-4, kv_mins=(0, 2, 3)):
+    """Plain against shared: every group packed (0), groups of 2+ (every shared group) and of
+    3+ rows (a batch holding both layouts) over a cache of their prefix."""
     r0, s0, t0 = _scores(task, model, ds, batch_size, False)
-    r1, s1, t1 = _scores(task, model, ds, batch_size, True)
-    assert (r0 == r1).all() and (r0 == np.arange(len(ds))).all()
-    assert np.abs(s0 - s1).max() <= tol, np.abs(s0 - s1).max()
     a0 = auc_report(ds.uid[r0], ds.label[r0], s0, ds.not_cold[r0])
-    a1 = auc_report(ds.uid[r1], ds.label[r1], s1, ds.not_cold[r1])
-    for key in ("auc", "uauc"):
-        assert round(a0[key], 4) == round(a1[key], 4), key
-    assert t1 < t0, (t1, t0)  # the shared path computed fewer tokens
-    return t0, t1
+    assert (r0 == np.arange(len(ds))).all()
+    shared = []
+    for kv_min in kv_mins:
+        r1, s1, t1 = _scores(task, model, ds, batch_size, True, kv_min)
+        assert (r0 == r1).all()
+        assert np.abs(s0 - s1).max() <= tol, (kv_min, np.abs(s0 - s1).max())
+        a1 = auc_report(ds.uid[r1], ds.label[r1], s1, ds.not_cold[r1])
+        for key in ("auc", "uauc"):
+            assert round(a0[key], 4) == round(a1[key], 4), key
+        assert t1 < t0, (t1, t0)  # the shared path computed fewer tokens
+        shared.append(t1)
+    return t0, shared[0]
 
 
 def _shared_rows(ds):
@@ -138,6 +146,30 @@ def test_packing_layout_by_hand():
     assert pack_prefixes(single, pad_id=0) is None  # nothing shared: the plain layout
 
 
+def test_cache_layout_by_hand():
+    """Groups 7 (prefix [1, 2, 3], three rows) and 9 (prefix [5, 6], one row) over a prefix cache,
+    rows of at most 3 suffix tokens (pack_ratio 0: the longest suffix): group 7's suffixes spread
+    over two rows, positions continuing the prefix, each row read at its last token; row 2 (group
+    8, alone) packed."""
+    batch = {"input_ids": [[1, 2, 3, 10, 11], [1, 2, 3, 12], [4, 13], [1, 2, 3, 14, 15, 16], [5, 6, 17]],
+             "slot": [[0, 1, 0, 0, 2], [0, 1, 0, 2], [0, 0], [0, 1, 0, 0, 0, 2], [0, 0, 2]],
+             "prefix_len": [3, 3, 1, 3, 2], "group": np.array([7, 7, 8, 7, 9]), "kv_min_group": 3, "pack_ratio": 0}
+    out = pack_prefixes(batch, pad_id=0)
+    assert out["pack_rows"].tolist() == [4, 2] and out["kv_rows"].tolist() == [3, 0, 1]
+    assert out["kv_pre_ids"].tolist() == [[1, 2, 3]] and out["kv_pre_src"].tolist() == [0]
+    assert out["kv_ids"].tolist() == [[14, 15, 16], [10, 11, 12]]
+    assert out["kv_pos"].tolist() == [[3, 4, 5], [3, 4, 3]]
+    assert out["kv_sfx"].tolist() == [[1, 1, 1], [1, 1, 2]]
+    assert out["kv_src"].tolist() == [[3, 3, 3], [0, 0, 1]]
+    assert out["kv_slot"].tolist() == [[0, 0, 2], [0, 2, 2]] and out["kv_pre_slot"].tolist() == [[0, 1, 0]]
+    assert out["kv_read_row"].tolist() == [0, 1, 1] and out["kv_read_pos"].tolist() == [2, 1, 2]
+    assert tokens_in(out) == 3 + 6 + (2 + 3)  # the prefix once, the suffixes, the packed rows whole
+    batch["kv_min_group"] = 1  # every group over a cache: two prefixes, right-padded
+    out = pack_prefixes(batch, pad_id=0)
+    assert "pack_ids" not in out and out["kv_pre_ids"].tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0]]
+    assert out["kv_pre_len"].tolist() == [3, 1, 2] and out["kv_grp"].tolist() == [0, 0, 1, 2]
+
+
 def test_qwen2_scores_equal_the_plain_path(env, tmp_path):
     texts = [t for df in env.frames.values() for t in df["title"]] + [(REPO / "prompt" / "stage2_movie.txt")
                                                                       .read_text()] * 20
@@ -196,6 +228,7 @@ def test_retrieve_rank_scores_a_users_candidates_as_one_group(env, stage2_ckpt, 
     assert _rounded(t_off) == _rounded(t_auto)
     groups = log.split("scoring test: shared prompt prefixes, ")[1].split(" groups")[0]
     assert groups.endswith(f"in {t_off['n_users']}")  # one group per queried user
+    assert "groups of 8+ rows over a cache of their prefix" in log  # K = 8 candidates: the cache layout
 
 
 @pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
@@ -209,7 +242,10 @@ def test_two_process_shared_scoring_equals_one_process_plain(env, stage2_ckpt, t
                  "run.batch_size_eval=8", f"run.distributed={distributed}")
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert _rounded(off) == _rounded(two)
-    assert "shared prompt prefixes" in (tmp_path / "two" / "log.txt").read_text()
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "shared prompt prefixes" in log
+    if distributed == "fsdp":  # one forward per batch on every rank: the packed layout only
+        assert "every group packed (FSDP runs one forward per batch on every rank)" in log
     for split in ("valid", "test"):
         p_off = pd.read_csv(tmp_path / "off" / f"predictions_{split}.csv")
         p_two = pd.read_csv(tmp_path / "two" / f"predictions_{split}.csv")

@@ -12,14 +12,15 @@ long sequence grows with its square); several groups share one sequence
 when they fit (first-fit decreasing into the length of the longest), so
 little is padding.
 
-Why a packed sequence rather than a KV cache of the prefix expanded over the
-suffixes: a probe on SmolLM2 (fp32, 2 CPU cores, 48 candidates of one user,
-prefix 121 tokens, suffixes ~24) gave 4.94x the plain rows/s packed against
-4.09x with the cache (a copy of the cache per suffix batch, and a second
-forward per batch); the packed form is also one ordinary forward with an
-attention mask, so DDP, FSDP2's hooks, LoRA and quantized layers see nothing
-new. Its cost: attention over the whole packed sequence (masked, not
-skipped), small next to the MLPs at these lengths.
+Large groups take a second layout instead (``kv_min_group``, set from
+models/shared_prefix.py ``kv_min_group``): the group's prefix is one row of
+its own forward, whose keys/values the suffixes of the group then attend to
+as a read-only cache (one forward over all such suffixes of the batch). A
+packed sequence of n suffixes spends masked attention over the whole packed
+length on every token and is cut every ~26 suffixes (a new prefix copy each
+time); the cache costs two forwards per batch but each suffix token attends to
+the prefix and its own suffix only. Which layout wins at which group size was
+measured (see models/shared_prefix.py).
 """
 import numpy as np
 import torch
@@ -54,22 +55,40 @@ def suffixes_per_sequence(prefix: int, suffix: float, ratio) -> int:
 
 
 def pack_prefixes(batch, pad_id: int):
-    """``RecRows.__getitems__`` output with ``prefix_len`` / ``group`` -> packed tensors, or None
-    when no two rows of the batch share a prefix (the plain layout is then cheaper).
+    """``RecRows.__getitems__`` output with ``prefix_len`` / ``group`` -> shared-prefix tensors, or
+    None when no two rows of the batch share a prefix (the plain layout is then cheaper).
 
-    Returns pack_ids / pack_pos / pack_grp / pack_sfx / pack_slot / pack_src / pack_slot_j [P, T]
-    (tokens, positions, group within the sequence (0: padding), suffix number (0: prefix),
-    slot kind, the batch row whose slot vector fills a slot, which of its k tokens) and
-    read_pack / read_pos [B] (where row b's last token is).
+    Groups of at least ``batch["kv_min_group"]`` rows (0: none) take the cache layout
+    (``kv_layout``), the others the packed one (``packed_layout``); either part may be absent.
     """
-    ids, slots, plen = batch["input_ids"], batch["slot"], batch["prefix_len"]
     members = {}
     for b, g in enumerate(np.asarray(batch["group"]).tolist()):
         members.setdefault(g, []).append(b)
     if all(len(rows) == 1 for rows in members.values()):
         return None
+    kv_min = int(batch.get("kv_min_group") or 0)
+    big = [rows for rows in members.values() if kv_min and len(rows) >= kv_min]
+    rest = [rows for rows in members.values() if not (kv_min and len(rows) >= kv_min)]
+    out = {}
+    if rest:
+        out.update(packed_layout(batch, rest, pad_id))
+    if big:
+        out.update(kv_layout(batch, big, pad_id))
+    return out
+
+
+def packed_layout(batch, groups, pad_id: int):
+    """The rows of ``groups`` (lists of batch rows, one list per prefix group) packed.
+
+    Returns pack_ids / pack_pos / pack_grp / pack_sfx / pack_slot / pack_src / pack_slot_j [P, T]
+    (tokens, positions, group within the sequence (0: padding), suffix number (0: prefix),
+    slot kind, the batch row whose slot vector fills a slot, which of its k tokens),
+    pack_rows [R] (the batch rows scored here) and read_pack / read_pos [R] (where each
+    one's last token is).
+    """
+    ids, slots, plen = batch["input_ids"], batch["slot"], batch["prefix_len"]
     units = []
-    for rows in members.values():
+    for rows in groups:
         p = plen[rows[0]]
         n = suffixes_per_sequence(p, np.mean([len(ids[b]) - p for b in rows]), batch.get("pack_ratio"))
         for c in range(0, len(rows), n):
@@ -89,8 +108,7 @@ def pack_prefixes(batch, pad_id: int):
     out = {k: torch.zeros(shape, dtype=torch.long) for k in ("pack_pos", "pack_grp", "pack_sfx", "pack_slot",
                                                             "pack_src", "pack_slot_j")}
     out["pack_ids"] = torch.full(shape, pad_id, dtype=torch.long)
-    n = len(ids)
-    read_pack, read_pos = [0] * n, [0] * n
+    pack_rows, read_pack, read_pos = [], [], []
 
     def put(pi, t, toks, sl, pos0, grp, sfx, src):
         end = t + len(toks)
@@ -103,9 +121,9 @@ def pack_prefixes(batch, pad_id: int):
         out["pack_slot_j"][pi, t:end] = torch.tensor(_slot_index(sl))
         return end
 
-    for pi, (_, groups) in enumerate(packs):
+    for pi, (_, packed) in enumerate(packs):
         t, sfx = 0, 0
-        for gi, rows in enumerate(groups, start=1):
+        for gi, rows in enumerate(packed, start=1):
             b0, p = rows[0], plen[rows[0]]
             # The prefix's user slots take row b0's vectors: every row of the group has the same
             # (uid, history), so the same vectors.
@@ -113,16 +131,101 @@ def pack_prefixes(batch, pad_id: int):
             for b in rows:
                 sfx += 1
                 t = put(pi, t, ids[b][p:], slots[b][p:], p, gi, sfx, b)
-                read_pack[b], read_pos[b] = pi, t - 1
+                pack_rows.append(b)
+                read_pack.append(pi)
+                read_pos.append(t - 1)
+    out["pack_rows"] = torch.tensor(pack_rows, dtype=torch.long)
     out["read_pack"] = torch.tensor(read_pack, dtype=torch.long)
     out["read_pos"] = torch.tensor(read_pos, dtype=torch.long)
     return out
 
 
+def suffix_row_length(suffix: float, longest: int, ratio) -> int:
+    """Row length for the suffixes packed over a prefix cache.
+
+    Each token costs ``a`` (weight matmuls) plus ``b`` per key (the prefix's P and its row's
+    C); a row wastes about half a suffix s at its end, so per token
+    a (1 + s / 2C) + b (P + C), least at C = sqrt(s a / 2b) (``ratio`` = a / b: ~190 tokens
+    for SmolLM2's 24-token titles), and at least the longest suffix.
+    """
+    if not ratio:
+        return max(longest, 1)
+    return max(longest, int(round(float(np.sqrt(suffix * ratio / 2)))))
+
+
+def kv_layout(batch, groups, pad_id: int):
+    """The rows of ``groups`` as one prefix row per group, then their suffixes packed into rows
+    of one group each (at most about ``suffix_row_length`` tokens, filled evenly); the model runs the
+    prefixes, then the suffix rows over their prefix's keys and values
+    (models/shared_prefix.py ``kv_hidden``).
+
+    Returns kv_pre_ids / kv_pre_slot / kv_pre_slot_j [G, P] (right-padded), kv_pre_src /
+    kv_pre_len [G] (the batch row whose user vectors fill the prefix's slots, its length);
+    kv_ids / kv_pos / kv_sfx / kv_slot / kv_slot_j / kv_src [Q, C] (suffix rows: tokens,
+    positions continuing the prefix, suffix number within the row (0: padding), slot kind,
+    which of its kind's tokens, the batch row that fills a slot), kv_grp [Q] (each suffix
+    row's prefix); kv_rows / kv_read_row / kv_read_pos [R] (the batch rows scored here and
+    where each one's last token is).
+    """
+    ids, slots, plen = batch["input_ids"], batch["slot"], batch["prefix_len"]
+    pre_len = [plen[g[0]] for g in groups]
+    longest = max(len(ids[b]) - plen[b] for g in groups for b in g)
+    mean = np.mean([len(ids[b]) - plen[b] for g in groups for b in g])
+    cap = suffix_row_length(mean, longest, batch.get("pack_ratio"))
+    packs = []  # (group index, [batch rows])
+    for gi, rows in enumerate(groups):
+        # as few rows as the cap allows, filled evenly (longest suffix onto the shortest row):
+        # the batch's width is its longest row, so a short last row would be mostly padding
+        lens = {b: len(ids[b]) - plen[b] for b in rows}
+        mine = [[0, []] for _ in range(-(-sum(lens.values()) // cap))]
+        for b in sorted(rows, key=lambda b: -lens[b]):
+            pk = min(mine, key=lambda m: m[0])
+            pk[0] += lens[b]
+            pk[1].append(b)
+        packs += [(gi, pk[1]) for pk in mine if pk[1]]
+    out = {"kv_pre_src": torch.tensor([g[0] for g in groups], dtype=torch.long),
+           "kv_pre_len": torch.tensor(pre_len, dtype=torch.long),
+           "kv_grp": torch.tensor([gi for gi, _ in packs], dtype=torch.long)}
+    shape = (len(groups), max(pre_len))
+    out["kv_pre_ids"] = torch.full(shape, pad_id, dtype=torch.long)
+    out["kv_pre_slot"] = torch.zeros(shape, dtype=torch.long)
+    out["kv_pre_slot_j"] = torch.zeros(shape, dtype=torch.long)
+    for gi, (g, p) in enumerate(zip(groups, pre_len)):
+        out["kv_pre_ids"][gi, :p] = torch.tensor(ids[g[0]][:p])
+        out["kv_pre_slot"][gi, :p] = torch.tensor(slots[g[0]][:p])
+        out["kv_pre_slot_j"][gi, :p] = torch.tensor(_slot_index(slots[g[0]][:p]))
+    width = max(sum(len(ids[b]) - plen[b] for b in rows) for _, rows in packs)
+    shape = (len(packs), width)
+    for key in ("kv_pos", "kv_sfx", "kv_slot", "kv_slot_j", "kv_src"):
+        out[key] = torch.zeros(shape, dtype=torch.long)
+    out["kv_ids"] = torch.full(shape, pad_id, dtype=torch.long)
+    kv_rows, read_row, read_pos = [], [], []
+    for qi, (gi, rows) in enumerate(packs):
+        t = 0
+        for sfx, b in enumerate(rows, start=1):
+            p, end = plen[b], t + len(ids[b]) - plen[b]
+            out["kv_ids"][qi, t:end] = torch.tensor(ids[b][p:])
+            out["kv_pos"][qi, t:end] = torch.arange(p, p + end - t)
+            out["kv_sfx"][qi, t:end] = sfx
+            out["kv_slot"][qi, t:end] = torch.tensor(slots[b][p:])
+            out["kv_slot_j"][qi, t:end] = torch.tensor(_slot_index(slots[b][p:]))
+            out["kv_src"][qi, t:end] = b
+            kv_rows.append(b)
+            read_row.append(qi)
+            read_pos.append(end - 1)
+            t = end
+    out["kv_rows"] = torch.tensor(kv_rows, dtype=torch.long)
+    out["kv_read_row"] = torch.tensor(read_row, dtype=torch.long)
+    out["kv_read_pos"] = torch.tensor(read_pos, dtype=torch.long)
+    return out
+
+
 def tokens_in(batch) -> int:
     """Tokens a collated batch makes the LM compute (padding excluded)."""
-    if "pack_grp" in batch:
-        return int((batch["pack_grp"] > 0).sum())
+    if "pack_grp" in batch or "kv_sfx" in batch:
+        packed = int((batch["pack_grp"] > 0).sum()) if "pack_grp" in batch else 0
+        cached = int(batch["kv_pre_len"].sum() + (batch["kv_sfx"] > 0).sum()) if "kv_sfx" in batch else 0
+        return packed + cached
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return 0

@@ -48,6 +48,7 @@ class RecRows(Dataset):
         # prefix_len and group per row, and collate packs the rows of a group.
         self.share_prefix = False
         self.pack_ratio = 0.0  # models/shared_prefix.py attention_ratio of the scoring model
+        self.kv_min_group = 0  # groups of this many rows or more take the cache layout (0: never)
 
     def __len__(self):
         return len(self.uid)
@@ -130,6 +131,7 @@ class RecRows(Dataset):
                 batch["prefix_len"] = self._prefix_len[rows].tolist()
                 batch["group"] = self.prefix_groups()[rows]
                 batch["pack_ratio"] = self.pack_ratio
+                batch["kv_min_group"] = self.kv_min_group
         return batch
 
 

@@ -33,7 +33,7 @@ from .backbone import (
 )
 from .cf import build_cf, cold_start_view
 from .fece import Projector
-from .shared_prefix import packed_forward
+from .shared_prefix import shared_forward
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +304,10 @@ class CoLLM(nn.Module):
         """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
 
         Returns {"loss": scalar or None, "logits": [B] float32 answer scores (see answer_score)}.
-        A batch packed by prefix (pack_* keys, datasets/packing.py) goes through shared_prefix.py.
+        A batch in a shared-prefix layout (pack_* / kv_* keys, datasets/packing.py) goes through shared_prefix.py.
         """
-        if "pack_ids" in batch:
-            return packed_forward(self, batch)
+        if "pack_ids" in batch or "kv_ids" in batch:
+            return shared_forward(self, batch)
         emb = self.inputs_embeds(batch)
         attention_mask, position_ids = self.body_mask(batch["attention_mask"], emb.dtype, UNPADDED in batch)
         hidden = self.hidden_states(emb, attention_mask, position_ids, use_cache=False)

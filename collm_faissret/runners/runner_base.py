@@ -22,7 +22,7 @@ from .. import dist
 from ..checkpoint import CheckpointError, load, rng_state, save_atomic, set_rng_state
 from ..config import to_yaml
 from ..datasets.sampler import TrainBatchStream, eval_batches
-from ..models.shared_prefix import attention_ratio, why_plain
+from ..models.shared_prefix import attention_ratio, kv_min_group, why_plain
 from ..registry import get, register
 from .loop_state import LoopState
 from .nonfinite import NonFiniteGuard, rows_text
@@ -117,13 +117,17 @@ class RunnerBase:
                 reason, groups = "no two rows share a prompt prefix", None
         ds.share_prefix = groups is not None
         ds.pack_ratio = attention_ratio(model.llm.config) if groups is not None else 0.0
+        kv_min, kv_reason = kv_min_group(model) if groups is not None else (0, "")
+        ds.kv_min_group = kv_min
         if split not in self._paths_logged:
             self._paths_logged.add(split)
             if groups is None:
                 log.info("scoring %s: every prompt whole (%s)", split, reason)
             else:
-                log.info("scoring %s: shared prompt prefixes, %d rows in %d groups (mean group size %.2f)",
-                         split, n, n_groups, n / max(n_groups, 1))
+                log.info("scoring %s: shared prompt prefixes, %d rows in %d groups (mean group size %.2f); %s",
+                         split, n, n_groups, n / max(n_groups, 1),
+                         f"groups of {kv_min}+ rows over a cache of their prefix" if kv_min
+                         else f"every group packed ({kv_reason})")
         return groups
 
     def _score_splits(self, result, label="", known=None):
