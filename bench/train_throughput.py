@@ -43,6 +43,8 @@ import tp_harness as H  # noqa: E402
 import tp_setup as S  # noqa: E402
 from tp_report import print_table, row, write_json  # noqa: E402
 
+from collm_faissret.models.backbone import DTYPES  # noqa: E402
+
 DEFAULT_SEARCH = [8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 
 
@@ -233,7 +235,7 @@ def bare_run(args, env, mode, batch_size, seq_len) -> dict:
     """The bare loop (bench/tp_bare.py) once, at our batch size, dtype and (rounded) mean padded width."""
     from tp_bare import run
 
-    dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[env.dtype]
+    dtype = next(name for name, dt in DTYPES.items() if dt == env.dtype)
     ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
                          steps=args.steps, warmup=args.warmup, quantization=args.quantization)
     with contextlib.redirect_stdout(io.StringIO()):
