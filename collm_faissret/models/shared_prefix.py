@@ -9,11 +9,11 @@ rows or more are scored over a read-only cache of their prefix's keys/values
 batch reached 4.09x where packing gave 4.94x; a cache that is never written
 needs no copy).
 """
+import functools
 import inspect
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .. import registry
 from ..prompts import SLOT_ITEM, SLOT_USER
@@ -142,19 +142,27 @@ def _allowed(allowed, dtype):
         ~allowed, torch.finfo(dtype).min)[:, None]
 
 
-class PrefixLayer(DynamicLayer):
-    """One layer's keys/values of the prefixes [R, kv_heads, P, d] (an expanded view when every
-    row shares one prefix): ``update`` returns them followed by the new tokens' and keeps
-    nothing, so one cache serves any number of suffix batches with no copy kept."""
+@functools.cache
+def _prefix_layer_class():
+    """``PrefixLayer``, built on first use: transformers is imported here, not with the
+    package (``collm_faissret.env`` and the CLIs' --help stay free of its seconds-long import)."""
+    from transformers.cache_utils import DynamicLayer
 
-    def __init__(self, keys, values):
-        super().__init__()
-        self.keys, self.values = keys, values
-        self.device = keys.device
-        self.is_initialized = True
+    class PrefixLayer(DynamicLayer):
+        """One layer's keys/values of the prefixes [R, kv_heads, P, d] (an expanded view when every
+        row shares one prefix): ``update`` returns them followed by the new tokens' and keeps
+        nothing, so one cache serves any number of suffix batches with no copy kept."""
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values = keys, values
+            self.device = keys.device
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return PrefixLayer
 
 
 def _cache_kwarg(body):
@@ -175,6 +183,9 @@ def kv_hidden(model, batch, tokens):
     """
     config = model.llm.config
     dtype = None if config._attn_implementation == "sdpa" else model.llm.get_input_embeddings().weight.dtype
+    from transformers.cache_utils import Cache, DynamicCache  # see _prefix_layer_class
+
+    PrefixLayer = _prefix_layer_class()
     body = model._answer_parts()[0]
     name = _cache_kwarg(body)
     pre_len, grp = batch["kv_pre_len"], batch["kv_grp"]
