@@ -143,6 +143,7 @@ def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda",
     # the CPU's composite dropout its scaled noise tensor in the input's dtype (fp32, 4 bytes).
     mask_bytes = (1 if device == "cuda" else 4) if lora.dropout > 0 else 0
     act = 2 if quantization == "none" else 4  # bytes of one hidden-state value
+    host_mask = device == "cpu" and quantization == "none"  # the additive mask built once (body_mask)
 
     def lora_bytes(names, input_grad):
         total = 0
@@ -162,18 +163,21 @@ def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda",
         # four are H wide even with fewer kv heads; plus the fp32 log-sum-exp per head
         # (flash-style kernels keep that instead of the L x L probabilities).
         "attention": act * 4 * h + 4 * heads,
-        # SDPA turns the boolean [B, 1, L, L] mask into an additive one in q's dtype on every
-        # call and the backward keeps that copy: L values per query token, in every layer.
-        "mask": act * seq_len,
+        # On a GPU (and with k-bit layers) SDPA turns the boolean [B, 1, L, L] mask into an
+        # additive one in q's dtype on every call and the backward keeps that copy: L values
+        # per query token, in every layer. On the CPU CoLLM hands SDPA the additive mask
+        # itself (models/collm.py body_mask): one tensor that every layer keeps (below).
+        "mask": 0 if host_mask else act * seq_len,
         # SiLU's input (gate), its output and up's output (the product's backward needs both
         # factors); down_proj is frozen, so its input is not kept.
         "mlp": act * 3 * i,
         "lora": lora_bytes(targets, True),
     }
-    fixed = {
-        "final_norm": norm,
-        "rope": act * 2 * head_dim,  # cos and sin (in the hidden dtype), shared by every layer's q and k
-    }
+    # No final norm: CoLLM runs the body with its final norm skipped and norms only the
+    # positions it reads, in fp32 (models/collm.py hidden_states / answer_logits).
+    fixed = {"rope": act * 2 * head_dim}  # cos and sin (in the hidden dtype), shared by every layer's q and k
+    if host_mask:
+        fixed["mask"] = act * seq_len
     if not inputs_need_grad(model_cfg):  # stage 1: layer 0's input has no gradient to carry
         fixed["first_layer"] = -norm - (layer["lora"] - lora_bytes(targets, False))
     # Not counted: the loss path ([B] floats), the projector's and CF lookups' few
