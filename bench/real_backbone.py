@@ -40,8 +40,8 @@ Time on 2 idle CPU cores, fp32 (SmolLM2, ML-1M prompts of ~150 tokens): training
 2.3 samples/s (2.1 with --proj-tokens 8). A full-split evaluation of SmolLM2 took, before
 shared-prefix scoring (5.6-6.1 rows/s), about 20-22 minutes for the test split (7,331
 rows) and 30 minutes for the validation split (10,401); with it (run.shared_prefix: auto,
-the default: 1.98x the rows/s on the test split in bench/score_throughput.py, measured on
-a loaded machine) about 11 and 15 minutes. A CoLLM row of 1,600 training rows x 1 epoch
+the default) the test split took 13 min 42 s (8.9 rows/s, timed whole, CoLLM-SASRec), so
+the validation split about 20 minutes. A CoLLM row of 1,600 training rows x 1 epoch
 with its learning curve and both full splits: about 55 minutes of an idle machine, its
 cold-start row another 26. On a busy machine 2-8x that (docs/benchmarks.md). On CUDA the
 defaults are the whole training split and batch sizes 16/64.
