@@ -67,8 +67,9 @@ def pack_prefixes(batch, pad_id: int):
     if all(len(rows) == 1 for rows in members.values()):
         return None
     kv_min = int(batch.get("kv_min_group") or 0)
-    big = [rows for rows in members.values() if kv_min and len(rows) >= kv_min]
-    rest = [rows for rows in members.values() if not (kv_min and len(rows) >= kv_min)]
+    big, rest = [], []
+    for rows in members.values():
+        (big if kv_min and len(rows) >= kv_min else rest).append(rows)
     out = {}
     if rest:
         out.update(packed_layout(batch, rest, pad_id))
@@ -169,15 +170,13 @@ def kv_layout(batch, groups, pad_id: int):
     """
     ids, slots, plen = batch["input_ids"], batch["slot"], batch["prefix_len"]
     pre_len = [plen[g[0]] for g in groups]
-    longest = max(len(ids[b]) - plen[b] for g in groups for b in g)
-    mean = np.mean([len(ids[b]) - plen[b] for g in groups for b in g])
-    cap = suffix_row_length(mean, longest, batch.get("pack_ratio"))
+    lens = {b: len(ids[b]) - plen[b] for g in groups for b in g}  # suffix length per batch row
+    cap = suffix_row_length(np.mean(list(lens.values())), max(lens.values()), batch.get("pack_ratio"))
     packs = []  # (group index, [batch rows])
     for gi, rows in enumerate(groups):
         # as few rows as the cap allows, filled evenly (longest suffix onto the shortest row):
         # the batch's width is its longest row, so a short last row would be mostly padding
-        lens = {b: len(ids[b]) - plen[b] for b in rows}
-        mine = [[0, []] for _ in range(-(-sum(lens.values()) // cap))]
+        mine = [[0, []] for _ in range(-(-sum(lens[b] for b in rows) // cap))]
         for b in sorted(rows, key=lambda b: -lens[b]):
             pk = min(mine, key=lambda m: m[0])
             pk[0] += lens[b]
@@ -194,7 +193,7 @@ def kv_layout(batch, groups, pad_id: int):
         out["kv_pre_ids"][gi, :p] = torch.tensor(ids[g[0]][:p])
         out["kv_pre_slot"][gi, :p] = torch.tensor(slots[g[0]][:p])
         out["kv_pre_slot_j"][gi, :p] = torch.tensor(_slot_index(slots[g[0]][:p]))
-    width = max(sum(len(ids[b]) - plen[b] for b in rows) for _, rows in packs)
+    width = max(sum(lens[b] for b in rows) for _, rows in packs)
     shape = (len(packs), width)
     for key in ("kv_pos", "kv_sfx", "kv_slot", "kv_slot_j", "kv_src"):
         out[key] = torch.zeros(shape, dtype=torch.long)
@@ -203,7 +202,7 @@ def kv_layout(batch, groups, pad_id: int):
     for qi, (gi, rows) in enumerate(packs):
         t = 0
         for sfx, b in enumerate(rows, start=1):
-            p, end = plen[b], t + len(ids[b]) - plen[b]
+            p, end = plen[b], t + lens[b]
             out["kv_ids"][qi, t:end] = torch.tensor(ids[b][p:])
             out["kv_pos"][qi, t:end] = torch.arange(p, p + end - t)
             out["kv_sfx"][qi, t:end] = sfx

@@ -121,13 +121,12 @@ class RecRows(Dataset):
             if self._ids is None:
                 self._prompts()
             spans = list(zip(self._start[rows].tolist(), self._start[rows + 1].tolist()))
-            if self.share_prefix:  # packing.py reads python lists
-                batch["input_ids"] = [self._ids[a:b].tolist() for a, b in spans]
-                batch["slot"] = [self._slot[a:b].tolist() for a, b in spans]
-            else:  # views of the flat arrays: collate concatenates them, no python list between
+            if not self.share_prefix:  # views of the flat arrays: collate concatenates them
                 batch["input_ids"] = [self._ids[a:b] for a, b in spans]
                 batch["slot"] = [self._slot[a:b] for a, b in spans]
-            if self.share_prefix:
+            else:  # packing.py reads python lists
+                batch["input_ids"] = [self._ids[a:b].tolist() for a, b in spans]
+                batch["slot"] = [self._slot[a:b].tolist() for a, b in spans]
                 batch["prefix_len"] = self._prefix_len[rows].tolist()
                 batch["group"] = self.prefix_groups()[rows]
                 batch["pack_ratio"] = self.pack_ratio

@@ -330,12 +330,6 @@ def final_norm_name(body):
     return None
 
 
-def final_norm(body):
-    """The decoder body's final norm module, or None (see ``final_norm_name``)."""
-    name = final_norm_name(body)
-    return None if name is None else body._modules[name]
-
-
 _IDENTITY = nn.Identity()  # stands in for the body's final norm while hidden_states runs it
 
 

@@ -93,11 +93,7 @@ def packed_mask(grp, sfx, dtype):
     causal = pos[None, :] <= pos[:, None]  # [T, T]
     same = (grp[:, :, None] == grp[:, None, :]) & (grp[:, None, :] > 0)  # [P, T(q), T(k)]
     part = (sfx[:, None, :] == 0) | (sfx[:, None, :] == sfx[:, :, None])
-    allowed = (causal & same & part) | (pos[None, :] == pos[:, None])
-    if dtype is None:
-        return allowed[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=grp.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[:, None]
+    return _allowed((causal & same & part) | (pos[None, :] == pos[:, None]), dtype)
 
 
 def slot_tokens(model, batch):
