@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, cli_args, load_model
 
-from collm_faissret.datasets.packing import pack_prefixes, tokens_in
+from collm_faissret.datasets.packing import group_order, pack_prefixes, tokens_in
 from collm_faissret.datasets.sampler import eval_batches
 from collm_faissret.metrics import auc_report
 from collm_faissret.models.shared_prefix import attention_ratio, why_plain
@@ -144,6 +144,75 @@ def test_packing_layout_by_hand():
     assert tokens_in(out) == 9
     single = dict(batch, group=np.array([1, 2, 3]))
     assert pack_prefixes(single, pad_id=0) is None  # nothing shared: the plain layout
+
+
+def _pieces(batches, groups):
+    """group -> number of batches holding some of its rows."""
+    seen = {}
+    for b in batches:
+        for g in set(groups[b].tolist()):
+            seen[g] = seen.get(g, 0) + 1
+    return seen
+
+
+def test_eval_batches_cut_at_group_boundaries_by_hand():
+    """Groups 0 and 5 (1 row), 1 and 2 (2 rows), 3 (3 rows), 4 (5 rows), equal lengths, batch 4:
+    ordered by size, whole groups fill a batch until the next does not fit; group 4 is cut into
+    its remainder (1 row, into the open batch beside group 3) and one full batch. A fixed stride
+    of 4 would give [0, 13, 1, 2], [3, 12, 4, 5], [6, 7, 8, 9], [10, 11]: group 3 split."""
+    groups = np.array([0, 1, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4, 2, 5])
+    lengths = np.full(len(groups), 10)
+    expect = [[0, 13, 1, 2], [3, 12], [8, 9, 10, 11], [4, 5, 6, 7]]
+    assert eval_batches(lengths, 4, groups=groups) == expect
+    assert eval_batches(lengths, 4, 2, 0, groups=groups) == expect[0::2]
+    assert eval_batches(lengths, 4, 2, 1, groups=groups) == expect[1::2]
+    # the first 7 rows: group 2 is its row 3 alone, ordered with the single rows
+    assert eval_batches(lengths, 4, max_rows=7, groups=groups) == [[0, 3, 1, 2], [4, 5, 6]]
+
+
+def test_retrieve_rank_groups_of_50_at_batch_16():
+    """A user's 50 candidates in 4 pieces (16, 16, 16 and 2, the fewest), the 2-row remainders of
+    8 users sharing one batch; a fixed stride of 16 gave 16, 16, 16, 2 then 14, 16, 16, 4, ..."""
+    users = 20
+    groups = np.repeat(np.arange(users), 50)
+    lengths = np.random.RandomState(0).randint(100, 140, len(groups))
+    batches = eval_batches(lengths, 16, groups=groups)
+    assert len(batches) == 3 * users + -(-users // 8)
+    assert all(len(b) <= 16 for b in batches)
+    for b in batches:
+        counts = sorted(np.bincount(groups[b]).tolist())
+        assert counts[-1] == 16 and len(b) == 16 or set(counts) <= {0, 2}, counts
+    assert set(_pieces(batches, groups).values()) == {4}
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 16])
+def test_eval_batches_keep_groups_whole_under_any_world_size(batch_size):
+    """Random group sizes (1 to 40 rows): every row once, at most batch_size rows a batch, a group
+    that fits in one batch, a larger one in ceil(size / batch_size); ranks 1, 2 and 3 deal out
+    the same batches; fewer prefixes than a fixed stride; the plain path cut at a fixed stride."""
+    rng = np.random.RandomState(batch_size)
+    sizes = np.minimum(rng.geometric(0.3, 120), 40)
+    groups = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    lengths = rng.randint(20, 60, len(groups))
+    n = len(groups)
+    for max_rows in (None, n // 2):
+        m = n if max_rows is None else max_rows
+        one = eval_batches(lengths, batch_size, max_rows=max_rows, groups=groups)
+        rows = np.concatenate(one)
+        assert sorted(rows.tolist()) == list(range(m))
+        assert all(0 < len(b) <= batch_size for b in one)
+        size = np.bincount(groups[:m])
+        for g, k in _pieces(one, groups).items():
+            assert k == -(-size[g] // batch_size), (g, size[g], k)
+        for world in (2, 3):
+            dealt = [eval_batches(lengths, batch_size, world, r, max_rows, groups) for r in range(world)]
+            assert [b for r in range(world) for b in dealt[r]] == [b for r in range(world) for b in one[r::world]]
+        stride = np.argsort(lengths[:m], kind="stable")
+        assert eval_batches(lengths, batch_size, max_rows=max_rows) == [
+            stride[s:s + batch_size].tolist() for s in range(0, m, batch_size)]
+        order = group_order(groups[:m], lengths[:m])
+        fixed = [order[s:s + batch_size] for s in range(0, m, batch_size)]
+        assert sum(_pieces(one, groups).values()) <= sum(_pieces(fixed, groups).values())
 
 
 def test_cache_layout_by_hand():
