@@ -9,8 +9,12 @@ random-weight LLaMA of a named shape (tiny / 1b / 7b / 13b, bench/tp_setup.py) w
 trained on the data's titles. Bare: the yardstick's loop at the same batch size and
 seq_len = our mean padded width (equal tokens per step). Scoring runs every prompt whole
 (run.shared_prefix=off): packed rows would compute about a fifth fewer tokens than the
-yardstick is given (bench/score_throughput.py measures sharing). The yardstick has no CF
-model or projector: stage 2's ratio charges those (CoLLM's own model work) to ours.
+yardstick is given (bench/score_throughput.py measures sharing). For stage 2 the yardstick
+does CoLLM's own model work in plain torch (tp_bare.py --cf): frozen CF tables of our CF
+checkpoint's sizes, a projector of ours' architecture and size, its rows written at as many
+slot positions per row as our prompt has, the forward from inputs_embeds and, in training,
+the backward down to those positions into the projector (LoRA frozen, as in our stage 2);
+so stage 2's ratio, like stage 1's, measures what the framework adds around the same arithmetic.
 
   python bench/train_throughput.py --shape tiny --device cpu --data data/ml-1m --batch-size 32
   python bench/train_throughput.py --shape 7b --device cuda --data data/ml-1m --batch-size 16 \\
@@ -139,6 +143,7 @@ def measure_stage(args, env, stage, out_dir):
     runner._build()
     del backbone
     n_flop = flops_params(runner.model)
+    bare_cf = bare_cf_spec(runner.model)
     train_ds = runner.datasets["train"]
     lengths = train_ds.lengths()
     rows = []
@@ -148,8 +153,8 @@ def measure_stage(args, env, stage, out_dir):
             shape = H.batch_shape_stats(lengths, H.train_batches(lengths, bs, cfg.run.seed, not args.no_bucketing,
                                                                  iters)[args.warmup:])
             passes = H.pass_padding(lengths, bs, cfg.run.seed)
-            extra = {f"padding_fraction_pass_{k}": v for k, v in passes.items()}
-            rows.append(best_of(args, env, "train", bs, shape["mean_width"], lambda: row(
+            extra = {f"padding_fraction_pass_{k}": v for k, v in passes.items()} | bare_cf
+            rows.append(best_of(args, env, "train", bs, shape["mean_width"], bare_cf, lambda: row(
                 args, stage, "train", bs, runner.timed_train(args.warmup), shape, n_flop, extra)))
     if "eval" in args.modes:
         valid = runner.datasets["valid"]
@@ -157,8 +162,8 @@ def measure_stage(args, env, stage, out_dir):
             runner.use_config(cfg_of(args.batch_size[0], ebs, iters))
             shape = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, iters)[args.warmup:])
             full = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, len(valid)))
-            extra = {"padding_fraction_full_split": full["padding_fraction"]}
-            rows.append(best_of(args, env, "eval", ebs, shape["mean_width"], lambda: row(
+            extra = {"padding_fraction_full_split": full["padding_fraction"]} | bare_cf
+            rows.append(best_of(args, env, "eval", ebs, shape["mean_width"], bare_cf, lambda: row(
                 args, stage, "eval", ebs, runner.timed_eval("valid", args.warmup, iters), shape, n_flop, extra)))
     if args.sync_debug and env.device.type == "cuda":
         from tp_syncs import sync_report
@@ -216,14 +221,30 @@ def mem_search(args, runner, task, stage, n_flop, cfg_of):
     return rows
 
 
-def best_of(args, env, mode, batch_size, seq_len, measure):
+def bare_cf_spec(model) -> dict:
+    """{"bare_cf": [n_users, n_items, dim], "bare_proj": [token_num, mid_times, dropout]} for the
+    yardstick of a model with ID slots (its CF tables' and projector's sizes; the yardstick fills
+    token_num user and token_num item positions per row, as the stage-2 prompt has); {} without."""
+    if not model.use_slots:
+        return {}
+    tables = [tuple(p.shape) for p in model.cf.parameters() if p.dim() == 2]
+    k = model.proj.token_num
+    if len(tables) != 2 or (model.prompts.n_user_slots, model.prompts.n_item_slots) != (k, k):
+        raise ValueError("the stage-2 yardstick has a user and an item table and one <UserID> and one "
+                         "<TargetItemID> in the prompt; this model differs")
+    first, drop = model.proj.mlp[0], model.proj.mlp[2]
+    return {"bare_cf": [tables[0][0], tables[1][0], tables[0][1]],
+            "bare_proj": [k, first.out_features // first.in_features, drop.p]}
+
+
+def best_of(args, env, mode, batch_size, seq_len, bare_cf, measure):
     """Our row with the most samples/s of args.repeats runs; with the yardstick interleaved
     (CPU: shared cores make single runs noisy) its best run is attached."""
     ours, bares = [], []
     for _ in range(args.repeats):
         ours.append(measure())
         if env.interleave and not args.no_bare:
-            bares.append(bare_run(args, env, mode, batch_size, seq_len))
+            bares.append(bare_run(args, env, mode, batch_size, seq_len, bare_cf))
     best = max(ours, key=lambda r: r["samples_per_s"])
     best["repeats"] = args.repeats
     if bares:
@@ -231,13 +252,17 @@ def best_of(args, env, mode, batch_size, seq_len, measure):
     return best
 
 
-def bare_run(args, env, mode, batch_size, seq_len) -> dict:
-    """The bare loop (bench/tp_bare.py) once, at our batch size, dtype and (rounded) mean padded width."""
+def bare_run(args, env, mode, batch_size, seq_len, bare_cf) -> dict:
+    """The bare loop (bench/tp_bare.py) once, at our batch size, dtype and (rounded) mean padded
+    width; with ``bare_cf`` (``bare_cf_spec``) a stage-2 step of the same CF and projector sizes."""
     from tp_bare import run
 
     dtype = next(name for name, dt in DTYPES.items() if dt == env.dtype)
     ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
                          steps=args.steps, warmup=args.warmup, quantization=args.quantization)
+    if bare_cf:
+        ns.cf = bare_cf["bare_cf"]
+        ns.proj_token_num, ns.proj_mid_times, ns.proj_drop = bare_cf["bare_proj"]
     with contextlib.redirect_stdout(io.StringIO()):
         bare = run(ns, mode, batch_size, S.SHAPES)
     H.free_cuda()
@@ -255,7 +280,9 @@ def bare_rows(args, env, rows):
     """CUDA: the yardstick after our model is freed (its peak memory is then its own)."""
     for r in rows:
         if r["mode"] in ("train", "eval") and r.get("bare_samples_per_s") is None:
-            bests = [bare_run(args, env, r["mode"], r["batch_size"], r["seq_len"]) for _ in range(args.repeats)]
+            spec = {k: r[k] for k in ("bare_cf", "bare_proj") if k in r}
+            bests = [bare_run(args, env, r["mode"], r["batch_size"], r["seq_len"], spec)
+                     for _ in range(args.repeats)]
             attach_bare(r, max(bests, key=lambda b: b["samples_per_s"]))
 
 
