@@ -158,7 +158,7 @@ def eval_batch_list(lengths, batch_size: int, n_batches: int):
 
 
 def batch_shape_stats(lengths, batches) -> dict:
-    """Rows, mean padded width, real and padded token counts and padding fraction of left-padded batches."""
+    """Rows, mean padded width, real and padded token counts and padding fraction of padded batches."""
     lengths = np.asarray(lengths)
     widths = np.array([lengths[b].max() for b in batches], dtype=np.float64)
     padded = float(sum(len(b) * w for b, w in zip(batches, widths)))
