@@ -88,11 +88,12 @@ class SlotInputs(torch.nn.Module):
     """Stage 2's inputs in plain torch: frozen CF tables [n_users, dim] / [n_items, dim] and a
     projector dim -> dim * mid_times -> hidden * token_num (FECE's layers).
 
-    forward(emb [B, L, H], uid [B], iid [B]) -> emb with columns ``user_cols`` / ``item_cols``
-    ([token_num] each) set to the projections of each row's user and item."""
+    forward(emb [B, L, H], uid [B], iid [B]) -> emb with token_num columns mid-row and token_num
+    near its end (where a CoLLM prompt has its user and item slots) set to the projections of
+    each row's user and item."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, hidden: int, token_num: int, mid_times: int,
-                 drop: float, seq_len: int):
+                 drop: float):
         super().__init__()
         self.user, self.item = torch.nn.Embedding(n_users, dim), torch.nn.Embedding(n_items, dim)
         self.user.weight.requires_grad_(False)
@@ -100,16 +101,14 @@ class SlotInputs(torch.nn.Module):
         self.proj = torch.nn.Sequential(torch.nn.Linear(dim, dim * mid_times), torch.nn.ReLU(),
                                         torch.nn.Dropout(drop), torch.nn.Linear(dim * mid_times, hidden * token_num))
         self.k, self.hidden = token_num, hidden
-        # where a CoLLM prompt has them: the user's slot mid-prompt, the item's near the answer
-        self.user_cols = list(range(seq_len // 2, seq_len // 2 + token_num))
-        item = min(max(seq_len - 16 - token_num, seq_len // 2 + token_num), seq_len - token_num)
-        self.item_cols = list(range(item, item + token_num))
 
     def forward(self, emb, uid, iid):
-        n = emb.shape[0]
-        tok = self.proj(torch.cat([self.user(uid), self.item(iid)])).view(2, n, self.k, self.hidden).to(emb.dtype)
-        emb[:, self.user_cols] = tok[0]
-        emb[:, self.item_cols] = tok[1]
+        n, width, k = emb.shape[0], emb.shape[1], self.k
+        tok = self.proj(torch.cat([self.user(uid), self.item(iid)])).view(2, n, k, self.hidden).to(emb.dtype)
+        user = width // 2
+        item = min(max(width - 16 - k, user + k), width - k)
+        emb[:, user:user + k] = tok[0]
+        emb[:, item:item + k] = tok[1]
         return emb
 
 
@@ -130,7 +129,7 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
         n_users, n_items, dim = cf
         hidden = model.get_input_embeddings().embedding_dim
         slots = SlotInputs(n_users, n_items, dim, hidden, getattr(args, "proj_token_num", 1),
-                           getattr(args, "proj_mid_times", 10), getattr(args, "proj_drop", 0.0), args.seq_len)
+                           getattr(args, "proj_mid_times", 10), getattr(args, "proj_drop", 0.0))
         slots.to(device)  # fp32, as ours keeps its projector and casts its output
         for p in model.parameters():
             p.requires_grad_(False)
@@ -153,8 +152,15 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     if slots is not None:
         slots.train(mode == "train")
 
+    # the padded width of each warm-up and timed step: ``widths`` when given (the widths of the
+    # batches of the loop measured against this one, in order), else seq_len throughout
+    widths = list(getattr(args, "widths", None) or [args.seq_len] * (args.warmup + args.steps))
+    if len(widths) != args.warmup + args.steps:
+        raise ValueError(f"{len(widths)} widths for {args.warmup} + {args.steps} steps")
+    step_widths = iter(widths)
+
     def step():
-        ids = torch.randint(3, vocab, (batch_size, args.seq_len), device=device)
+        ids = torch.randint(3, vocab, (batch_size, next(step_widths)), device=device)
         labels = torch.randint(0, 2, (batch_size,), device=device).float()
         if mode == "train":
             logits = model(**inputs(ids), **keep).logits[:, -1, yes_id].float()
@@ -176,7 +182,7 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
         step()
     sync()
     dt = (time.perf_counter() - t0) / args.steps
-    tokens = batch_size * args.seq_len
+    tokens = batch_size * sum(widths[args.warmup:]) / args.steps
     # matmul FLOPs per token: 2 x frozen parameters forward; LoRA training adds about as much
     # again for the activation gradients (frozen weights get no weight gradients)
     per_tok = (4 if mode == "train" else 2) * frozen
@@ -184,7 +190,8 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     if slots is not None:
         kind += "_projector"
     out = dict(reference=kind, shape=args.shape, mode=mode, dtype=args.dtype,
-               batch_size=batch_size, seq_len=args.seq_len, steps=args.steps, sec_per_step=round(dt, 5),
+               batch_size=batch_size, seq_len=round(tokens / batch_size, 2), steps=args.steps,
+               sec_per_step=round(dt, 5),
                samples_per_s=round(batch_size / dt, 2), tokens_per_s=round(tokens / dt, 1),
                model_tflops=round(per_tok * tokens / dt / 1e12, 4))
     if device.type == "cuda":

@@ -6,8 +6,11 @@ slots) built from train_configs/collm_stage{1,2}*.yaml through the real config l
 RecTask and RunnerBase: real ML-1M prompts tokenised in DataLoader workers, length
 bucketing, AMP on CUDA, AdamW, LM head at the answer position only; the backbone is a
 random-weight LLaMA of a named shape (tiny / 1b / 7b / 13b, bench/tp_setup.py) with a word tokenizer
-trained on the data's titles. Bare: the yardstick's loop at the same batch size and
-seq_len = our mean padded width (equal tokens per step). Scoring runs every prompt whole
+trained on the data's titles. Bare: the yardstick's loop at the same batch size, each step at
+the padded width of our batch of that step (warm-up included): the same tensor shapes in the
+same order. (At one fixed width, our mean, the bare loop ran 4-7% faster at the tiny shape on
+CPU than over the same widths in our order: every new width costs kernel set-up; a loop over
+real prompts pays it too.) Scoring runs every prompt whole
 (run.shared_prefix=off): packed rows would compute about a fifth fewer tokens than the
 yardstick is given (bench/score_throughput.py measures sharing). For stage 2 the yardstick
 does CoLLM's own model work in plain torch (tp_bare.py --cf): frozen CF tables of our CF
@@ -150,20 +153,23 @@ def measure_stage(args, env, stage, out_dir):
     if "train" in args.modes:
         for bs in args.batch_size:
             runner.use_config(cfg_of(bs, args.eval_batch_size[0], iters))
-            shape = H.batch_shape_stats(lengths, H.train_batches(lengths, bs, cfg.run.seed, not args.no_bucketing,
-                                                                 iters)[args.warmup:])
+            batches = H.train_batches(lengths, bs, cfg.run.seed, not args.no_bucketing, iters)
+            shape = H.batch_shape_stats(lengths, batches[args.warmup:])
             passes = H.pass_padding(lengths, bs, cfg.run.seed)
             extra = {f"padding_fraction_pass_{k}": v for k, v in passes.items()} | bare_cf
-            rows.append(best_of(args, env, "train", bs, shape["mean_width"], bare_cf, lambda: row(
+            extra["bare_widths"] = H.widths(lengths, batches)
+            rows.append(best_of(args, env, "train", bs, extra, lambda: row(
                 args, stage, "train", bs, runner.timed_train(args.warmup), shape, n_flop, extra)))
     if "eval" in args.modes:
         valid = runner.datasets["valid"]
         for ebs in args.eval_batch_size:
             runner.use_config(cfg_of(args.batch_size[0], ebs, iters))
-            shape = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, iters)[args.warmup:])
+            batches = H.eval_batch_list(valid.lengths(), ebs, iters)
+            shape = H.batch_shape_stats(valid.lengths(), batches[args.warmup:])
             full = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, len(valid)))
             extra = {"padding_fraction_full_split": full["padding_fraction"]} | bare_cf
-            rows.append(best_of(args, env, "eval", ebs, shape["mean_width"], bare_cf, lambda: row(
+            extra["bare_widths"] = H.widths(valid.lengths(), batches)
+            rows.append(best_of(args, env, "eval", ebs, extra, lambda: row(
                 args, stage, "eval", ebs, runner.timed_eval("valid", args.warmup, iters), shape, n_flop, extra)))
     if args.sync_debug and env.device.type == "cuda":
         from tp_syncs import sync_report
@@ -237,14 +243,15 @@ def bare_cf_spec(model) -> dict:
             "bare_proj": [k, first.out_features // first.in_features, drop.p]}
 
 
-def best_of(args, env, mode, batch_size, seq_len, bare_cf, measure):
+def best_of(args, env, mode, batch_size, spec, measure):
     """Our row with the most samples/s of args.repeats runs; with the yardstick interleaved
-    (CPU: shared cores make single runs noisy) its best run is attached."""
+    (CPU: shared cores make single runs noisy) its best run is attached. spec: what the
+    yardstick needs (``bare_spec``)."""
     ours, bares = [], []
     for _ in range(args.repeats):
         ours.append(measure())
         if env.interleave and not args.no_bare:
-            bares.append(bare_run(args, env, mode, batch_size, seq_len, bare_cf))
+            bares.append(bare_run(args, env, mode, batch_size, spec))
     best = max(ours, key=lambda r: r["samples_per_s"])
     best["repeats"] = args.repeats
     if bares:
@@ -252,17 +259,25 @@ def best_of(args, env, mode, batch_size, seq_len, bare_cf, measure):
     return best
 
 
-def bare_run(args, env, mode, batch_size, seq_len, bare_cf) -> dict:
-    """The bare loop (bench/tp_bare.py) once, at our batch size, dtype and (rounded) mean padded
-    width; with ``bare_cf`` (``bare_cf_spec``) a stage-2 step of the same CF and projector sizes."""
+def bare_spec(r) -> dict:
+    """What the yardstick needs from one of our rows: the widths of our warm-up and timed batches
+    and, for stage 2, the CF and projector sizes (``bare_cf_spec``)."""
+    return {k: r[k] for k in ("bare_widths", "bare_cf", "bare_proj") if k in r}
+
+
+def bare_run(args, env, mode, batch_size, spec) -> dict:
+    """The bare loop (bench/tp_bare.py) once, at our batch size and dtype, step by step at the
+    padded widths of our batches (``spec["bare_widths"]``: the same tensor shapes, in order);
+    with ``spec["bare_cf"]`` a stage-2 step of the same CF and projector sizes."""
     from tp_bare import run
 
     dtype = next(name for name, dt in DTYPES.items() if dt == env.dtype)
-    ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
+    widths = spec["bare_widths"]
+    ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=max(widths), widths=widths,
                          steps=args.steps, warmup=args.warmup, quantization=args.quantization)
-    if bare_cf:
-        ns.cf = bare_cf["bare_cf"]
-        ns.proj_token_num, ns.proj_mid_times, ns.proj_drop = bare_cf["bare_proj"]
+    if "bare_cf" in spec:
+        ns.cf = spec["bare_cf"]
+        ns.proj_token_num, ns.proj_mid_times, ns.proj_drop = spec["bare_proj"]
     with contextlib.redirect_stdout(io.StringIO()):
         bare = run(ns, mode, batch_size, S.SHAPES)
     H.free_cuda()
@@ -280,9 +295,7 @@ def bare_rows(args, env, rows):
     """CUDA: the yardstick after our model is freed (its peak memory is then its own)."""
     for r in rows:
         if r["mode"] in ("train", "eval") and r.get("bare_samples_per_s") is None:
-            spec = {k: r[k] for k in ("bare_cf", "bare_proj") if k in r}
-            bests = [bare_run(args, env, r["mode"], r["batch_size"], r["seq_len"], spec)
-                     for _ in range(args.repeats)]
+            bests = [bare_run(args, env, r["mode"], r["batch_size"], bare_spec(r)) for _ in range(args.repeats)]
             attach_bare(r, max(bests, key=lambda b: b["samples_per_s"]))
 
 
