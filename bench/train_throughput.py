@@ -8,9 +8,10 @@ bucketing, AMP on CUDA, AdamW, LM head at the answer position only; the backbone
 random-weight LLaMA of a named shape (tiny / 1b / 7b / 13b, bench/tp_setup.py) with a word tokenizer
 trained on the data's titles. Bare: the yardstick's loop at the same batch size, each step at
 the padded width of our batch of that step (warm-up included): the same tensor shapes in the
-same order. (At one fixed width, our mean, the bare loop ran 4-7% faster at the tiny shape on
-CPU than over the same widths in our order: every new width costs kernel set-up; a loop over
-real prompts pays it too.) Scoring runs every prompt whole
+same order. At one fixed width, our batches' mean (--bare-fixed-width: equal tokens, other
+shapes), the bare loop ran between 1% slower and 6% faster at the tiny shape on CPU,
+depending on the row (docs/benchmarks.md): each width has its own kernel costs, and a loop
+over real prompts meets the widths they have. Scoring runs every prompt whole
 (run.shared_prefix=off): packed rows would compute about a fifth fewer tokens than the
 yardstick is given (bench/score_throughput.py measures sharing). For stage 2 the yardstick
 does CoLLM's own model work in plain torch (tp_bare.py --cf): frozen CF tables of our CF
@@ -81,6 +82,9 @@ def parse_args(argv=None):
     ap.add_argument("--mem-limit-gib", type=float, default=22.0, help="CUDA memory cap of the memory search")
     ap.add_argument("--sync-debug", action="store_true", help="CUDA: list host-device syncs of 2 training steps")
     ap.add_argument("--no-bare", action="store_true", help="skip the yardstick loop")
+    ap.add_argument("--bare-fixed-width", action="store_true",
+                    help="run the yardstick at one width, our batches' mean, instead of each batch's own width "
+                         "(the yardstick before 3 December 2026; docs/benchmarks.md compares the two)")
     ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                     help="model.quantization for ours, the same BitsAndBytesConfig for the bare loop; needs --shape "
                          "DIR (bench/random_checkpoint.py writes a random one): bitsandbytes quantizes while loading")
@@ -275,6 +279,8 @@ def bare_run(args, env, mode, batch_size, spec) -> dict:
     widths = spec["bare_widths"]
     ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=max(widths), widths=widths,
                          steps=args.steps, warmup=args.warmup, quantization=args.quantization)
+    if args.bare_fixed_width:
+        ns.seq_len, ns.widths = int(round(sum(widths[args.warmup:]) / args.steps)), None
     if "bare_cf" in spec:
         ns.cf = spec["bare_cf"]
         ns.proj_token_num, ns.proj_mid_times, ns.proj_drop = spec["bare_proj"]
