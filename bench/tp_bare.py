@@ -2,7 +2,8 @@
 
 The project's own steps (bench/train_throughput.py, bench/act_memory.py) are measured
 against it in the same run, on the same device, at the same batch size and tokens per
-row. It has no data pipeline: fixed-length random token ids, LoRA (r=8, alpha 16,
+row. It has no data pipeline: random token ids, --seq-len per row (train_throughput.py
+gives it the padded width of each of its own batches instead, step by step), LoRA (r=8, alpha 16,
 dropout 0.05, q_proj / v_proj) on a LLaMA-shaped model, BCE on the "Yes" logit at the
 last position, AdamW at lr 1e-4. Speed and memory do not depend on the weight values, so
 a named shape (tiny, 1b, 7b, 13b: bench/tp_setup.py's SHAPES) gets random weights; a
