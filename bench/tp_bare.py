@@ -2,7 +2,8 @@
 
 The project's own steps (bench/train_throughput.py, bench/act_memory.py) are measured
 against it in the same run, on the same device, at the same batch size and tokens per
-row. It has no data pipeline: fixed-length random token ids, LoRA (r=8, alpha 16,
+row. It has no data pipeline: random token ids, --seq-len per row (train_throughput.py
+gives it the padded width of each of its own batches instead, step by step), LoRA (r=8, alpha 16,
 dropout 0.05, q_proj / v_proj) on a LLaMA-shaped model, BCE on the "Yes" logit at the
 last position, AdamW at lr 1e-4. Speed and memory do not depend on the weight values, so
 a named shape (tiny, 1b, 7b, 13b: bench/tp_setup.py's SHAPES) gets random weights; a
@@ -13,7 +14,18 @@ The LM head runs at the last position only (``logits_to_keep=1``), as ours does;
 loop written without that option does; at a 49k vocabulary it is a large share of the
 time, and it adds the logits to the peak memory).
 
+``--cf N_USERS N_ITEMS DIM`` makes it the yardstick of a stage-2 step (CoLLM's projector
+tuned, LoRA frozen), the same model work written in plain torch: frozen user and item
+embedding tables of that size, a projector of FECE's architecture (Linear DIM ->
+DIM * --proj-mid-times, ReLU, Dropout, Linear -> hidden * --proj-token-num), one
+projector call over the batch's users and items, its rows written into the input
+embeddings at --proj-token-num user and as many item positions per row, the forward
+from inputs_embeds, and in training the backward through every layer down to those
+positions into the projector, AdamW on the projector alone. Without it (stage 1) the
+LoRA weights are what trains and there is no CF model.
+
   python bench/tp_bare.py --shape tiny --device cpu --steps 3
+  python bench/tp_bare.py --shape tiny --device cpu --steps 3 --cf 6040 3706 64
   python bench/tp_bare.py --shape 7b --batch-size 4 16 --seq-len 256 --full-logits
 
 Prints one JSON line per measurement.
@@ -73,9 +85,38 @@ def quantized_backbone(path: str, quantization: str, dtype: torch.dtype, device:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+class SlotInputs(torch.nn.Module):
+    """Stage 2's inputs in plain torch: frozen CF tables [n_users, dim] / [n_items, dim] and a
+    projector dim -> dim * mid_times -> hidden * token_num (FECE's layers).
+
+    forward(emb [B, L, H], uid [B], iid [B]) -> emb with token_num columns mid-row and token_num
+    near its end (where a CoLLM prompt has its user and item slots) set to the projections of
+    each row's user and item."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, hidden: int, token_num: int, mid_times: int,
+                 drop: float):
+        super().__init__()
+        self.user, self.item = torch.nn.Embedding(n_users, dim), torch.nn.Embedding(n_items, dim)
+        self.user.weight.requires_grad_(False)
+        self.item.weight.requires_grad_(False)
+        self.proj = torch.nn.Sequential(torch.nn.Linear(dim, dim * mid_times), torch.nn.ReLU(),
+                                        torch.nn.Dropout(drop), torch.nn.Linear(dim * mid_times, hidden * token_num))
+        self.k, self.hidden = token_num, hidden
+
+    def forward(self, emb, uid, iid):
+        n, width, k = emb.shape[0], emb.shape[1], self.k
+        tok = self.proj(torch.cat([self.user(uid), self.item(iid)])).view(2, n, k, self.hidden).to(emb.dtype)
+        user = width // 2
+        item = min(max(width - 16 - k, user + k), width - k)
+        emb[:, user:user + k] = tok[0]
+        emb[:, item:item + k] = tok[1]
+        return emb
+
+
 def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     """One measurement; args: shape, device, dtype (bf16/fp16/fp32), seq_len, steps, warmup
-    (and optionally quantization, full_logits). ``sizes``: the named shapes."""
+    (and optionally quantization, full_logits, and cf = (n_users, n_items, dim) with
+    proj_token_num / proj_mid_times / proj_drop for a stage-2 step). ``sizes``: the named shapes."""
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
@@ -83,23 +124,53 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     yes_id = 8241 % vocab  # any fixed id: " Yes" in LLaMA's vocabulary
     keep = {} if getattr(args, "full_logits", False) else {"logits_to_keep": 1}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    cf = getattr(args, "cf", None)
+    slots = None
+    if cf:  # stage 2: the projector trains, the LoRA stays as it is
+        n_users, n_items, dim = cf
+        hidden = model.get_input_embeddings().embedding_dim
+        slots = SlotInputs(n_users, n_items, dim, hidden, getattr(args, "proj_token_num", 1),
+                           getattr(args, "proj_mid_times", 10), getattr(args, "proj_drop", 0.0))
+        slots.to(device)  # fp32, as ours keeps its projector and casts its output
+        for p in model.parameters():
+            p.requires_grad_(False)
+        opt = torch.optim.AdamW(slots.proj.parameters(), lr=1e-4)
+    else:
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    embed = model.get_input_embeddings()
+    n_users, n_items = (cf[0], cf[1]) if cf else (1, 1)
+
+    def inputs(ids):
+        if slots is None:
+            return {"input_ids": ids}
+        uid = torch.randint(0, n_users, (batch_size,), device=device)
+        iid = torch.randint(0, n_items, (batch_size,), device=device)
+        return {"inputs_embeds": slots(embed(ids), uid, iid)}
 
     # Once, as a training loop or an evaluation does (and as ours does: once per epoch / pass);
     # per step, the walk over its 75 modules cost 0.2 ms: 2-4% of a tiny model's step, charged to bare alone.
     model.train(mode == "train")
+    if slots is not None:
+        slots.train(mode == "train")
+
+    # the padded width of each warm-up and timed step: ``widths`` when given (the widths of the
+    # batches of the loop measured against this one, in order), else seq_len throughout
+    widths = list(getattr(args, "widths", None) or [args.seq_len] * (args.warmup + args.steps))
+    if len(widths) != args.warmup + args.steps:
+        raise ValueError(f"{len(widths)} widths for {args.warmup} + {args.steps} steps")
+    step_widths = iter(widths)
 
     def step():
-        ids = torch.randint(3, vocab, (batch_size, args.seq_len), device=device)
+        ids = torch.randint(3, vocab, (batch_size, next(step_widths)), device=device)
         labels = torch.randint(0, 2, (batch_size,), device=device).float()
         if mode == "train":
-            logits = model(input_ids=ids, **keep).logits[:, -1, yes_id].float()
+            logits = model(**inputs(ids), **keep).logits[:, -1, yes_id].float()
             torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         else:
             with torch.no_grad():
-                model(input_ids=ids, **keep).logits[:, -1, yes_id].float()
+                model(**inputs(ids), **keep).logits[:, -1, yes_id].float()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
@@ -112,13 +183,16 @@ def run(args, mode: str, batch_size: int, sizes: dict) -> dict:
         step()
     sync()
     dt = (time.perf_counter() - t0) / args.steps
-    tokens = batch_size * args.seq_len
+    tokens = batch_size * sum(widths[args.warmup:]) / args.steps
     # matmul FLOPs per token: 2 x frozen parameters forward; LoRA training adds about as much
     # again for the activation gradients (frozen weights get no weight gradients)
     per_tok = (4 if mode == "train" else 2) * frozen
     kind = "bare_loop_full_logits" if not keep else "bare_loop_last_position"
+    if slots is not None:
+        kind += "_projector"
     out = dict(reference=kind, shape=args.shape, mode=mode, dtype=args.dtype,
-               batch_size=batch_size, seq_len=args.seq_len, steps=args.steps, sec_per_step=round(dt, 5),
+               batch_size=batch_size, seq_len=round(tokens / batch_size, 2), steps=args.steps,
+               sec_per_step=round(dt, 5),
                samples_per_s=round(batch_size / dt, 2), tokens_per_s=round(tokens / dt, 1),
                model_tflops=round(per_tok * tokens / dt / 1e12, 4))
     if device.type == "cuda":
@@ -148,6 +222,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                     help="load --shape DIR through bitsandbytes (QLoRA)")
     ap.add_argument("--full-logits", action="store_true", help="logits at every position, one column read")
+    ap.add_argument("--cf", type=int, nargs=3, metavar=("N_USERS", "N_ITEMS", "DIM"),
+                    help="a stage-2 step: frozen CF tables of this size feed a projector that trains (LoRA frozen)")
+    ap.add_argument("--proj-token-num", type=int, default=1, help="with --cf: slot tokens per ID")
+    ap.add_argument("--proj-mid-times", type=int, default=10, help="with --cf: the projector's hidden width / DIM")
     args = ap.parse_args(argv)
     if args.shape not in SHAPES and not os.path.isdir(args.shape):
         ap.error(f"--shape {args.shape!r}: neither {' / '.join(SHAPES)} nor a checkpoint directory")

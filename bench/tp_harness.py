@@ -157,8 +157,13 @@ def eval_batch_list(lengths, batch_size: int, n_batches: int):
     return eval_batches(lengths, batch_size, 1, 0, n_batches * batch_size)
 
 
+def widths(lengths, batches) -> list:
+    """The padded width (longest prompt) of each batch, in order."""
+    return [int(np.asarray(lengths)[b].max()) for b in batches]
+
+
 def batch_shape_stats(lengths, batches) -> dict:
-    """Rows, mean padded width, real and padded token counts and padding fraction of left-padded batches."""
+    """Rows, mean padded width, real and padded token counts and padding fraction of padded batches."""
     lengths = np.asarray(lengths)
     widths = np.array([lengths[b].max() for b in batches], dtype=np.float64)
     padded = float(sum(len(b) * w for b, w in zip(batches, widths)))

@@ -6,11 +6,19 @@ slots) built from train_configs/collm_stage{1,2}*.yaml through the real config l
 RecTask and RunnerBase: real ML-1M prompts tokenised in DataLoader workers, length
 bucketing, AMP on CUDA, AdamW, LM head at the answer position only; the backbone is a
 random-weight LLaMA of a named shape (tiny / 1b / 7b / 13b, bench/tp_setup.py) with a word tokenizer
-trained on the data's titles. Bare: the yardstick's loop at the same batch size and
-seq_len = our mean padded width (equal tokens per step). Scoring runs every prompt whole
+trained on the data's titles. Bare: the yardstick's loop at the same batch size, each step at
+the padded width of our batch of that step (warm-up included): the same tensor shapes in the
+same order. At one fixed width, our batches' mean (--bare-fixed-width: equal tokens, other
+shapes), the bare loop ran between 1% slower and 6% faster at the tiny shape on CPU,
+depending on the row (docs/benchmarks.md): each width has its own kernel costs, and a loop
+over real prompts meets the widths they have. Scoring runs every prompt whole
 (run.shared_prefix=off): packed rows would compute about a fifth fewer tokens than the
-yardstick is given (bench/score_throughput.py measures sharing). The yardstick has no CF
-model or projector: stage 2's ratio charges those (CoLLM's own model work) to ours.
+yardstick is given (bench/score_throughput.py measures sharing). For stage 2 the yardstick
+does CoLLM's own model work in plain torch (tp_bare.py --cf): frozen CF tables of our CF
+checkpoint's sizes, a projector of ours' architecture and size, its rows written at as many
+slot positions per row as our prompt has, the forward from inputs_embeds and, in training,
+the backward down to those positions into the projector (LoRA frozen, as in our stage 2);
+so stage 2's ratio, like stage 1's, measures what the framework adds around the same arithmetic.
 
   python bench/train_throughput.py --shape tiny --device cpu --data data/ml-1m --batch-size 32
   python bench/train_throughput.py --shape 7b --device cuda --data data/ml-1m --batch-size 16 \\
@@ -74,6 +82,9 @@ def parse_args(argv=None):
     ap.add_argument("--mem-limit-gib", type=float, default=22.0, help="CUDA memory cap of the memory search")
     ap.add_argument("--sync-debug", action="store_true", help="CUDA: list host-device syncs of 2 training steps")
     ap.add_argument("--no-bare", action="store_true", help="skip the yardstick loop")
+    ap.add_argument("--bare-fixed-width", action="store_true",
+                    help="run the yardstick at one width, our batches' mean, instead of each batch's own width "
+                         "(the yardstick before 3 December 2026; docs/benchmarks.md compares the two)")
     ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                     help="model.quantization for ours, the same BitsAndBytesConfig for the bare loop; needs --shape "
                          "DIR (bench/random_checkpoint.py writes a random one): bitsandbytes quantizes while loading")
@@ -139,26 +150,30 @@ def measure_stage(args, env, stage, out_dir):
     runner._build()
     del backbone
     n_flop = flops_params(runner.model)
+    bare_cf = bare_cf_spec(runner.model)
     train_ds = runner.datasets["train"]
     lengths = train_ds.lengths()
     rows = []
     if "train" in args.modes:
         for bs in args.batch_size:
             runner.use_config(cfg_of(bs, args.eval_batch_size[0], iters))
-            shape = H.batch_shape_stats(lengths, H.train_batches(lengths, bs, cfg.run.seed, not args.no_bucketing,
-                                                                 iters)[args.warmup:])
+            batches = H.train_batches(lengths, bs, cfg.run.seed, not args.no_bucketing, iters)
+            shape = H.batch_shape_stats(lengths, batches[args.warmup:])
             passes = H.pass_padding(lengths, bs, cfg.run.seed)
-            extra = {f"padding_fraction_pass_{k}": v for k, v in passes.items()}
-            rows.append(best_of(args, env, "train", bs, shape["mean_width"], lambda: row(
+            extra = {f"padding_fraction_pass_{k}": v for k, v in passes.items()} | bare_cf
+            extra["bare_widths"] = H.widths(lengths, batches)
+            rows.append(best_of(args, env, "train", bs, extra, lambda: row(
                 args, stage, "train", bs, runner.timed_train(args.warmup), shape, n_flop, extra)))
     if "eval" in args.modes:
         valid = runner.datasets["valid"]
         for ebs in args.eval_batch_size:
             runner.use_config(cfg_of(args.batch_size[0], ebs, iters))
-            shape = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, iters)[args.warmup:])
+            batches = H.eval_batch_list(valid.lengths(), ebs, iters)
+            shape = H.batch_shape_stats(valid.lengths(), batches[args.warmup:])
             full = H.batch_shape_stats(valid.lengths(), H.eval_batch_list(valid.lengths(), ebs, len(valid)))
-            extra = {"padding_fraction_full_split": full["padding_fraction"]}
-            rows.append(best_of(args, env, "eval", ebs, shape["mean_width"], lambda: row(
+            extra = {"padding_fraction_full_split": full["padding_fraction"]} | bare_cf
+            extra["bare_widths"] = H.widths(valid.lengths(), batches)
+            rows.append(best_of(args, env, "eval", ebs, extra, lambda: row(
                 args, stage, "eval", ebs, runner.timed_eval("valid", args.warmup, iters), shape, n_flop, extra)))
     if args.sync_debug and env.device.type == "cuda":
         from tp_syncs import sync_report
@@ -216,14 +231,31 @@ def mem_search(args, runner, task, stage, n_flop, cfg_of):
     return rows
 
 
-def best_of(args, env, mode, batch_size, seq_len, measure):
+def bare_cf_spec(model) -> dict:
+    """{"bare_cf": [n_users, n_items, dim], "bare_proj": [token_num, mid_times, dropout]} for the
+    yardstick of a model with ID slots (its CF tables' and projector's sizes; the yardstick fills
+    token_num user and token_num item positions per row, as the stage-2 prompt has); {} without."""
+    if not model.use_slots:
+        return {}
+    tables = [tuple(p.shape) for p in model.cf.parameters() if p.dim() == 2]
+    k = model.proj.token_num
+    if len(tables) != 2 or (model.prompts.n_user_slots, model.prompts.n_item_slots) != (k, k):
+        raise ValueError("the stage-2 yardstick has a user and an item table and one <UserID> and one "
+                         "<TargetItemID> in the prompt; this model differs")
+    first, drop = model.proj.mlp[0], model.proj.mlp[2]
+    return {"bare_cf": [tables[0][0], tables[1][0], tables[0][1]],
+            "bare_proj": [k, first.out_features // first.in_features, drop.p]}
+
+
+def best_of(args, env, mode, batch_size, spec, measure):
     """Our row with the most samples/s of args.repeats runs; with the yardstick interleaved
-    (CPU: shared cores make single runs noisy) its best run is attached."""
+    (CPU: shared cores make single runs noisy) its best run is attached. spec: what the
+    yardstick needs (``bare_spec``)."""
     ours, bares = [], []
     for _ in range(args.repeats):
         ours.append(measure())
         if env.interleave and not args.no_bare:
-            bares.append(bare_run(args, env, mode, batch_size, seq_len))
+            bares.append(bare_run(args, env, mode, batch_size, spec))
     best = max(ours, key=lambda r: r["samples_per_s"])
     best["repeats"] = args.repeats
     if bares:
@@ -231,13 +263,27 @@ def best_of(args, env, mode, batch_size, seq_len, measure):
     return best
 
 
-def bare_run(args, env, mode, batch_size, seq_len) -> dict:
-    """The bare loop (bench/tp_bare.py) once, at our batch size, dtype and (rounded) mean padded width."""
+def bare_spec(r) -> dict:
+    """What the yardstick needs from one of our rows: the widths of our warm-up and timed batches
+    and, for stage 2, the CF and projector sizes (``bare_cf_spec``)."""
+    return {k: r[k] for k in ("bare_widths", "bare_cf", "bare_proj") if k in r}
+
+
+def bare_run(args, env, mode, batch_size, spec) -> dict:
+    """The bare loop (bench/tp_bare.py) once, at our batch size and dtype, step by step at the
+    padded widths of our batches (``spec["bare_widths"]``: the same tensor shapes, in order);
+    with ``spec["bare_cf"]`` a stage-2 step of the same CF and projector sizes."""
     from tp_bare import run
 
     dtype = next(name for name, dt in DTYPES.items() if dt == env.dtype)
-    ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=int(round(seq_len)),
+    widths = spec["bare_widths"]
+    ns = SimpleNamespace(shape=args.shape, device=args.device, dtype=dtype, seq_len=max(widths), widths=widths,
                          steps=args.steps, warmup=args.warmup, quantization=args.quantization)
+    if args.bare_fixed_width:
+        ns.seq_len, ns.widths = int(round(sum(widths[args.warmup:]) / args.steps)), None
+    if "bare_cf" in spec:
+        ns.cf = spec["bare_cf"]
+        ns.proj_token_num, ns.proj_mid_times, ns.proj_drop = spec["bare_proj"]
     with contextlib.redirect_stdout(io.StringIO()):
         bare = run(ns, mode, batch_size, S.SHAPES)
     H.free_cuda()
@@ -255,7 +301,7 @@ def bare_rows(args, env, rows):
     """CUDA: the yardstick after our model is freed (its peak memory is then its own)."""
     for r in rows:
         if r["mode"] in ("train", "eval") and r.get("bare_samples_per_s") is None:
-            bests = [bare_run(args, env, r["mode"], r["batch_size"], r["seq_len"]) for _ in range(args.repeats)]
+            bests = [bare_run(args, env, r["mode"], r["batch_size"], bare_spec(r)) for _ in range(args.repeats)]
             attach_bare(r, max(bests, key=lambda b: b["samples_per_s"]))
 
 

@@ -17,9 +17,11 @@ stated memory. The parts:
   batch (B x L), summed over the decoder layers, plus a fixed part once per model
   (activation_terms lists each term and why). Per layer, in bf16 unless said:
   both RMSNorms' fp32 inputs and fp32 1/rms; q and k after RoPE, v and the
-  attention output, with k and v expanded to every query head, and the fp32
-  log-sum-exp per head (flash-style kernels recompute the probabilities); SDPA's
-  additive copy of the mask (L per query token); the MLP's gate, SiLU and up
+  attention output (on CUDA, where a mask is passed, k and v expanded to every
+  query head; on the CPU, with no mask, SDPA takes grouped heads as they are), and
+  the fp32 log-sum-exp per head (flash-style kernels recompute the probabilities);
+  on CUDA SDPA's additive copy of the causal [L, L] mask, once per layer whatever
+  the batch size (prompts are right-padded: no padding mask); the MLP's gate, SiLU and up
   outputs; per LoRA module its dropout mask and, when the adapter trains, the
   fp32 inputs of lora_A and lora_B. Frozen linear layers keep nothing (their
   input is needed only for a weight gradient). Checked against autograd's saved
@@ -128,8 +130,9 @@ def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda",
     """Bytes autograd keeps for the backward pass, per token of a padded [B, L] batch.
 
     Returns {"layer": {term: bytes} for one decoder layer, "fixed": {term: bytes} once per
-    model}. ``device`` "cpu" or "cuda" picks the dropout kernel (the only difference between
-    them). Hidden states are bf16 (2 bytes), or fp32 with int8 / nf4: k-bit preparation
+    model}, and "shared": {term: bytes} per decoder layer per step, whatever the batch size.
+    ``device`` "cpu" or "cuda" picks the dropout kernel and whether attention gets a mask
+    (see below). Hidden states are bf16 (2 bytes), or fp32 with int8 / nf4: k-bit preparation
     upcasts the embeddings, so the residual stream and every bitsandbytes output are fp32.
     """
     h, i = shape["hidden_size"], shape["intermediate_size"]
@@ -143,7 +146,11 @@ def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda",
     # the CPU's composite dropout its scaled noise tensor in the input's dtype (fp32, 4 bytes).
     mask_bytes = (1 if device == "cuda" else 4) if lora.dropout > 0 else 0
     act = 2 if quantization == "none" else 4  # bytes of one hidden-state value
-    host_mask = device == "cpu" and quantization == "none"  # the additive mask built once (body_mask)
+    # Right-padded prompts need no padding mask: none on the CPU, the causal [1, 1, L, L] on CUDA
+    # (models/collm.py body_mask). Without a mask SDPA takes grouped k / v heads as they are;
+    # with one transformers expands them to every query head first (repeat_kv).
+    masked = device != "cpu"
+    kv_width = h if masked else shape.get("num_key_value_heads", heads) * head_dim
 
     def lora_bytes(names, input_grad):
         total = 0
@@ -158,16 +165,10 @@ def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda",
     norm = 4 * h + 4  # LlamaRMSNorm upcasts to fp32: its backward keeps the fp32 input and 1/rms per token
     layer = {
         "norms": 2 * norm,
-        # q and k after RoPE, v, and the output: what SDPA's backward reads. With a mask
-        # transformers expands k and v to every query head (repeat_kv) before SDPA, so all
-        # four are H wide even with fewer kv heads; plus the fp32 log-sum-exp per head
-        # (flash-style kernels keep that instead of the L x L probabilities).
-        "attention": act * 4 * h + 4 * heads,
-        # On a GPU (and with k-bit layers) SDPA turns the boolean [B, 1, L, L] mask into an
-        # additive one in q's dtype on every call and the backward keeps that copy: L values
-        # per query token, in every layer. On the CPU CoLLM hands SDPA the additive mask
-        # itself (models/collm.py body_mask): one tensor that every layer keeps (below).
-        "mask": 0 if host_mask else act * seq_len,
+        # q and k after RoPE, v, and the output: what SDPA's backward reads (k and v kv_width
+        # wide, see above); plus the fp32 log-sum-exp per head (flash-style kernels keep that
+        # instead of the L x L probabilities).
+        "attention": act * (2 * h + 2 * kv_width) + 4 * heads,
         # SiLU's input (gate), its output and up's output (the product's backward needs both
         # factors); down_proj is frozen, so its input is not kept.
         "mlp": act * 3 * i,
@@ -176,13 +177,14 @@ def activation_terms(shape: dict, model_cfg, seq_len: int, device: str = "cuda",
     # No final norm: CoLLM runs the body with its final norm skipped and norms only the
     # positions it reads, in fp32 (models/collm.py hidden_states / answer_logits).
     fixed = {"rope": act * 2 * head_dim}  # cos and sin (in the hidden dtype), shared by every layer's q and k
-    if host_mask:
-        fixed["mask"] = act * seq_len
     if not inputs_need_grad(model_cfg):  # stage 1: layer 0's input has no gradient to carry
         fixed["first_layer"] = -norm - (layer["lora"] - lora_bytes(targets, False))
     # Not counted: the loss path ([B] floats), the projector's and CF lookups' few
     # [B, d] tensors, and the last-position logits (the frozen head keeps nothing).
-    return {"layer": layer, "fixed": fixed}
+    # On CUDA SDPA turns the boolean causal mask into an additive one in q's dtype on every call
+    # and the backward keeps that copy: [L, L] per layer, one for the whole batch.
+    shared = {"mask": act * seq_len * seq_len} if masked else {}
+    return {"layer": layer, "fixed": fixed, "shared": shared}
 
 
 def estimate(shape: dict, model_cfg, quantization: str, distributed: str, batch: int, seq_len: int,
@@ -203,21 +205,23 @@ def estimate(shape: dict, model_cfg, quantization: str, distributed: str, batch:
     else:
         per_token = per_layer * layers
     per_sample = (per_token + sum(terms["fixed"].values())) * seq_len
+    # kept once per layer whatever the batch (checkpointed: by the one layer being recomputed)
+    shared = sum(terms["shared"].values()) * (1 if model_cfg.gradient_checkpointing else layers)
     shards = gpus if distributed == "fsdp" else 1
     parts = {
         "weights": (w["layer"] * layers + w["root"]) / shards
         + (4 * cf_rows * cf_dim(model_cfg) if not model_cfg.freeze_proj else 0),
         "trainable": (16 * t["trained"] + 4 * t["frozen_adapter"]) / shards,
         "gathered": 2 * w["layer"] + w["root"] if distributed == "fsdp" and gpus > 1 else 0.0,
-        "activations": per_sample * batch,
+        "activations": per_sample * batch + shared,
         "overhead": overhead_gib * GIB,
     }
-    return {"parts": parts, "total": sum(parts.values()), "per_sample": per_sample}
+    return {"parts": parts, "total": sum(parts.values()), "per_sample": per_sample, "shared": shared}
 
 
 def largest_batch(est: dict, batch: int, budget_bytes: float) -> int:
     """The largest batch whose estimate stays within ``budget_bytes`` (0 when none does)."""
-    fixed = est["total"] - est["parts"]["activations"]
+    fixed = est["total"] - est["parts"]["activations"] + est["shared"]
     return max(0, math.floor((budget_bytes - fixed) / est["per_sample"]))
 
 

@@ -52,7 +52,7 @@ def build_tokenizer(texts, vocab_size: int):
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>", padding_side="left")
+                                   eos_token="</s>", pad_token="<pad>", padding_side="right")
 
 
 def build(data_dir, out_dir, prompt_dir, hidden=128, layers=2, heads=4, vocab=2000, seed=0):

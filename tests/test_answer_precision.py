@@ -28,11 +28,11 @@ def _model(env, tmp_path, backbone=None, *options):
 
 
 def _full_head_scores(model, batch):
-    """The LM's own logits over the whole vocabulary at the last position, in its dtype."""
-    mask = batch["attention_mask"]
-    out = model.llm(inputs_embeds=model.inputs_embeds(batch), attention_mask=model.attention_mask(mask),
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=1)
-    last = out.logits[:, -1].float()
+    """The LM's own logits over the whole vocabulary at each row's last token, in its dtype
+    (the library's own mask from the right-padded 2D one)."""
+    out = model.llm(inputs_embeds=model.inputs_embeds(batch), attention_mask=batch["attention_mask"],
+                    use_cache=False)
+    last = out.logits[torch.arange(len(batch["read_pos"])), batch["read_pos"]].float()
     return last[:, model.yes_id], last[:, model.yes_id] - last[:, model.no_id]
 
 

@@ -38,7 +38,7 @@ def _train(env, tmp_path, stage, backbone, *options):
 def test_layout_trains_both_stages_and_evaluates(layout, layouts, env, tmp_path):
     backbone = layouts[layout]
     tok = load_tokenizer(backbone)
-    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    assert tok.padding_side == "right" and tok.pad_token_id is not None
     yes, no = answer_token_ids(tok, TEMPLATE)
     assert tok.convert_ids_to_tokens(yes) == FIRST_PIECE[layout]
     # the token the model would emit: the first one after the answer marker
@@ -103,9 +103,9 @@ def test_answer_score_yes_minus_no_is_the_two_way_log_odds(stage2_model):
         yes = model(batch)["logits"]
         model.answer_score = "yes_minus_no"
         diff = model(batch)["logits"]
-        out = model.llm(inputs_embeds=model.inputs_embeds(batch), attention_mask=model.attention_mask(
-            batch["attention_mask"]), position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0))
-    last = out.logits[:, -1]
+        # the library's own mask from the right-padded 2D one; each row's answer at its last token
+        out = model.llm(inputs_embeds=model.inputs_embeds(batch), attention_mask=batch["attention_mask"])
+    last = out.logits[torch.arange(4), batch["read_pos"]]
     torch.testing.assert_close(yes, last[:, model.yes_id])
     torch.testing.assert_close(diff, last[:, model.yes_id] - last[:, model.no_id])
     # the two-way softmax's probability of Yes is sigmoid(yes - no)

@@ -59,6 +59,9 @@ def test_train_throughput_smoke(tmp_path, capsys, monkeypatch):
         if r["mode"] in ("train", "eval"):
             assert r["bare_samples_per_s"] > 0
             assert r["ratio_vs_bare"] == pytest.approx(r["samples_per_s"] / r["bare_samples_per_s"], rel=1e-2)
+            # the yardstick ran our batches' widths (1 warm-up + 2 timed), stage 2 with CF tables and a projector
+            assert len(r["bare_widths"]) == 3 and r["bare_seq_len"] == pytest.approx(r["seq_len"], abs=0.01)
+            assert ("bare_cf" in r) == (r["stage"] == 2)
         if r["mode"] == "train":
             assert 0 <= r["padding_fraction_pass_bucketed"] <= r["padding_fraction_pass_unbucketed"]
     search = [(r["batch_size"], r["fits"]) for r in rows if r["mode"] == "mem_search"]
@@ -188,11 +191,12 @@ def test_bare_loop_runs_each_named_shape_kind(capsys):
     finally:
         sys.path.remove(str(REPO / "bench"))
     assert {"tiny", "1b", "7b", "13b"} <= set(tp_setup.SHAPES)
-    for flags in ([], ["--full-logits"]):
+    for flags in ([], ["--full-logits"], ["--cf", "10", "5", "8"]):
         assert tp_bare.main(["--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
                              "--seq-len", "8", "--batch-size", "2", *flags]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["mode"], r["reference"]) for r in rows] == [
         ("train", "bare_loop_last_position"), ("eval", "bare_loop_last_position"),
-        ("train", "bare_loop_full_logits"), ("eval", "bare_loop_full_logits")]
+        ("train", "bare_loop_full_logits"), ("eval", "bare_loop_full_logits"),
+        ("train", "bare_loop_last_position_projector"), ("eval", "bare_loop_last_position_projector")]
     assert all(r["samples_per_s"] > 0 and r["batch_size"] == 2 and r["seq_len"] == 8 for r in rows)

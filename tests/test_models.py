@@ -156,7 +156,7 @@ def test_answer_token_ids_come_from_tokenizer(stage2_model, tokenizer):
         answer_token_id(tokenizer, "Zebra", "#Answer:")
 
 
-def test_score_independent_of_left_padding(stage2_model):
+def test_score_independent_of_padding(stage2_model):
     _, task, model, datasets = stage2_model
     model = copy.deepcopy(model)
     torch.manual_seed(1)

@@ -107,22 +107,28 @@ def test_activation_terms_by_hand():
     s1 = load_config(STAGE1, ["run.output_dir=/tmp/unused"]).model
     s2 = load_config(STAGE2, ["run.output_dir=/tmp/unused"]).model
     cpu1 = planner.activation_terms(SMALL, s1, 10, "cpu")
-    # norms 2 x (4*64 + 4); q/k/v/out 2*4*64 (k, v expanded to 4 heads) + lse 4*4; mlp 2*3*128;
+    # norms 2 x (4*64 + 4); q/out 2*64 each, k/v 2*32 each (no mask on the CPU: SDPA takes the 2
+    # kv heads as they are) + lse 4*4; mlp 2*3*128;
     # LoRA per module: fp32 dropout noise 4*64 + lora_A input 4*64 + lora_B input 4*8
-    # the CPU's additive mask (2*10) is one tensor every layer keeps, so it is counted once
-    assert cpu1["layer"] == {"norms": 520, "attention": 528, "mask": 0, "mlp": 768, "lora": 2 * 544}
-    # no final norm (skipped in the body); cos and sin (head_dim 16); the mask once;
+    assert cpu1["layer"] == {"norms": 520, "attention": 400, "mlp": 768, "lora": 2 * 544}
+    # no final norm (skipped in the body); cos and sin (head_dim 16); no mask (right padding);
     # stage 1: layer 0 keeps no norm input and no dropout mask
-    assert cpu1["fixed"] == {"rope": 64, "mask": 20, "first_layer": -260 - 2 * 256}
+    assert cpu1["fixed"] == {"rope": 64, "first_layer": -260 - 2 * 256} and cpu1["shared"] == {}
     cuda1 = planner.activation_terms(SMALL, s1, 10, "cuda")
     assert cuda1["layer"]["lora"] == 2 * (64 + 256 + 32)  # a bool dropout mask on CUDA
-    assert cuda1["layer"]["mask"] == 20 and "mask" not in cuda1["fixed"]  # SDPA's copy in every layer
+    assert cuda1["layer"]["attention"] == 2 * 4 * 64 + 16  # with the causal mask k, v expanded to 4 heads
+    assert cuda1["shared"] == {"mask": 2 * 10 * 10}  # SDPA's additive copy of the [L, L] causal mask per layer
     cpu2 = planner.activation_terms(SMALL, s2, 10, "cpu")
     assert cpu2["layer"]["lora"] == 2 * 256  # frozen adapter: only the dropout mask, for the input's gradient
     assert "first_layer" not in cpu2["fixed"]  # the projector trains: layer 0's input carries a gradient
     est = planner.estimate(SMALL, s2, "none", "ddp", 3, 10, device="cpu")
-    per_token = 3 * (520 + 528 + 768 + 512) + 64 + 20
+    per_token = 3 * (520 + 400 + 768 + 512) + 64
     assert est["parts"]["activations"] == 3 * 10 * per_token
+    cuda = planner.estimate(SMALL, s2, "none", "ddp", 3, 10, device="cuda")
+    per_token = 3 * (520 + 528 + 768 + 2 * 64) + 64  # frozen adapter: CUDA's bool dropout mask only
+    assert cuda["parts"]["activations"] == 3 * 10 * per_token + 3 * 200  # the mask once per layer
+    budget = cuda["total"] + 2 * cuda["per_sample"]
+    assert planner.largest_batch(cuda, 3, budget) == 5
 
 
 @pytest.mark.parametrize("stage,quantization", [("stage1", "none"), ("stage2", "none"), ("stage2", "nf4")])

@@ -150,7 +150,7 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
     ds = datasets["valid"]
     lengths = ds.lengths()
     rows = [int(lengths.argmin()), int(lengths.argmax())]
-    assert lengths[rows[0]] < lengths[rows[1]]  # the first row gets left padding
+    assert lengths[rows[0]] < lengths[rows[1]]  # the first row gets padding (on the right)
     batch = model.collate_fn(ds.__getitems__(rows))
     k = model.proj.token_num
     model.eval()
@@ -161,8 +161,9 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
         item_tok = model.proj(model.cf.item_embed(batch["iid"]))
     slot = batch["slot"]
     pad = int((batch["attention_mask"][0] == 0).sum())
-    assert pad == lengths[rows[1]] - lengths[rows[0]]
-    assert (batch["input_ids"][0, :pad] == model.pad_id).all()
+    n = int(lengths[rows[0]])
+    assert pad == lengths[rows[1]] - n and batch["read_pos"].tolist() == [n - 1, n + pad - 1]
+    assert (batch["input_ids"][0, n:] == model.pad_id).all() and batch["attention_mask"][0, :n].all()
     for b in range(2):
         user_pos = (slot[b] == SLOT_USER).nonzero().flatten()
         item_pos = (slot[b] == SLOT_ITEM).nonzero().flatten()
@@ -173,9 +174,9 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
         assert torch.equal(emb[b, other], tok_emb[b, other])
     # the slot placeholders were really replaced, not left as the placeholder token's embedding
     assert not torch.allclose(emb[0, (slot[0] == SLOT_USER)], tok_emb[0, (slot[0] == SLOT_USER)])
-    # the padded row's slots sit at its own positions shifted by the padding
+    # the padded row's slots sit at its own positions: the padding comes after them
     single = model.collate_fn(ds.__getitems__(rows[:1]))
-    assert torch.equal(single["slot"][0], slot[0, pad:])
+    assert torch.equal(single["slot"][0], slot[0, :n])
 
 
 def test_slot_positions_from_collate_fill_as_fill_slots_does(stage2_model):

@@ -1,4 +1,4 @@
-"""Torch datasets over CoLLM rows, and the collate function that left-pads prompts."""
+"""Torch datasets over CoLLM rows, and the collate function that right-pads prompts."""
 import itertools
 from typing import List, Optional
 
@@ -134,16 +134,17 @@ class RecRows(Dataset):
         return batch
 
 
-UNPADDED = "unpadded"  # collate's marker of a batch without padding: the key's presence is the fact
-
-
 def collate(batch, pad_id: int = 0):
-    """Tensors from one ``RecRows.__getitems__`` batch; prompts are left-padded
-    (the answer is read at the last position).
+    """Tensors from one ``RecRows.__getitems__`` batch; prompts are right-padded.
 
     Returns uid/iid/label/not_cold/row [B], his [B, his_len] and, with prompts,
-    input_ids/attention_mask/slot [B, L], slot_pos [B, 2k] when every row has k user and k item
-    slots (``slot_positions``), and the key ``UNPADDED`` (an empty tensor) when no row is padded.
+    input_ids/attention_mask/slot [B, L] (each row's tokens in columns 0 .. n_b - 1),
+    read_pos [B] (n_b - 1: where each row's answer is read) and slot_pos [B, 2k] when
+    every row has k user and k item slots (``slot_positions``).
+
+    Right padding: under the causal mask a real token never attends to the padding after
+    it, so the LM needs no padding mask, and every row's positions are 0 .. n_b - 1
+    whatever batch it lands in (models/collm.py ``body_mask``).
     """
     out = {k: torch.from_numpy(np.ascontiguousarray(batch[k]))
            for k in ("uid", "iid", "label", "not_cold", "row", "his")}
@@ -151,11 +152,9 @@ def collate(batch, pad_id: int = 0):
     if packed is not None:  # rows of one prompt prefix in one sequence (datasets/packing.py)
         out.update(packed)
     elif "input_ids" in batch:
-        ids, mask, slot = left_pad(batch["input_ids"], batch["slot"], pad_id)
+        ids, mask, slot, lens = right_pad(batch["input_ids"], batch["slot"], pad_id)
         out.update(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                   slot=torch.from_numpy(slot))
-        if mask.all():  # known here on the host, so the model need not read the mask to know it
-            out[UNPADDED] = torch.empty(0)
+                   slot=torch.from_numpy(slot), read_pos=torch.from_numpy(lens - 1))
         pos = slot_positions(slot)
         if pos is not None:
             out["slot_pos"] = torch.from_numpy(pos)
@@ -179,27 +178,24 @@ def slot_positions(slot):
     return np.concatenate([np.nonzero(user)[1].reshape(n, k), np.nonzero(item)[1].reshape(n, k)], 1)
 
 
-def left_pad(seqs, slots, pad_id: int):
-    """Token lists and their slot lists (equal lengths per row) -> left-padded int64 arrays
-    input_ids / attention_mask / slot [B, L], L the longest row.
+def right_pad(seqs, slots, pad_id: int):
+    """Token lists and their slot lists (equal lengths per row) -> right-padded int64 arrays
+    input_ids / attention_mask / slot [B, L], L the longest row, and the lengths [B].
 
-    One scatter of the concatenated rows instead of a tensor per row: at a tiny
-    model's step time the per-row copies were a visible share of the batch.
+    One boolean-mask assignment of the concatenated rows instead of a tensor per row (at a
+    tiny model's step time the per-row copies were a visible share of the batch): numpy fills
+    the True places in row-major order, which is each row's tokens from column 0.
     """
     lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     if not np.array_equal(lens, np.fromiter(map(len, slots), dtype=np.int64, count=len(slots))):
         raise ValueError("collate: a row's slot list and token list differ in length")
     n, width, total = len(seqs), int(lens.max()), int(lens.sum())
-    # flat index of each token: row b's tokens fill columns width - len_b .. width - 1
-    first = np.arange(n, dtype=np.int64) * width + width - lens
-    dest = np.repeat(first - (np.cumsum(lens) - lens), lens) + np.arange(total, dtype=np.int64)
-    ids = np.full(n * width, pad_id, dtype=np.int64)
-    ids[dest] = _flat(seqs, total)
-    mask = np.zeros(n * width, dtype=np.int64)
-    mask[dest] = 1
-    slot = np.zeros(n * width, dtype=np.int64)
-    slot[dest] = _flat(slots, total)
-    return ids.reshape(n, width), mask.reshape(n, width), slot.reshape(n, width)
+    real = np.arange(width) < lens[:, None]  # [B, L]
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    ids[real] = _flat(seqs, total)
+    slot = np.zeros((n, width), dtype=np.int64)
+    slot[real] = _flat(slots, total)
+    return ids, real.astype(np.int64), slot, lens
 
 
 def _flat(rows, total: int) -> np.ndarray:

@@ -121,11 +121,12 @@ def check_backbone_dir(path: str) -> None:
 
 
 def load_tokenizer(path: str):
-    """The backbone's tokenizer, padding on the left (the score is read at each row's last position)."""
+    """The backbone's tokenizer, padding on the right as collate pads (each row's answer is read at
+    its last token, and the causal mask keeps the padding after it out of every real token's view)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
+    tok.padding_side = "right"
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok

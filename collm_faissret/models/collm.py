@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import dist
 from ..checkpoint import load, load_model_weights
 from ..compat.collm_checkpoint import checkpoint_state
-from ..datasets.rec_dataset import UNPADDED, collate
+from ..datasets.rec_dataset import collate
 from ..errors import ConfigError
 from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, has_id_slots, load_template
 from ..registry import register
@@ -103,7 +103,7 @@ class CoLLM(nn.Module):
 
     @property
     def collate_fn(self):
-        """RecRows items -> a batch, prompts left-padded with this tokenizer's pad id."""
+        """RecRows items -> a batch, prompts right-padded with this tokenizer's pad id."""
         return partial(collate, pad_id=self.pad_id)
 
     def param_groups(self):
@@ -188,54 +188,30 @@ class CoLLM(nn.Module):
                 emb = fill_slots(emb, slot, tok)
         return emb
 
-    def attention_mask(self, mask):
-        """mask [B, L] (1 token, 0 left padding) -> what the LM takes: for SDPA the 4D boolean
-        mask [B, 1, L, L] built here; otherwise the 2D mask itself.
+    def body_mask(self, mask, device):
+        """mask [B, L] (1 token, 0 right padding) -> the attention mask the body gets, or None.
 
-        Given a 2D mask, transformers' SDPA path asks whether it holds any padding
-        (``bool(mask.sum() == mask.numel())``) to pick is_causal: two host reads of a
-        device value per forward, which on CUDA wait for every queued kernel. A 4D
-        mask is used as it is. A sliding window shorter than the prompt needs the
-        library's own mask.
+        Right padding (collate) needs no padding mask: under the causal mask no real token
+        attends to the padding after it (a padding query attends to what comes before it, so
+        no softmax row is empty, and its output is never read), and each row's positions are
+        0 .. n_b - 1, the body's default (position ids None). So:
+
+        * on the host: None. SDPA runs its causal kernel, which skips the blocks above the
+          diagonal; eager attention and a sliding window get the library's own causal masks.
+        * on a GPU with SDPA: the causal mask as a boolean [1, 1, L, L]. Given no mask,
+          transformers looks for packed sequences in the position ids it makes, and reads
+          the answer back (a host sync per forward); a 4D mask is used as it is.
+        * on a GPU otherwise (eager, or a sliding window shorter than the prompt): the 2D
+          mask, from which transformers builds its own.
         """
+        if device.type == "cpu":
+            return None
         config = self.llm.config
         window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         if config._attn_implementation != "sdpa" or (window is not None and mask.shape[-1] > window):
             return mask
-        return sdpa_mask(mask)
-
-    def body_mask(self, mask, dtype, unpadded: bool = False):
-        """mask [B, L] (1 token, 0 left padding) -> (attention mask, position ids [B, L]) for the body.
-
-        Left padding: positions count from each row's first real token, so a prompt gets
-        the same result whatever batch it lands in. On the host (a CPU mask) two cheaper
-        forms give the same numbers (tests/test_host_sync.py):
-
-        * a batch without padding (``unpadded``: collate said so) passes neither: SDPA then
-          runs its causal kernel, which skips the blocks above the diagonal instead of
-          masking them, and the positions are 0..L-1 all the same;
-        * an SDPA mask is handed over additive (0 / -inf) in the compute dtype: given a
-          boolean mask, SDPA converts it to exactly that in every layer.
-
-        On a GPU the boolean mask is always built (``attention_mask``): without a mask,
-        transformers reads the position ids back to look for packed sequences (a device
-        sync), and under autocast or FSDP's mixed precision the compute dtype is not the
-        embeddings' dtype.
-        """
-        host = mask.device.type == "cpu"
-        if host and unpadded:
-            return None, None
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        attn = self.attention_mask(mask)
-        if host and attn.dtype == torch.bool and self._additive_mask_ok(dtype):
-            attn = torch.zeros(attn.shape, dtype=dtype).masked_fill_(~attn, float("-inf"))
-        return attn, position_ids
-
-    def _additive_mask_ok(self, dtype) -> bool:
-        """Whether the queries of a CPU forward are in ``dtype`` (the embeddings' dtype): a float
-        mask must match them. Not under CPU autocast, nor for bitsandbytes-quantized layers."""
-        return (dtype.is_floating_point and not torch.is_autocast_enabled("cpu")
-                and getattr(self.llm.config, "quantization_config", None) is None)
+        pos = torch.arange(mask.shape[-1], device=mask.device)
+        return (pos[None, :] <= pos[:, None])[None, None]  # [1, 1, L(query), L(key)]
 
     def causal_lm(self):
         """The transformers causal LM under any peft wrapper (LoRA stays injected in its layers)."""
@@ -301,7 +277,7 @@ class CoLLM(nn.Module):
         return out[..., 0]
 
     def forward(self, batch):
-        """batch: input_ids/attention_mask/slot [B, L], uid/iid/label [B], his [B, h].
+        """batch: input_ids/attention_mask/slot [B, L] (right-padded), read_pos/uid/iid/label [B], his [B, h].
 
         Returns {"loss": scalar or None, "logits": [B] float32 answer scores (see answer_score)}.
         A batch in a shared-prefix layout (pack_* / kv_* keys, datasets/packing.py) goes through shared_prefix.py.
@@ -309,9 +285,12 @@ class CoLLM(nn.Module):
         if "pack_ids" in batch or "kv_ids" in batch:
             return shared_forward(self, batch)
         emb = self.inputs_embeds(batch)
-        attention_mask, position_ids = self.body_mask(batch["attention_mask"], emb.dtype, UNPADDED in batch)
-        hidden = self.hidden_states(emb, attention_mask, position_ids, use_cache=False)
-        logits = self.answer_logits(hidden[:, -1])
+        mask = batch["attention_mask"]
+        hidden = self.hidden_states(emb, self.body_mask(mask, emb.device), None, use_cache=False)
+        last = batch.get("read_pos")  # collate's; else the same from the right-padded mask
+        if last is None:
+            last = mask.sum(-1) - 1
+        logits = self.answer_logits(hidden[torch.arange(len(last), device=last.device), last])
         loss = None
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
@@ -347,20 +326,6 @@ def norm_fp32(norm, h):
     if out.dtype != torch.float32:
         out = torch.func.functional_call(norm, {k: v.float() for k, v in norm.named_parameters()}, (h,))
     return out
-
-
-def sdpa_mask(mask):
-    """mask [B, L] (1 token, 0 left padding) -> bool [B, 1, L, L], True where query q may
-    attend key k: k <= q and k is a token (what transformers builds from the 2D mask).
-
-    A padding query also attends to itself: a row with no True at all is a
-    softmax over nothing, NaN in some SDPA kernels, and NaN values at padding
-    positions would reach real tokens through 0 * NaN in the next layer.
-    """
-    pos = torch.arange(mask.shape[-1], device=mask.device)
-    causal = pos[None, :] <= pos[:, None]  # [L, L]: key index <= query index
-    allowed = (causal & mask.bool()[:, None, :]) | (pos[None, :] == pos[:, None])  # [B, L, L]
-    return allowed[:, None]
 
 
 def fill_slots(emb, slot, tokens):

@@ -55,9 +55,12 @@ class RunnerBase:
 
     # ----- setup -------------------------------------------------------------
     def amp_ctx(self):
-        if self.run_cfg.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast on CUDA with run.amp, else nothing; called per batch, so run.amp is read
+        once per run config (an omegaconf lookup costs tens of microseconds)."""
+        rc = self.run_cfg
+        if self.__dict__.get("_amp_for") is not rc:
+            self._amp_for, self._amp_on = rc, bool(rc.amp) and self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self._amp_on else contextlib.nullcontext()
 
     def _build(self):
         torch.manual_seed(self.run_cfg.seed)
@@ -219,10 +222,10 @@ class RunnerBase:
                 self._forward_backward(loop, batch)
                 for hook in self.step_hooks:
                     hook(self, loop.state.step)
-                if (i + 1) % self.run_cfg.accum_grad_iters == 0 or i + 1 == loop.iters:
+                if (i + 1) % loop.accum == 0 or i + 1 == loop.iters:
                     self._optimizer_step(loop, i)
                 loop.bar.update(1)
-                if (i + 1) % self.run_cfg.log_freq == 0 or i + 1 == loop.iters:
+                if (i + 1) % loop.log_freq == 0 or i + 1 == loop.iters:
                     self._log_progress(loop, epoch, i, len(batch["label"]))
                 if loop.save_due:  # after this step's log line: a resumed run must not log it again
                     self._checkpoint_mid_epoch(loop)
@@ -241,6 +244,8 @@ class RunnerBase:
         loop = _Loop(stream=TrainBatchStream(self.datasets["train"].lengths(), rc.batch_size_train, rc.seed,
                                              dist.world_size(), dist.rank(), rc.length_bucketing))
         loop.iters = rc.iters_per_epoch or loop.stream.batches_per_pass
+        # read once: an omegaconf lookup costs tens of microseconds, a small model's step a few milliseconds
+        loop.accum, loop.log_freq, loop.save_every = rc.accum_grad_iters, rc.log_freq, rc.save_every_n_steps
         total_opt_steps = math.ceil(loop.iters / rc.accum_grad_iters) * rc.max_epoch
         loop.sched = get("lr_scheduler", rc.lr_sched)(self.optimizer, total_opt_steps, rc.init_lr, rc.min_lr,
                                                      rc.warmup_lr, rc.warmup_steps)
@@ -295,7 +300,7 @@ class RunnerBase:
                         " (rank 0's share; the loss may be another rank's)" if dist.is_dist() else "",
                         state.nonfinite_skipped)
         else:
-            scaled = loss / self.run_cfg.accum_grad_iters
+            scaled = loss if loop.accum == 1 else loss / loop.accum  # x / 1 is x: one op less
             (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
             loop.loss_sum += loss.detach()
             loop.loss_n += 1
@@ -314,7 +319,7 @@ class RunnerBase:
         self.optimizer.zero_grad(set_to_none=True)
         loop.state.opt_step += 1
         loop.skip_update = False
-        every = self.run_cfg.save_every_n_steps
+        every = loop.save_every
         loop.save_due = bool(every and i + 1 < loop.iters and loop.state.step // every > loop.saved_at // every)
 
     def _checkpoint_mid_epoch(self, loop):
@@ -428,6 +433,8 @@ class _Loop:
     non-finite guard, state (a LoopState, checkpointed) and the log interval's accumulators."""
     model = stream = sched = guard = bar = state = best_valid = None
     iters = saved_at = loss_n = seen = 0
+    accum = log_freq = 1  # run.accum_grad_iters / run.log_freq / run.save_every_n_steps, read once
+    save_every = 0
     loss_sum = t0 = None
     skip_update = save_due = False
 
