@@ -284,12 +284,12 @@ class CoLLM(nn.Module):
         """
         if "pack_ids" in batch or "kv_ids" in batch:
             return shared_forward(self, batch)
-        emb = self.inputs_embeds(batch)
-        mask = batch["attention_mask"]
-        hidden = self.hidden_states(emb, self.body_mask(mask, emb.device), None, use_cache=False)
-        last = batch.get("read_pos")  # collate's; else the same from the right-padded mask
+        last = batch.get("read_pos")  # collate's: the one place a row's answer position is computed
         if last is None:
-            last = mask.sum(-1) - 1
+            raise ValueError("CoLLM.forward: the batch has no 'read_pos' (each row's answer position, [B]); "
+                             "build batches with the model's collate_fn")
+        emb = self.inputs_embeds(batch)
+        hidden = self.hidden_states(emb, self.body_mask(batch["attention_mask"], emb.device), None, use_cache=False)
         logits = self.answer_logits(hidden[torch.arange(len(last), device=last.device), last])
         loss = None
         if "label" in batch:
