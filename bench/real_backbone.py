@@ -33,8 +33,10 @@ row counts its scoring only), command (the real_backbone.py command line that
 reproduces it), the CF model's AUC on the same rows (cf_test_auc, cf_valid_auc)
 and the learning curve; beside it <json stem>.png (validation AUC against
 training rows seen) and <json stem>.md (the table). Finished runs are kept in
-<out>/<row>/ and reused when the same command asks for them again (--rerun:
-run anyway); --collect only rebuilds the JSON, PNG and table from <out>.
+<out>/<row>/ and reused when the same command asks for them again, also from
+another checkout with the same layout (--rerun: run anyway); --collect only
+rebuilds the JSON, PNG and table from <out>. Paths in the JSON are relative to
+the repository root (absolute when outside it).
 
 Time on 2 idle CPU cores, fp32 (SmolLM2, ML-1M prompts of ~150 tokens): training
 2.3 samples/s (2.1 with --proj-tokens 8). A full-split evaluation of SmolLM2 took, before
@@ -181,11 +183,11 @@ class Bench:
 
     # ----- one step -----------------------------------------------------------
     def run(self, run_dir, script, cfg_path, opts):
-        """Run one entry point into ``run_dir`` unless a finished run of the same command is there;
-        returns its metrics.json (None on --dry-run). CPU seconds are the child's user + system time."""
+        """Run one entry point into ``run_dir`` unless a finished run of the same command is there
+        (``same_command``: paths compared relative to the checkout that ran it); returns its
+        metrics.json (None on --dry-run). CPU seconds are the child's user + system time."""
         a = self.args
-        argv = [script, "--cfg-path", cfg_path, "--options", f"run.output_dir={run_dir}", f"run.device={a.device}",
-                "run.num_workers=0", *opts]
+        argv = self.step_argv(run_dir, script, cfg_path, opts)
         record_path = os.path.join(run_dir, "bench_step.json")
         if a.dry_run:
             print("python " + " ".join(shlex.quote(x) for x in argv))
@@ -193,7 +195,7 @@ class Bench:
         if not a.rerun and os.path.isfile(record_path):
             with open(record_path) as fh:
                 record = json.load(fh)
-            if record.get("argv") == argv and os.path.isfile(os.path.join(run_dir, "metrics.json")):
+            if same_command(record.get("argv") or [], argv) and os.path.isfile(os.path.join(run_dir, "metrics.json")):
                 print(f"== {os.path.relpath(run_dir, self.out)}: finished earlier, reused", flush=True)
                 with open(os.path.join(run_dir, "metrics.json")) as fh:
                     return json.load(fh)
@@ -209,6 +211,11 @@ class Bench:
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, fh, indent=2)
         with open(os.path.join(run_dir, "metrics.json")) as fh:
             return json.load(fh)
+
+    def step_argv(self, run_dir, script, cfg_path, opts):
+        """The entry point's command line (after ``python``) of one step."""
+        return [script, "--cfg-path", cfg_path, "--options", f"run.output_dir={run_dir}",
+                f"run.device={self.args.device}", "run.num_workers=0", *opts]
 
     @staticmethod
     def launch(argv, env):
@@ -298,7 +305,7 @@ class Bench:
     def cf_row(self, name):
         run_dir = self.cf_run(name)
         row_dir = os.path.join(self.out, f"cf-{name.lower()}")
-        self.write_row(row_dir, {"kind": "cf", "cf": name, "baseline_dir": run_dir,
+        self.write_row(row_dir, {"kind": "cf", "cf": name, "baseline_dir": repo_path(run_dir),
                                  "command": self.command("--rows", "cf", "--cf", name)})
         # the run's own resolved config: a checkpoint's shape and settings are what it was trained with
         self.eval_steps(row_dir, "baseline_train.py", os.path.join(run_dir, "config.yaml"),
@@ -423,12 +430,13 @@ def _scored(row_dir, spec, out):
            "test_warm_auc": (test.get("warm") or {}).get("auc"), "test_cold_auc": (test.get("cold") or {}).get("auc"),
            "test_rows": test.get("n_rows"), "valid_auc": valid.get("auc"), "valid_uauc": valid.get("uauc"),
            "valid_rows": valid.get("n_rows"), "train_rows": None, "epochs": None, "cpu_hours": None,
-           "wall_hours": None, "command": spec["command"], "run_dir": os.path.relpath(row_dir),
-           "predictions_test": test_rows_seen and os.path.relpath(test_rows_seen)}
+           "wall_hours": None, "command": spec["command"], "run_dir": repo_path(row_dir),
+           "predictions_test": test_rows_seen and repo_path(test_rows_seen)}
     if kind == "cf":
         row["cf"] = spec["cf"]
-        row["train_rows"] = _train_rows(os.path.join(spec["baseline_dir"], "log.txt"))
-        m, _ = _step(spec["baseline_dir"], need_record=False)
+        baseline_dir = from_repo(spec["baseline_dir"])
+        row["train_rows"] = _train_rows(os.path.join(baseline_dir, "log.txt"))
+        m, _ = _step(baseline_dir, need_record=False)
         row["epochs"] = None if not m or m.get("best_epoch") is None else m["best_epoch"] + 1
     elif kind in ("stage1", "collm", "cold"):
         s = spec["setting"]
@@ -600,9 +608,9 @@ def keep_predictions(rows, folder):
         if r.get("predictions_test"):
             slug = re.sub(r"[^A-Za-z0-9+.-]+", "_", r["name"]).strip("_")
             target = os.path.join(folder, f"{slug}.csv.gz")
-            with open(r["predictions_test"], "rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
+            with open(from_repo(r["predictions_test"]), "rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
                 shutil.copyfileobj(src, dst)
-            r["predictions_test"] = os.path.relpath(target)
+            r["predictions_test"] = repo_path(target)
 
 
 def cf_on_curve_sample(rows, train_dir):
@@ -623,7 +631,7 @@ def cf_on_curve_sample(rows, train_dir):
     keep = np.sort(np.random.RandomState(cfg.sample_seed).choice(len(valid), n, replace=False))
     sample = valid.iloc[keep][["uid", "iid"]].drop_duplicates()
     for r in rows:
-        path = os.path.join(r["run_dir"], "eval_valid", "predictions_valid.csv")
+        path = os.path.join(from_repo(r["run_dir"]), "eval_valid", "predictions_valid.csv")
         if r["kind"] == "cf" and r["valid_rows"] == len(valid) and os.path.isfile(path):
             scored = pd.read_csv(path).merge(sample, on=["uid", "iid"])
             r["curve_sample_valid_auc"] = round(float(roc_auc_score(scored["label"], scored["score"])), 4)
@@ -667,7 +675,7 @@ def collect(args) -> int:
     rows = name_rows([r for r in found if r["kind"] != "unscored"])
     trained = [r for r in found if r.get("curve")]
     if trained:  # the CF models on the learning curves' validation sample
-        cf_on_curve_sample(rows, os.path.join(trained[0]["run_dir"], "train"))
+        cf_on_curve_sample(rows, os.path.join(from_repo(trained[0]["run_dir"]), "train"))
     path = args.json or os.path.join(out, "results.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     stem = os.path.splitext(path)[0]
@@ -721,6 +729,66 @@ def main(argv=None) -> int:
 
 def _cfg(name):
     return os.path.join(REPO, "train_configs", name)
+
+
+# ----- paths that read the same from any checkout ------------------------------------
+def repo_path(path):
+    """``path`` relative to the repository root when it lies under it, else absolute: how the
+    results JSON and row.json name files, so that they read the same from another checkout."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, REPO) if _under(path, REPO) else path
+
+
+def from_repo(path):
+    """A path as ``repo_path`` wrote it (or an absolute one) -> absolute, for this checkout."""
+    return os.path.join(REPO, path)
+
+
+def same_command(recorded, argv):
+    """Whether a finished step's recorded argv is ``argv`` wherever the checkout that ran it lay.
+
+    A record keeps the absolute argv that ran (run directory, data, backbone, configs, CF
+    checkpoints). Paths under that checkout's root are compared relative to it, and ``argv``'s
+    under this repository relative to this one; the record does not name its root, so each
+    root that its paths could share with ``argv``'s (this repository's among them) is tried.
+    A path outside the checkout compares as it is.
+    """
+    mine = [_relative_in(t, REPO) for t in argv]
+    return any([_relative_in(t, root) for t in recorded] == mine for root in _roots_of(recorded, argv))
+
+
+def _roots_of(recorded, argv):
+    """This repository's root and, for each element of ``argv`` holding a path under it at
+    relative path p, the recorded element's path at the same place less a trailing /p."""
+    roots = {REPO}
+    if len(recorded) != len(argv):
+        return roots
+    for old, new in zip(recorded, argv):
+        key, eq, path = _split_path(new)
+        old_key, old_eq, old_path = _split_path(old)
+        if _under(path, REPO) and (key, eq) == (old_key, old_eq):
+            rel = os.path.relpath(path, REPO)
+            if old_path.endswith(os.sep + rel):
+                roots.add(old_path[:-len(rel) - 1])
+    return roots
+
+
+def _relative_in(token, root):
+    """An argv element (a path, ``key=path`` or anything else) with a path under ``root`` made
+    relative to it; any other element as it is."""
+    key, eq, path = _split_path(token)
+    return key + eq + os.path.relpath(path, root) if _under(path, root) else token
+
+
+def _split_path(token):
+    """(key, "=", value) of a ``key=value`` option, ("", "", token) of anything else."""
+    if "=" in token and not token.startswith(os.sep):
+        return token.partition("=")
+    return "", "", token
+
+
+def _under(path, root):
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _cpu_children():

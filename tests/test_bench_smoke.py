@@ -172,6 +172,116 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
     assert json.loads(results.read_text())[0]["test_auc"] == next(iter(rows.values()))["test_auc"]
 
 
+class _Launched(Exception):
+    """Raised by a stub launch: the step would have run."""
+
+
+def _bench_in(bench, root, monkeypatch, *flags):
+    """A real_backbone Bench asked for from the checkout at ``root`` (its REPO; relative paths from there)."""
+    root.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(bench, "REPO", str(root))
+    monkeypatch.chdir(root)
+
+    def launch(argv, env):
+        raise _Launched(argv)
+
+    monkeypatch.setattr(bench.Bench, "launch", staticmethod(launch))
+    return bench.Bench(bench.parse_args(["--data", "data/ml-1m", "--backbone", "data/smollm2", "--cf-dir", "data/cf",
+                                         "--out", "outputs/study", "--device", "cpu", *flags]))
+
+
+def _cf_eval_step(b, root, test_rows=24):
+    """(run_dir, script, cfg_path, opts) of a CF row's test scoring, as cf_row builds it."""
+    cf = root / "data" / "cf" / "mf"
+    return (str(root / "outputs" / "study" / "cf-mf" / "eval_test"), "baseline_train.py", str(cf / "config.yaml"),
+            [f"model.ckpt={cf / 'checkpoint_best.pth'}", *b.data_opts(test_rows=test_rows), "run.evaluate=true"])
+
+
+def _record(b, step, argv):
+    """A finished step in run_dir: bench_step.json holding ``argv`` and its metrics.json."""
+    run_dir = step[0]
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "bench_step.json"), "w") as fh:
+        json.dump({"argv": argv, "cpu_s": 1.0, "wall_s": 1.0}, fh)
+    metrics = {"test": {"auc": 0.6, "n_rows": 24}}
+    with open(os.path.join(run_dir, "metrics.json"), "w") as fh:
+        json.dump(metrics, fh)
+    return metrics
+
+
+def test_real_backbone_reuses_a_step_recorded_in_another_checkout(tmp_path, monkeypatch):
+    """A finished step's bench_step.json keeps the absolute paths it ran with. Asked for again
+    from a checkout elsewhere with the same relative layout (the run directories copied there),
+    it is the same command and is reused; one option value apart, or a path whose place under
+    the checkout differs, it is not."""
+    bench = _real_backbone()
+    some, other = tmp_path / "some" / "clone", tmp_path / "other" / "clone"
+    b = _bench_in(bench, some, monkeypatch)
+    recorded = b.step_argv(*_cf_eval_step(b, some))
+    assert any(str(some) in t for t in recorded)  # absolute: run dir, data, config, checkpoint
+
+    b = _bench_in(bench, other, monkeypatch)
+    step = _cf_eval_step(b, other)
+    metrics = _record(b, step, recorded)
+    assert b.run(*step) == metrics  # reused: nothing launched
+    b.args.rerun = True
+    with pytest.raises(_Launched):
+        b.run(*step)
+    b.args.rerun = False
+    with pytest.raises(_Launched):  # another option value: another command
+        b.run(*_cf_eval_step(b, other, test_rows=32))
+    moved = [t.replace(f"{some}/data/cf", f"{some}/data/cf_old") for t in recorded]
+    _record(b, step, moved)
+    with pytest.raises(_Launched):  # the CF run at another place under its checkout
+        b.run(*step)
+    mixed = [t.replace(f"{some}/data/ml-1m", f"{tmp_path}/third/data/ml-1m") for t in recorded]
+    _record(b, step, mixed)
+    with pytest.raises(_Launched):  # its paths under two different roots: not one checkout's layout
+        b.run(*step)
+    _record(b, step, recorded)
+    b = _bench_in(bench, other, monkeypatch, "--device", "auto")
+    with pytest.raises(_Launched):  # run.device differs
+        b.run(*_cf_eval_step(b, other))
+
+
+def test_real_backbone_reuses_its_own_records_and_outside_paths_as_they_are(tmp_path, monkeypatch):
+    """Asked for from the checkout that wrote it, a record is reused; a path outside the checkout
+    (here the data) compares as it is."""
+    bench = _real_backbone()
+    root = tmp_path / "clone"
+    b = _bench_in(bench, root, monkeypatch, "--data", str(tmp_path / "shared" / "ml-1m"))
+    step = _cf_eval_step(b, root)
+    metrics = _record(b, step, b.step_argv(*step))
+    assert b.run(*step) == metrics
+    elsewhere = [t.replace(f"{tmp_path}/shared", f"{tmp_path}/elsewhere") for t in b.step_argv(*step)]
+    _record(b, step, elsewhere)
+    with pytest.raises(_Launched):
+        b.run(*step)
+
+
+def test_real_backbone_collect_writes_paths_relative_to_the_repository(tmp_path, monkeypatch):
+    """--collect from another directory: the JSON names run directories and kept predictions
+    relative to the repository root, and they are read from there."""
+    bench = _real_backbone()
+    root = tmp_path / "clone"
+    step_dir = root / "outputs" / "study" / "zero-shot" / "eval_test"
+    step_dir.mkdir(parents=True)
+    (step_dir.parent / "row.json").write_text(json.dumps({"kind": "zero-shot", "command": "python ..."}))
+    (step_dir / "bench_step.json").write_text(json.dumps({"argv": [], "cpu_s": 36.0, "wall_s": 40.0}))
+    (step_dir / "metrics.json").write_text(json.dumps({"test": {"auc": 0.75, "uauc": 0.5, "n_rows": 4}}))
+    pd.DataFrame({"uid": [0, 0, 1, 1], "iid": [1, 2, 3, 4], "label": [1, 0, 1, 0],
+                  "score": [0.9, 0.1, 0.4, 0.6]}).to_csv(step_dir / "predictions_test.csv", index=False)
+    monkeypatch.setattr(bench, "REPO", str(root))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    results = root / "docs" / "results" / "study.json"
+    assert bench.main(["--collect", "--out", str(root / "outputs" / "study"), "--json", str(results)]) == 0
+    (row,) = json.loads(results.read_text())
+    assert row["run_dir"] == "outputs/study/zero-shot"
+    assert row["predictions_test"] == "docs/results/study_predictions/zero-shot.csv.gz"
+    assert len(pd.read_csv(root / row["predictions_test"])) == 4
+
+
 def test_real_backbone_help_lists_the_variants(capsys):
     with pytest.raises(SystemExit):
         _real_backbone().parse_args(["--help"])

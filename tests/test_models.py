@@ -1,5 +1,7 @@
 """MF and projector; which parameters each stage trains; stage checks; answer tokens; padding."""
+import contextlib
 import copy
+import warnings
 
 import pytest
 import torch
@@ -78,6 +80,23 @@ def _train_and_diff(cfg_path, *options):
     assert set(after) == set(before)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     return runner.model, before, changed
+
+
+def test_amp_context_follows_the_run_config_it_is_given(env, tmp_path):
+    """bf16 autocast on CUDA with run.amp, nothing on the host or without it; derived when the run
+    config is set, including a config switched in later (benchmarks do)."""
+    cfg = load_config(env.config("stage2", tmp_path / "s2"), ["run.amp=true"])
+    task = registry.get("task", cfg.run.task)(cfg)
+    host = RunnerBase(cfg, task, torch.device("cpu"))
+    assert isinstance(host.amp_ctx(), contextlib.nullcontext)
+    gpu = RunnerBase(cfg, task, torch.device("cuda"))  # builds nothing on the device
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast warns and disables itself where CUDA is absent
+        ctx = gpu.amp_ctx()
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    off = load_config(env.config("stage2", tmp_path / "s2"), ["run.amp=false"])  # configs are read-only
+    gpu.run_cfg = off.run
+    assert gpu.run_cfg is off.run and isinstance(gpu.amp_ctx(), contextlib.nullcontext)
 
 
 def test_stage1_trains_only_lora(env, tmp_path):

@@ -179,6 +179,25 @@ def test_inputs_embeds_fills_slots_with_projector_outputs(stage2_model):
     assert torch.equal(single["slot"][0], slot[0, :n])
 
 
+def test_forward_reads_the_answer_where_collate_says_and_needs_it(stage2_model):
+    """collate's read_pos is the one source of each row's answer position: a batch without it is
+    refused with the key named (no second derivation from the mask inside the model)."""
+    _, task, model, datasets = stage2_model
+    ds = datasets["valid"]
+    lengths = ds.lengths()
+    rows = [int(lengths.argmin()), int(lengths.argmax())]
+    batch = model.collate_fn(ds.__getitems__(rows))
+    assert batch["read_pos"].tolist() == [int(lengths[r]) - 1 for r in rows]
+    model.eval()
+    with torch.no_grad():
+        padded = model(batch)["logits"]
+        alone = torch.cat([model(model.collate_fn(ds.__getitems__([r])))["logits"] for r in rows])
+        torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
+        del batch["read_pos"]
+        with pytest.raises(ValueError, match="'read_pos'"):
+            model(batch)
+
+
 def test_slot_positions_from_collate_fill_as_fill_slots_does(stage2_model):
     """collate's slot_pos (index_put at known places) and fill_slots (places found on the device)
     give the same embeddings and the same projector gradients, padded rows included."""

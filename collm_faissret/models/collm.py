@@ -67,6 +67,7 @@ class CoLLM(nn.Module):
             self.proj = Projector(cf_model.dim, llm_dim, proj_token_num, proj_mid_times, proj_drop)
         self.yes_id, self.no_id = answer_ids
         self.answer_score = answer_score
+        self._answer_cache = None  # _answer_parts' lookups (a plain tuple: nn.Module registers none of it)
 
     @classmethod
     def from_config(cls, cfg, data, device, backbone=None):
@@ -223,7 +224,7 @@ class CoLLM(nn.Module):
         None, answer row index [2]) of self.llm, looked up once (a few tens of microseconds per
         call otherwise: a visible share of a small model's step); looked up again if the LM
         object is replaced."""
-        parts = self.__dict__.get("_answer_cache")
+        parts = self._answer_cache
         if parts is None or parts[0] is not self.llm:
             lm = self.causal_lm()
             body = lm.get_decoder()
@@ -231,7 +232,7 @@ class CoLLM(nn.Module):
             rows = torch.tensor([self.yes_id, self.no_id])
             parts = (self.llm, body, name, None if name is None else getattr(body, name),
                      lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None), rows)
-            self.__dict__["_answer_cache"] = parts
+            self._answer_cache = parts
         return parts[1:]
 
     def hidden_states(self, inputs_embeds, attention_mask, position_ids, **kwargs):
@@ -266,7 +267,7 @@ class CoLLM(nn.Module):
             h = norm_fp32(norm, h)
         if rows.device != head.weight.device:  # made once per device: a host-to-device copy per call would wait
             rows = rows.to(head.weight.device)
-            self.__dict__["_answer_cache"] = self.__dict__["_answer_cache"][:-1] + (rows,)
+            self._answer_cache = self._answer_cache[:-1] + (rows,)
         bias = getattr(head, "bias", None)
         out = F.linear(h, head.weight.index_select(0, rows).float(),
                        None if bias is None else bias.index_select(0, rows).float())  # [..., 2]
@@ -284,12 +285,12 @@ class CoLLM(nn.Module):
         """
         if "pack_ids" in batch or "kv_ids" in batch:
             return shared_forward(self, batch)
-        emb = self.inputs_embeds(batch)
-        mask = batch["attention_mask"]
-        hidden = self.hidden_states(emb, self.body_mask(mask, emb.device), None, use_cache=False)
-        last = batch.get("read_pos")  # collate's; else the same from the right-padded mask
+        last = batch.get("read_pos")  # collate's: the one place a row's answer position is computed
         if last is None:
-            last = mask.sum(-1) - 1
+            raise ValueError("CoLLM.forward: the batch has no 'read_pos' (each row's answer position, [B]); "
+                             "build batches with the model's collate_fn")
+        emb = self.inputs_embeds(batch)
+        hidden = self.hidden_states(emb, self.body_mask(batch["attention_mask"], emb.device), None, use_cache=False)
         logits = self.answer_logits(hidden[torch.arange(len(last), device=last.device), last])
         loss = None
         if "label" in batch:

@@ -54,13 +54,21 @@ class RunnerBase:
         self._paths_logged = set()
 
     # ----- setup -------------------------------------------------------------
+    @property
+    def run_cfg(self):
+        """cfg.run of this run (benchmarks switch it between configurations of one model)."""
+        return self._run_cfg
+
+    @run_cfg.setter
+    def run_cfg(self, rc):
+        self._run_cfg = rc
+        # derived here, where the run config is set: amp_ctx runs per batch, and an omegaconf
+        # lookup costs tens of microseconds (a visible share of a small model's step)
+        self._amp_bf16 = bool(rc.amp) and self.device.type == "cuda"
+
     def amp_ctx(self):
-        """bf16 autocast on CUDA with run.amp, else nothing; called per batch, so run.amp is read
-        once per run config (an omegaconf lookup costs tens of microseconds)."""
-        rc = self.run_cfg
-        if self.__dict__.get("_amp_for") is not rc:
-            self._amp_for, self._amp_on = rc, bool(rc.amp) and self.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self._amp_on else contextlib.nullcontext()
+        """bf16 autocast on CUDA with run.amp, else nothing (a new context per batch)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self._amp_bf16 else contextlib.nullcontext()
 
     def _build(self):
         torch.manual_seed(self.run_cfg.seed)
