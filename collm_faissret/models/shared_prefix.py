@@ -7,7 +7,9 @@ before the target title; ``why_plain`` says when a model or template cannot
 rows or more are scored over a read-only cache of their prefix's keys/values
 (``kv_hidden``; an earlier probe that deep-copied a growing cache per suffix
 batch reached 4.09x where packing gave 4.94x; a cache that is never written
-needs no copy).
+needs no copy). Within one scoring pass, a batch takes the cache-layout prefixes the batch
+before it computed for the same prefix groups (``PrefixMemo``: a group larger than a batch
+spans consecutive batches) instead of computing them again.
 """
 import functools
 import inspect
