@@ -451,3 +451,8 @@ def test_prefix_memo_plan_and_assemble_by_hand():
     assert memo.index == {9: 0, 4: 1, 7: 2} and memo.layers[0][0] is keys
     memo.plan({"pack_ids": torch.zeros(1, 1)})
     assert memo.index == {} and memo.layers is None
+    memo.assemble(first, [(prev, -prev)])
+    again = {"kv_pre_group": torch.tensor([7]), "kv_pre_len": torch.tensor([3])}
+    memo.plan(again)  # no forward ran on it (no assemble): the next batch finds nothing
+    memo.plan(again)
+    assert "kv_pre_new" not in again and memo.layers is None

@@ -190,7 +190,7 @@ class PrefixMemo:
     def __init__(self):
         self.index = {}  # dataset group -> row of ``layers``, for the previous batch's prefixes
         self.layers = None  # [(keys, values)] per layer, [G, kv_heads, P, d] (right-padded)
-        self.next = {}  # the same for the batch being scored, once its forward has run
+        self.next = {}  # the same for the batch being scored: ``index`` once its forward has run
         self.width = 0  # longest prefix the batch takes from ``layers``
 
     def plan(self, batch):
@@ -203,23 +203,24 @@ class PrefixMemo:
         longest (kv_pre_len stays [G]). Otherwise the batch is left as it is.
         """
         self.width = 0
+        prev, self.index = self.index, {}  # ``assemble`` sets it again once this batch's forward ran
         if "kv_pre_group" not in batch:
-            self.index, self.layers, self.next = {}, None, {}
+            self.layers, self.next = None, {}
             return
         groups, lens = batch["kv_pre_group"].tolist(), batch["kv_pre_len"].tolist()
         self.next = {g: i for i, g in enumerate(groups)}
-        old = [i for i, g in enumerate(groups) if g in self.index]
+        old = [i for i, g in enumerate(groups) if g in prev]
         if not old:
-            self.index, self.layers = {}, None  # nothing of it is needed: free it before the forward
+            self.layers = None  # nothing of it is needed: free it before the forward
             return
-        new = [i for i, g in enumerate(groups) if g not in self.index]
+        new = [i for i, g in enumerate(groups) if g not in prev]
         width = max((lens[i] for i in new), default=0)
         for key in ("kv_pre_ids", "kv_pre_slot", "kv_pre_slot_j"):
             batch[key] = batch[key][new, :width]
         batch["kv_pre_src"] = batch["kv_pre_src"][new]
         batch["kv_pre_new"] = torch.tensor(new, dtype=torch.long)
         batch["kv_pre_old"] = torch.tensor(old, dtype=torch.long)
-        batch["kv_pre_from"] = torch.tensor([self.index[groups[i]] for i in old], dtype=torch.long)
+        batch["kv_pre_from"] = torch.tensor([prev[groups[i]] for i in old], dtype=torch.long)
         self.width = max(lens[i] for i in old)
 
     def assemble(self, batch, computed):
