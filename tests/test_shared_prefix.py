@@ -328,3 +328,131 @@ def test_quantized_backbone_scores_equal(env, tmp_path, quant):
     pytest.importorskip("bitsandbytes")
     cfg, task, model, datasets = load_model(env.config("stage2", tmp_path / "run", quantization=quant))
     _check_equal(task, model, datasets["test"], 64)
+
+
+def _candidates(env, task, model, users, k, seed=0):
+    """RecRows of k catalog items for each of the first ``users`` test users (their first test
+    row's history): one prefix group per user, as retrieve-then-rank scores them. An item
+    drawn twice (k above the fixture's 40 items) keeps its label: equal scores of a positive
+    and a negative would be a tie that float noise breaks either way, moving the AUC."""
+    rng = np.random.RandomState(seed)
+    titles = {i: t for df in env.frames.values() for i, t in zip(df["iid"], df["title"])}
+    catalog = np.array(sorted(titles))
+    frames = []
+    for _, u in task.data.splits["test"].drop_duplicates("uid").iloc[:users].iterrows():
+        items = rng.choice(catalog, k, replace=k > len(catalog))
+        frames.append(pd.DataFrame({"uid": u["uid"], "iid": items, "label": items % 2, "not_cold": 1,
+                                    "title": [titles[i] for i in items], "his": [u["his"]] * k,
+                                    "his_title": [u["his_title"]] * k}))
+    return task.rows(pd.concat(frames, ignore_index=True), "candidates", model)
+
+
+def _count_prefix_forwards(model):
+    """Wraps model.hidden_states; returns the list of batch sizes of its prefix forwards
+    (forward 1 of the cache layout: the one filling an empty DynamicCache)."""
+    calls, real = [], model.hidden_states
+
+    def counted(emb, mask, pos, **kwargs):
+        if any(type(v).__name__ == "DynamicCache" for v in kwargs.values()):
+            calls.append(emb.shape[0])
+        return real(emb, mask, pos, **kwargs)
+
+    model.hidden_states = counted
+    return calls
+
+
+@pytest.mark.parametrize("backbone", ["llama", "qwen2"])
+@pytest.mark.parametrize("k, batch_size", [(20, 8), (50, 16)])
+def test_prefix_reused_by_the_next_batch_scores_equal(env, tmp_path, backbone, k, batch_size):
+    """A user's k candidates span consecutive batches (20 at batch 8: 8, 8, then 4 beside the
+    next user's 4): each batch takes the prefix the batch before computed instead of
+    computing it again; the scores equal the plain path within 1e-4, rows in order."""
+    keys = {}
+    if backbone == "qwen2":
+        texts = [t for df in env.frames.values() for t in df["title"]] + [(REPO / "prompt" / "stage2_movie.txt")
+                                                                          .read_text()] * 20
+        keys["llama_model"] = backbone_layouts.qwen2(texts, str(tmp_path / "qwen2"))
+    cfg, task, model, _ = load_model(env.config("stage2", tmp_path / "run", **keys))
+    ds = _candidates(env, task, model, 3, k)
+    assert np.bincount(ds.prefix_groups()).tolist() == [k] * 3
+    _check_equal(task, model, ds, batch_size, kv_mins=(2, 3, 8))
+
+
+def test_reused_prefix_tokens_are_not_counted(env, tmp_path):
+    """One user's 20 candidates at batch 8 are the batches 8, 8, 4 (eval_batches: the
+    remainder last): the prefix is computed once, not three times. Tokens computed: every
+    suffix plus the prefix once; each batch in a pass of its own (nothing to reuse): the
+    prefix three times."""
+    cfg, task, model, _ = load_model(env.config("stage2", tmp_path / "run"))
+    ds = _candidates(env, task, model, 1, 20)
+    groups = ds.prefix_groups()
+    assert [len(b) for b in eval_batches(ds.lengths(), 8, groups=groups)] == [8, 8, 4]
+    p = int(ds._prefix_len[0])
+    assert (ds._prefix_len == p).all()
+    suffixes = int(ds.lengths().sum()) - 20 * p
+    calls = _count_prefix_forwards(model)
+    _, _, tokens = _scores(task, model, ds, 8, True, kv_min=2)
+    assert calls == [1]  # one prefix forward, in the first batch; batches 2 and 3 take it
+    assert tokens == p + suffixes
+    ds.share_prefix, ds.kv_min_group = True, 2
+    alone = 0
+    for batch in eval_batches(ds.lengths(), 8, groups=groups):
+        task.predict(model, ds, [batch], torch.device("cpu"), contextlib.nullcontext)
+        alone += ds.tokens_computed
+    assert calls == [1, 1, 1, 1] and alone == 3 * p + suffixes
+
+
+def test_memo_does_not_outlive_a_scoring_pass(env, tmp_path):
+    """The last batch of one pass and the first of the next hold the same prefix group; after a
+    weight changes between the two passes, the second pass's scores follow the new weights
+    (they equal the plain path's with them), not the prefix kept from the first pass."""
+    cfg, task, model, _ = load_model(env.config("stage2", tmp_path / "run"))
+    ds = _candidates(env, task, model, 1, 20)
+    _, before, _ = _scores(task, model, ds, 8, True, kv_min=2)
+    with torch.no_grad():
+        weight = next(p for n, p in model.llm.named_parameters() if "layers.0.self_attn.k_proj.weight" in n)
+        weight.add_(0.5 * torch.randn_like(weight))
+    calls = _count_prefix_forwards(model)
+    _, after, _ = _scores(task, model, ds, 8, True, kv_min=2)
+    assert calls == [1]  # the second pass computed its prefix itself
+    _, plain, _ = _scores(task, model, ds, 8, False)
+    assert np.abs(after - plain).max() <= 1e-4
+    assert np.abs(after - before).max() > 1e-3
+
+
+def test_prefix_memo_plan_and_assemble_by_hand():
+    """Previous batch: groups 7 and 9 (prefixes of 3 and 2 tokens). This batch: groups 9, 4, 7
+    (2, 4 and 3 tokens): group 4 alone is computed (ids cut to its row, trimmed to 4 tokens);
+    9 and 7 are taken from rows 1 and 0 of the previous batch's keys, assembled in the batch's
+    order, padded to its longest prefix (4). Then a batch with no cache layout empties it."""
+    from collm_faissret.models.shared_prefix import PrefixMemo
+
+    memo = PrefixMemo()
+    first = {"kv_pre_group": torch.tensor([7, 9]), "kv_pre_len": torch.tensor([3, 2]),
+             "kv_pre_ids": torch.tensor([[1, 2, 3], [4, 5, 0]])}
+    memo.plan(first)
+    assert "kv_pre_new" not in first and first["kv_pre_ids"].shape == (2, 3)
+    assert tokens_in(dict(first, kv_sfx=torch.tensor([[1, 1, 0]]))) == 3 + 2 + 2
+    prev = torch.arange(1, 7, dtype=torch.float).reshape(2, 1, 3, 1)  # [G, kv_heads, P, d]: row 0 is 1 2 3
+    assert memo.assemble(first, [(prev, -prev)])[0][0] is prev
+    batch = {"kv_pre_group": torch.tensor([9, 4, 7]), "kv_pre_len": torch.tensor([2, 4, 3]),
+             "kv_pre_ids": torch.tensor([[4, 5, 0, 0], [6, 7, 8, 9], [1, 2, 3, 0]]),
+             "kv_pre_slot": torch.zeros(3, 4, dtype=torch.long), "kv_pre_slot_j": torch.zeros(3, 4, dtype=torch.long),
+             "kv_pre_src": torch.tensor([0, 5, 9])}
+    memo.plan(batch)
+    assert batch["kv_pre_ids"].tolist() == [[6, 7, 8, 9]] and batch["kv_pre_src"].tolist() == [5]
+    assert batch["kv_pre_new"].tolist() == [1] and batch["kv_pre_old"].tolist() == [0, 2]
+    assert batch["kv_pre_from"].tolist() == [1, 0]
+    assert tokens_in(dict(batch, kv_sfx=torch.tensor([[1, 1, 2]]))) == 4 + 3  # group 4's prefix, the suffixes
+    new = torch.full((1, 1, 4, 1), 10.0)
+    keys, values = memo.assemble(batch, [(new, -new)])[0]
+    assert keys[:, 0, :, 0].tolist() == [[4, 5, 6, 0], [10, 10, 10, 10], [1, 2, 3, 0]]
+    assert (values == -keys).all()
+    assert memo.index == {9: 0, 4: 1, 7: 2} and memo.layers[0][0] is keys
+    memo.plan({"pack_ids": torch.zeros(1, 1)})
+    assert memo.index == {} and memo.layers is None
+    memo.assemble(first, [(prev, -prev)])
+    again = {"kv_pre_group": torch.tensor([7]), "kv_pre_len": torch.tensor([3])}
+    memo.plan(again)  # no forward ran on it (no assemble): the next batch finds nothing
+    memo.plan(again)
+    assert "kv_pre_new" not in again and memo.layers is None

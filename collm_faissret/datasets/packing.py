@@ -161,7 +161,9 @@ def kv_layout(batch, groups, pad_id: int):
     (models/shared_prefix.py ``kv_hidden``).
 
     Returns kv_pre_ids / kv_pre_slot / kv_pre_slot_j [G, P] (right-padded), kv_pre_src /
-    kv_pre_len [G] (the batch row whose user vectors fill the prefix's slots, its length);
+    kv_pre_len / kv_pre_group [G] (the batch row whose user vectors fill the prefix's slots, its
+    length, its dataset prefix group: what a later batch of the same scoring pass that holds the
+    same group may reuse, models/shared_prefix.py ``PrefixMemo``);
     kv_ids / kv_pos / kv_sfx / kv_slot / kv_slot_j / kv_src [Q, C] (suffix rows: tokens,
     positions continuing the prefix, suffix number within the row (0: padding), slot kind,
     which of its kind's tokens, the batch row that fills a slot), kv_grp [Q] (each suffix
@@ -184,6 +186,7 @@ def kv_layout(batch, groups, pad_id: int):
         packs += [(gi, pk[1]) for pk in mine if pk[1]]
     out = {"kv_pre_src": torch.tensor([g[0] for g in groups], dtype=torch.long),
            "kv_pre_len": torch.tensor(pre_len, dtype=torch.long),
+           "kv_pre_group": torch.tensor([int(batch["group"][g[0]]) for g in groups], dtype=torch.long),
            "kv_grp": torch.tensor([gi for gi, _ in packs], dtype=torch.long)}
     shape = (len(groups), max(pre_len))
     out["kv_pre_ids"] = torch.full(shape, pad_id, dtype=torch.long)
@@ -220,10 +223,17 @@ def kv_layout(batch, groups, pad_id: int):
 
 
 def tokens_in(batch) -> int:
-    """Tokens a collated batch makes the LM compute (padding excluded)."""
+    """Tokens a collated batch makes the LM compute (padding excluded); prefixes that the batch
+    takes from the previous one (``kv_pre_new``: only those computed, models/shared_prefix.py
+    ``PrefixMemo.plan``) are not computed again, so not counted."""
     if "pack_grp" in batch or "kv_sfx" in batch:
         packed = int((batch["pack_grp"] > 0).sum()) if "pack_grp" in batch else 0
-        cached = int(batch["kv_pre_len"].sum() + (batch["kv_sfx"] > 0).sum()) if "kv_sfx" in batch else 0
+        cached = 0
+        if "kv_sfx" in batch:
+            pre = batch["kv_pre_len"]
+            if "kv_pre_new" in batch:
+                pre = pre[batch["kv_pre_new"]]
+            cached = int(pre.sum() + (batch["kv_sfx"] > 0).sum())
         return packed + cached
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())

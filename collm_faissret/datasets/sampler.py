@@ -84,15 +84,18 @@ def group_batches(order, groups, batch_size: int):
     next one does not fit, which then starts a new batch.
 
     A group of s > batch_size rows is cut into ceil(s / batch_size) pieces, the fewest possible
-    (its prefix is computed once per piece): s // batch_size full pieces, each a batch of its own,
+    (each computes the group's prefix, except a piece over the prefix cache right after a batch
+    that held the group over the cache too: it takes that batch's, models/shared_prefix.py
+    ``PrefixMemo``): s // batch_size full pieces, each a batch of its own (consecutive),
     and a remainder of s % batch_size rows (its first rows), placed as a whole group of that size
     would be: in the open batch if it fits there, else starting the next one. Letting it share a
     batch costs no prefix (every group in a batch computes its own prefix anyway) and saves a
     short batch: with group_order's sizes ascending, the remainders of a run of groups of 50 at
     batch 16 fill one batch per 8 groups. What is never done is filling a batch's free rows with
     a piece of a group that does not fit whole there: that can cut the group into one piece more
-    than it needs (48 rows at batch 16 as 14 + 16 + 16 + 2 instead of 16 + 16 + 16: its prefix
-    computed 4 times instead of 3).
+    than it needs (48 rows at batch 16 as 14 + 16 + 16 + 2 instead of 16 + 16 + 16: one
+    piece more, which computes the prefix again). The remainder's batch follows the full pieces of the last
+    group whose remainder it holds (K=100 at batch 64: 64 rows, then 36, the prefix computed once).
     """
     order = np.asarray(order)
     groups = np.asarray(groups)

@@ -7,7 +7,9 @@ before the target title; ``why_plain`` says when a model or template cannot
 rows or more are scored over a read-only cache of their prefix's keys/values
 (``kv_hidden``; an earlier probe that deep-copied a growing cache per suffix
 batch reached 4.09x where packing gave 4.94x; a cache that is never written
-needs no copy).
+needs no copy). Within one scoring pass, a batch takes the cache-layout prefixes the batch
+before it computed for the same prefix groups (``PrefixMemo``: a group larger than a batch
+spans consecutive batches) instead of computing them again.
 """
 import functools
 import inspect
@@ -168,10 +170,89 @@ def _cache_kwarg(body):
     return "cache" if "cache" in params else "past_key_values"
 
 
+class PrefixMemo:
+    """The cache-layout prefixes' keys/values of the previous batch of one scoring pass, for the
+    next batch to reuse.
+
+    A group larger than a batch is cut into pieces in consecutive batches (eval_batches: K=100
+    at batch 64 is 64 rows, then 36), and each piece's forward 1 would compute the group's
+    prefix again. A prefix is known by its dataset prefix group (``kv_pre_group``, the ids the
+    sampler cut batches by), never by comparing tensors. RecTask.predict makes one per call
+    (fixed weights: training changes them between evaluations, so it must not outlive the
+    call) and passes it with each batch as ``prefix_memo``.
+
+    Memory bound: it holds one batch's cache-layout prefixes (at most batch_size /
+    kv_min_group of them; per layer keys and values [G, kv_heads, P, d]) and is replaced after
+    every batch, so at most two batches' prefix caches are alive at once. Under DDP a rank's
+    consecutive batches are a world size apart and rarely share a group: nothing is reused.
+    """
+
+    def __init__(self):
+        self.index = {}  # dataset group -> row of ``layers``, for the previous batch's prefixes
+        self.layers = None  # [(keys, values)] per layer, [G, kv_heads, P, d] (right-padded)
+        self.next = {}  # the same for the batch being scored: ``index`` once its forward has run
+        self.width = 0  # longest prefix the batch takes from ``layers``
+
+    def plan(self, batch):
+        """Host side, on a collated batch before its copy to the device: its cache-layout
+        prefixes that the previous batch holds are taken from there, the others computed.
+
+        When some are taken: kv_pre_new [Gn] (which of the batch's G prefixes forward 1
+        computes), kv_pre_old / kv_pre_from [Gr] (which are taken, their row in ``layers``),
+        and kv_pre_ids / _slot / _slot_j / _src cut to the Gn computed ones, trimmed to their
+        longest (kv_pre_len stays [G]). Otherwise the batch is left as it is.
+        """
+        self.width = 0
+        prev, self.index = self.index, {}  # ``assemble`` sets it again once this batch's forward ran
+        if "kv_pre_group" not in batch:
+            self.layers, self.next = None, {}
+            return
+        groups, lens = batch["kv_pre_group"].tolist(), batch["kv_pre_len"].tolist()
+        self.next = {g: i for i, g in enumerate(groups)}
+        old = [i for i, g in enumerate(groups) if g in prev]
+        if not old:
+            self.layers = None  # nothing of it is needed: free it before the forward
+            return
+        new = [i for i, g in enumerate(groups) if g not in prev]
+        width = max((lens[i] for i in new), default=0)
+        for key in ("kv_pre_ids", "kv_pre_slot", "kv_pre_slot_j"):
+            batch[key] = batch[key][new, :width]
+        batch["kv_pre_src"] = batch["kv_pre_src"][new]
+        batch["kv_pre_new"] = torch.tensor(new, dtype=torch.long)
+        batch["kv_pre_old"] = torch.tensor(old, dtype=torch.long)
+        batch["kv_pre_from"] = torch.tensor([prev[groups[i]] for i in old], dtype=torch.long)
+        self.width = max(lens[i] for i in old)
+
+    def assemble(self, batch, computed):
+        """computed: per layer (keys, values) [Gn, kv_heads, Pn, d] of forward 1 (None when
+        every prefix is taken) -> the batch's G prefixes [G, kv_heads, P, d], padded to the
+        longest; kept for the next batch."""
+        if "kv_pre_new" in batch:
+            n_pre = len(batch["kv_pre_len"])
+            width = max(self.width, computed[0][0].shape[-2] if computed else 0)
+            new, old, src = batch["kv_pre_new"], batch["kv_pre_old"], batch["kv_pre_from"]
+            layers = []
+            for i, (keys, values) in enumerate(self.layers):
+                pair = []
+                for j, taken in enumerate((keys, values)):
+                    taken = taken.index_select(0, src)[:, :, :self.width]
+                    out = taken.new_zeros((n_pre, taken.shape[1], width, taken.shape[3]))
+                    out[:, :, :self.width].index_copy_(0, old, taken)
+                    if computed:
+                        part = computed[i][j]
+                        out[:, :, :part.shape[-2]].index_copy_(0, new, part)
+                    pair.append(out)
+                layers.append(tuple(pair))
+            computed = layers
+        self.index, self.layers = self.next, computed
+        return computed
+
+
 def kv_hidden(model, batch, tokens):
     """The last hidden state at each cached row's last suffix token (``kv_rows``): [R, H].
 
-    Forward 1: the G prefixes [G, P] (right-padded, causal), filling a DynamicCache.
+    Forward 1: the G prefixes [G, P] (right-padded, causal), filling a DynamicCache; with a
+    ``prefix_memo`` (``PrefixMemo``) only those the previous batch did not compute.
     Forward 2: the suffix rows [Q, C] (several suffixes of one group each, positions
     continuing from the prefix) over a cache of their prefixes' keys/values
     (``PrefixLayer``: the one prefix expanded to Q rows, or each row's prefix selected);
@@ -184,24 +265,33 @@ def kv_hidden(model, batch, tokens):
     PrefixLayer = _prefix_layer_class()
     body = model._answer_parts()[0]
     name = _cache_kwarg(body)
-    pre_len, grp = batch["kv_pre_len"], batch["kv_grp"]
-    n_pre, p = batch["kv_pre_ids"].shape
-    emb = embed(model, batch["kv_pre_ids"], batch["kv_pre_slot"], batch["kv_pre_src"][:, None].expand(n_pre, p),
-                batch["kv_pre_slot_j"], tokens)
-    pos = torch.arange(p, device=emb.device)
-    real = pos[None, :] < pre_len[:, None]  # [G, P]
-    causal = pos[None, :] <= pos[:, None]
-    mask = _allowed((causal & real[:, None, :]) | (pos[None, :] == pos[:, None]), dtype)
-    cache = DynamicCache()
-    model.hidden_states(emb, mask, pos.expand(n_pre, p), use_cache=True, **{name: cache})
+    pre_len, grp = batch["kv_pre_len"], batch["kv_grp"]  # [G]: every prefix of the batch
+    n_pre = len(pre_len)
+    computed = None
+    g_new, p = batch["kv_pre_ids"].shape  # the prefixes forward 1 runs (G of them without reuse)
+    if g_new:
+        new_len = pre_len.index_select(0, batch["kv_pre_new"]) if "kv_pre_new" in batch else pre_len
+        emb = embed(model, batch["kv_pre_ids"], batch["kv_pre_slot"], batch["kv_pre_src"][:, None].expand(g_new, p),
+                    batch["kv_pre_slot_j"], tokens)
+        pos = torch.arange(p, device=emb.device)
+        real = pos[None, :] < new_len[:, None]  # [Gn, P]
+        causal = pos[None, :] <= pos[:, None]
+        mask = _allowed((causal & real[:, None, :]) | (pos[None, :] == pos[:, None]), dtype)
+        cache = DynamicCache()
+        model.hidden_states(emb, mask, pos.expand(g_new, p), use_cache=True, **{name: cache})
+        computed = [(lay.keys, lay.values) for lay in cache.layers]
+    memo = batch.get("prefix_memo")
+    if memo is not None:
+        computed = memo.assemble(batch, computed)  # [G, kv_heads, P, d] per layer, taken ones included
+    p = computed[0][0].shape[-2]
+    pos = torch.arange(p, device=pre_len.device)
+    real = pos[None, :] < pre_len[:, None]  # [G, P]: padding excluded, whichever batch computed it
 
     rows, c = batch["kv_ids"].shape
     if n_pre == 1:  # every row shares the prefix: a view, no copy
-        layers = [PrefixLayer(lay.keys.expand(rows, -1, -1, -1), lay.values.expand(rows, -1, -1, -1))
-                  for lay in cache.layers]
+        layers = [PrefixLayer(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in computed]
     else:
-        layers = [PrefixLayer(lay.keys.index_select(0, grp), lay.values.index_select(0, grp))
-                  for lay in cache.layers]
+        layers = [PrefixLayer(k.index_select(0, grp), v.index_select(0, grp)) for k, v in computed]
     emb = embed(model, batch["kv_ids"], batch["kv_slot"], batch["kv_src"], batch["kv_slot_j"], tokens)
     sfx = batch["kv_sfx"]
     q = torch.arange(c, device=emb.device)

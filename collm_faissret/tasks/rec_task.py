@@ -15,6 +15,7 @@ from ..datasets.packing import tokens_in
 from ..dist import all_gather_objects
 from ..metrics import auc_report
 from ..models.cf import attach_scoring_view, build_cf
+from ..models.shared_prefix import PrefixMemo
 from ..registry import register
 from ..retrieval.index import index_settings
 
@@ -63,11 +64,17 @@ class RecTask:
                                              num_workers=self.cfg.run.num_workers,
                                              pin_memory=device.type == "cuda")  # async copies, as in training
         rows, scores, tokens = [], [], 0
+        # A prefix group cut across consecutive batches: the next batch reuses the prefix the
+        # previous one computed. This call's only (its weights); planned here on the host copy.
+        memo = PrefixMemo()
         for batch in loader:
             rows.append(batch["row"].numpy())  # from the host copy: no device round trip
-            tokens += tokens_in(batch)
+            memo.plan(batch)
+            tokens += tokens_in(batch)  # prefixes taken from the previous batch not counted
             # no label: scoring reads the logits only, so the model computes no loss
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "label"}
+            if "kv_ids" in batch:
+                batch["prefix_memo"] = memo
             with amp_ctx():
                 logits = model(batch)["logits"]
             # Scores stay on the device until the end: a copy to the host per
