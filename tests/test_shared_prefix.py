@@ -456,3 +456,14 @@ def test_prefix_memo_plan_and_assemble_by_hand():
     memo.plan(again)  # no forward ran on it (no assemble): the next batch finds nothing
     memo.plan(again)
     assert "kv_pre_new" not in again and memo.layers is None
+
+
+def test_tokens_of_a_batch_that_several_ranks_ran_count_once():
+    """FSDP pads a short rank with the split's first batch (every rank runs each forward); the
+    split's tokens count that batch once, whichever ranks ran it."""
+    from collm_faissret.tasks.rec_task import split_tokens
+
+    rank0 = {0: 120, 40: 90}  # batches starting at rows 0 and 40
+    rank1 = {16: 100, 0: 120}  # its own batch, then the padding repeat of rows 0..
+    assert split_tokens([rank0, rank1]) == 120 + 90 + 100
+    assert split_tokens([rank0]) == 210 and split_tokens([{}, {}]) == 0

@@ -63,14 +63,16 @@ class RecTask:
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=model.collate_fn,
                                              num_workers=self.cfg.run.num_workers,
                                              pin_memory=device.type == "cuda")  # async copies, as in training
-        rows, scores, tokens = [], [], 0
+        rows, scores, tokens = [], [], {}
         # A prefix group cut across consecutive batches: the next batch reuses the prefix the
         # previous one computed. This call's only (its weights); planned here on the host copy.
         memo = PrefixMemo()
         for batch in loader:
             rows.append(batch["row"].numpy())  # from the host copy: no device round trip
             memo.plan(batch)
-            tokens += tokens_in(batch)  # prefixes taken from the previous batch not counted
+            # prefixes taken from the previous batch not counted; keyed by the batch's first row:
+            # batches hold disjoint rows, except the repeats FSDP pads short ranks with
+            tokens.setdefault(int(batch["row"][0]), tokens_in(batch))
             # no label: scoring reads the logits only, so the model computes no loss
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "label"}
             if "kv_ids" in batch:
@@ -85,7 +87,7 @@ class RecTask:
         mine = (np.concatenate(rows) if rows else np.zeros(0, np.int64),
                 torch.cat(scores).cpu().numpy() if scores else np.zeros(0, np.float32), tokens)
         parts = all_gather_objects(mine)
-        dataset.tokens_computed = sum(p[2] for p in parts)  # prompt tokens the LM ran, all ranks
+        dataset.tokens_computed = split_tokens([p[2] for p in parts])
         all_rows = np.concatenate([p[0] for p in parts])
         all_scores = np.concatenate([p[1] for p in parts])
         # Rows are dealt out whole, so each appears once; unique() also guards
@@ -97,6 +99,16 @@ class RecTask:
     def report(dataset, rows, scores):
         """AUC/UAUC overall, warm and cold for the scored rows of ``dataset``."""
         return auc_report(dataset.uid[rows], dataset.label[rows], scores, dataset.not_cold[rows])
+
+
+def split_tokens(per_rank) -> int:
+    """Prompt tokens the LM ran to score the split once: per_rank [world] of {first row of a
+    batch: its tokens}; a batch that several ranks ran (FSDP's padding repeats) counts once."""
+    merged = {}
+    for counts in per_rank:
+        for first, n in counts.items():
+            merged.setdefault(first, n)
+    return sum(merged.values())
 
 
 @register("task", "cf_rec")
