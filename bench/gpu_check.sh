@@ -16,9 +16,9 @@
 #            22 GiB); the bare loop alone with logits at every position, batch 4 and 16.
 #            tp_7b.json, tp_7b_ckpt.json, bare_7b_full_logits.jsonl.
 #   smollm2  a real pretrained LM without a download: SmolLM2-135M built by `collm-prepare backbone
-#            smollm2` (--smollm2 DIR reuses one), bench/real_backbone.py on the full training split
-#            and the full test split (each CF model alone, zero-shot, stage 1, CoLLM-MF and
-#            CoLLM-SASRec with and without cold start), then
+#            smollm2` (--smollm2 DIR reuses one), bench/real_backbone.py on the full training split,
+#            validation and test splits (each CF model alone, zero-shot, stage 1, CoLLM on each of MF,
+#            LightGCN, SASRec and DIN with and without cold start; the CPU study's rows), then
 #            its speed against the bare loop. smollm2_ml1m.json (+ .png, .md), tp_smollm2.json.
 #   quant    a random-weight 7B checkpoint written once into OUT/rand_7b (13 GB, bf16), stage 2
 #            under model.quantization int8 and nf4 at batch 4 and 16 against the bare loop loading
@@ -40,7 +40,7 @@ DATA=data/ml-1m OUT=outputs/gpu_check STEPS=10 WARMUP=3 DEVICE=cuda SHAPE=7b QUA
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 PARTS=()
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) DATA="$2"; shift 2 ;;
@@ -107,12 +107,12 @@ for part in "${PARTS[@]}"; do
     smollm2)
         step "$log" "$PY" -m collm_faissret.data_prep backbone smollm2 --out "$SMOL"
         # ---- bench/real_backbone.py: the SmolLM2 CoLLM study, full training, validation and test splits ----
-        # (--train-rows 0 = all 33,891 rows; --real-backbone-args "--cf MF LightGCN SASRec DIN
-        # --proj-tokens 1 8 --tune proj proj+lora --epochs 2" runs the whole grid; a rerun with the same --out resumes)
+        # (--train-rows 0 = all 33,891 rows; every CF encoder, as on CPU; --real-backbone-args
+        # "--proj-tokens 1 8 --tune proj proj+lora --epochs 2" runs the whole grid; a rerun with the same --out resumes)
         # shellcheck disable=SC2086
         step "$log" "$PY" "bench/real_backbone.py" --data "$DATA" --backbone "$SMOL" --cf-dir "$OUT/cf" \
             --out "$OUT/smollm2_runs" --json "$OUT/smollm2_ml1m.json" --device "$DEVICE" --train-rows 0 \
-            --cf MF SASRec --proj-tokens 8 --tune proj --epochs 1 --curve-every 8000 $RB_ARGS
+            --proj-tokens 8 --tune proj --epochs 1 --curve-every 8000 $RB_ARGS
         # ---- end of the bench/real_backbone.py call ----
         step "$log" "${BENCH[@]}" --shape "$SMOL" --warmup "$WARMUP" --batch-size 16 --eval-batch-size 64 \
             --json "$OUT/tp_smollm2.json"

@@ -45,8 +45,10 @@ rows) and 30 minutes for the validation split (10,401); with it (run.shared_pref
 the default) the test split took 13 min 42 s (8.9 rows/s, timed whole, CoLLM-SASRec), so
 the validation split about 20 minutes. A CoLLM row of 1,600 training rows x 1 epoch
 with its learning curve and both full splits: about 55 minutes of an idle machine, its
-cold-start row another 26. On a busy machine 2-8x that (docs/benchmarks.md). On CUDA the
-defaults are the whole training split and batch sizes 16/64.
+cold-start row another 34 (CPU hours about twice the wall time). CoLLM-DIN scores on the plain
+path (DIN is target-aware: no shared prefix), about 22 + 30 minutes. On a busy machine 2-8x
+that (docs/benchmarks.md). On CUDA the defaults are the whole training split and batch sizes
+16/64; `bash bench/gpu_check.sh smollm2` runs the study there.
 
   python bench/real_backbone.py --rows cf collm --cf MF --proj-tokens 8 --train-rows 1600
   python bench/real_backbone.py --dry-run                            # print the commands only

@@ -60,7 +60,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="tiny",
                     help="backbone: tiny / 1b / 7b / 13b (named shapes, random weights and a word tokenizer) or "
-                         "a checkpoint directory (its weights and tokenizer, e.g. outputs/smollm2)")
+                         "a checkpoint directory (its weights and tokenizer, e.g. data/smollm2)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default="data/ml-1m", help="CoLLM-format data directory (train/valid/test_ood2)")
     ap.add_argument("--batch-size", type=int, nargs="+", default=[8], help="training batch sizes")

@@ -7,6 +7,7 @@ the JSON rows.
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import pandas as pd
@@ -283,12 +284,26 @@ def test_real_backbone_collect_writes_paths_relative_to_the_repository(tmp_path,
 
 
 def test_real_backbone_help_lists_the_variants(capsys):
+    """Each kind of row and each variant is described in the help text and has its option, so
+    the test fails when one of them disappears from either."""
     with pytest.raises(SystemExit):
         _real_backbone().parse_args(["--help"])
     text = capsys.readouterr().out
-    for variant in ("--cf", "LightGCN", "SASRec", "DIN", "--proj-tokens", "--tune", "proj+lora", "proj+cf",
-                    "--train-rows", "--epochs", "cold", "--init", "full test split"):
-        assert variant in text, variant
+    described, _, options = text.partition("\noptions:\n")
+    assert options, "no options section in the help"
+    assert "full test split" in described
+    for kind in ("cf", "zero-shot", "stage1", "collm", "cold"):  # the row kinds, each on its own line
+        assert re.search(rf"^  {re.escape(kind)} {{2,}}\S", described, re.M), kind
+    assert re.search(r"^  cold {2,}.*model\.cold_start", described, re.M), "the cold row kind"
+    for flag in ("--proj-tokens", "--tune", "--train-rows", "--epochs", "--init"):  # the CoLLM variants
+        assert re.search(rf"^ +{flag} {{2,}}\S", described, re.M), f"{flag} not described"
+        assert re.search(rf"^ +{flag}\b", options, re.M), f"{flag} not an option"
+    tune = re.search(r"^ +--tune {2,}(.*?)\n +--", described, re.M | re.S).group(1)  # its lines
+    assert all(t in tune for t in ("proj (", "proj+lora", "proj+cf")), tune
+    for choices in ("{cf,zero-shot,stage1,collm,cold}", "{MF,LightGCN,SASRec,DIN}", "{proj,proj+lora,proj+cf}",
+                    "{base,stage1}"):
+        assert choices in options, choices
+    assert re.search(r"^ +--cf \{MF,LightGCN,SASRec,DIN\}", options, re.M), "--cf lists the four CF models"
 
 
 def test_bare_loop_runs_each_named_shape_kind(capsys):
