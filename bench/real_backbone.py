@@ -17,6 +17,7 @@ rows) and the full validation split (10,401 rows) unless --test-rows /
                 --train-rows   seeded training subset (0: all 33,891 rows)
                 --epochs       passes over it
                 --init         base (the backbone as loaded) or stage1 (stage 1's LoRA, frozen)
+                --run-seed     run.seed: initialisation and batch order (several values: a row each)
   cold        the collm rows' checkpoints scored with model.cold_start on (cold users get
               vectors borrowed from their nearest warm users)
 
@@ -27,16 +28,16 @@ setting in the name, "selected": false). During training a seeded sample of
 (early stopping, best checkpoint, learning curve).
 
 Writes --json (default <out>/results.json): a list of rows with name, test_auc,
-test_uauc, test_warm_auc, test_cold_auc, test_rows, valid_auc, train_rows,
-epochs, cpu_hours (CPU time of the row's own runs: training and scoring; a CF
-row counts its scoring only), command (the real_backbone.py command line that
-reproduces it), the CF model's AUC on the same rows (cf_test_auc, cf_valid_auc)
-and the learning curve; beside it <json stem>.png (validation AUC against
-training rows seen) and <json stem>.md (the table). Finished runs are kept in
-<out>/<row>/ and reused when the same command asks for them again, also from
-another checkout with the same layout (--rerun: run anyway); --collect only
-rebuilds the JSON, PNG and table from <out>. Paths in the JSON are relative to
-the repository root (absolute when outside it).
+test_uauc, test_warm_auc, test_cold_auc, test_rows, valid_auc, train_rows, epochs,
+cpu_hours (CPU time of the row's own runs: training and scoring; a CF row counts its
+scoring only), command (the real_backbone.py command line that reproduces it), commits
+(the git commit each of the row's runs was made with, "+dirty" when the checkout had
+uncommitted changes), the CF model's AUC on the same rows (cf_test_auc, cf_valid_auc)
+and the learning curve; beside it <json stem>.png (validation AUC against training rows
+seen) and <json stem>.md (the table). Finished runs are kept in <out>/<row>/ and reused
+when the same command asks for them again, also from another checkout with the same
+layout (--rerun: run anyway); --collect only rebuilds the JSON, PNG and table from
+<out>. Paths in the JSON are relative to the repository root (absolute when outside it).
 
 Time on 2 idle CPU cores, fp32 (SmolLM2, ML-1M prompts of ~150 tokens): training
 2.3 samples/s (2.1 with --proj-tokens 8). A full-split evaluation of SmolLM2 took, before
@@ -80,6 +81,7 @@ COLD_START = {"enabled": "true", "neighbors_weight": 1.0, "history_weight": 0.0,
               "user_repr": "tfidf", "n_neighbors": 50, "history_len": 20, "warm_alpha": 0.3, "cold_items": "false"}
 # Anchors on this split (test AUC / UAUC)
 PAPER_COLLM_MF = 0.7295  # CoLLM-MF, Vicuna-7B (CoLLM, TKDE)
+DEFAULT_RUN_SEED = 42  # run.seed of every trained row unless --run-seed says otherwise
 FAISSRET_TUNED = (0.7479, 0.70)  # CoLLM-FaissRet tuned, Vicuna-7B: AUC 0.7479, UAUC 0.6999 (goal: >= 0.70)
 
 
@@ -135,6 +137,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-dtype", default="auto",
                     help="model.dtype of the scoring runs (auto: fp32 on CPU, bf16 on CUDA)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--run-seed", nargs="+", type=int, default=[42],
+                    help="run.seed of training (initialisation, batch order); several values: a row each, named "
+                         "with its seed; stage 1 uses the first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the row samples (training subset, validation/test "
                                                         "samples)")
     ap.add_argument("--threads", type=int, default=0,
@@ -161,18 +166,25 @@ class Setting:
     epochs: int = 1
     lr: float = 1e-3
     init: str = "base"
+    seed: int = DEFAULT_RUN_SEED  # run.seed of training
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
+        seed = "" if self.seed == DEFAULT_RUN_SEED else f"_seed{self.seed}"
         if self.cf is None:
-            return f"stage1_{rows}"
-        return f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
+            return f"stage1_{rows}{seed}"
+        return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
+                + seed)
 
     def label(self) -> str:
         rows = f"{self.train_rows or 'all'} rows x {self.epochs}, lr {self.lr:g}"
+        seed = "" if self.seed == DEFAULT_RUN_SEED else f", seed {self.seed}"
         if self.cf is None:
-            return rows
-        return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "")
+            return rows + seed
+        return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
+
+    def seed_flags(self):
+        return [] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]
 
 
 class Bench:
@@ -182,6 +194,7 @@ class Bench:
         self.data = os.path.abspath(args.data)
         self.backbone = os.path.abspath(args.backbone)
         self.cf_dir = os.path.abspath(args.cf_dir)
+        self.commit = git_commit(REPO)  # read once: the code every step of this invocation runs
 
     # ----- one step -----------------------------------------------------------
     def run(self, run_dir, script, cfg_path, opts):
@@ -209,7 +222,7 @@ class Bench:
         if returncode != 0:
             raise SystemExit(f"error: step {run_dir} failed (exit {returncode}); its log: {run_dir}/log.txt")
         with open(record_path, "w") as fh:
-            json.dump({"argv": argv, "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1),
+            json.dump({"argv": argv, "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1), "commit": self.commit,
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, fh, indent=2)
         with open(os.path.join(run_dir, "metrics.json")) as fh:
             return json.load(fh)
@@ -232,10 +245,10 @@ class Bench:
         return ([f"datasets.movielens_ood.path={self.data}", f"datasets.movielens_ood.sample_seed={self.args.seed}"]
                 + [f"datasets.movielens_ood.sample_rows.{k}={v}" for k, v in sample.items() if v])
 
-    def llm_opts(self):
+    def llm_opts(self, seed=DEFAULT_RUN_SEED):
         a = self.args
         return [f"model.llama_model={self.backbone}", f"model.answer_score={a.answer_score}",
-                f"run.batch_size_eval={a.eval_batch_size}", "run.seed=42"]
+                f"run.batch_size_eval={a.eval_batch_size}", f"run.seed={seed}"]
 
     def train_opts(self, s: Setting):
         """Training on the subset, a validation point every --curve-every rows (iters_per_epoch);
@@ -322,15 +335,15 @@ class Bench:
     def stage1_setting(self):
         a = self.args
         return Setting(None, train_rows=a.train_rows[0] if a.stage1_rows is None else a.stage1_rows,
-                       epochs=a.stage1_epochs, lr=a.stage1_lr)
+                       epochs=a.stage1_epochs, lr=a.stage1_lr, seed=a.run_seed[0])
 
     def stage1_row(self):
         a, s = self.args, self.stage1_setting()
         row_dir = os.path.join(self.out, s.tag())
         self.write_row(row_dir, {"kind": "stage1", "setting": asdict(s), "command": self.command(
             "--rows", "stage1", "--stage1-rows", str(s.train_rows), "--stage1-epochs", str(s.epochs),
-            "--stage1-lr", f"{s.lr:g}", *self.train_flags())})
-        opts = self.llm_opts()
+            "--stage1-lr", f"{s.lr:g}", *s.seed_flags(), *self.train_flags())})
+        opts = self.llm_opts(s.seed)
         self.run(os.path.join(row_dir, "train"), "train_collm.py", _cfg("collm_stage1_ml1m.yaml"),
                  opts + self.data_opts(s.train_rows, a.curve_valid_rows) + self.train_opts(s))
         self.eval_steps(row_dir, "train_collm.py", _cfg("collm_stage1_ml1m.yaml"),
@@ -353,7 +366,7 @@ class Bench:
                 str(s.train_rows), "--epochs", str(s.epochs), "--lr", f"{s.lr:g}", "--init", s.init,
                 *(["--stage1-rows", str(self.stage1_setting().train_rows), "--stage1-epochs",
                    str(self.args.stage1_epochs), "--stage1-lr", f"{self.args.stage1_lr:g}"]
-                  if s.init == "stage1" else []), *self.train_flags()]
+                  if s.init == "stage1" else []), *s.seed_flags(), *self.train_flags()]
 
     def collm_row(self, s: Setting):
         a = self.args
@@ -366,7 +379,7 @@ class Bench:
         cfg = _cfg(f"collm_stage2_{s.cf.lower()}_ml1m.yaml")
         model = self.collm_model_opts(s)
         self.run(os.path.join(row_dir, "train"), "train_collm.py", cfg,
-                 self.llm_opts() + model + self.data_opts(s.train_rows, a.curve_valid_rows) + self.train_opts(s))
+                 self.llm_opts(s.seed) + model + self.data_opts(s.train_rows, a.curve_valid_rows) + self.train_opts(s))
         self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model))
 
     def scoring_opts(self, row_dir, model):
@@ -389,8 +402,8 @@ class Bench:
 
     def settings(self):
         a = self.args
-        return [Setting(cf, tok, tune, rows, ep, lr, a.init) for cf, tok, tune, rows, ep, lr in
-                itertools.product(a.cf, a.proj_tokens, a.tune, a.train_rows, a.epochs, a.lr)]
+        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed) for cf, tok, tune, rows, ep, lr, seed in
+                itertools.product(a.cf, a.proj_tokens, a.tune, a.train_rows, a.epochs, a.lr, a.run_seed)]
 
 
 # ----- the table ----------------------------------------------------------------
@@ -413,11 +426,12 @@ def load_rows(out):
 
 
 def _scored(row_dir, spec, out):
-    metrics, cpu_s, wall_s, test_rows_seen = {}, 0.0, 0.0, None
+    metrics, cpu_s, wall_s, test_rows_seen, commits = {}, 0.0, 0.0, None, {}
     for step in ("eval_test", "eval_valid"):
         m, rec = _step(os.path.join(row_dir, step))
         if m is None:
             continue
+        commits[step] = rec.get("commit")
         cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
         for split in ("test", "valid"):
             if m.get(split):
@@ -451,12 +465,15 @@ def _scored(row_dir, spec, out):
             row["kind"] = "unscored"
         if rec is not None:
             cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
+            commits = {"train": rec.get("commit"), **commits}
         row.update(cf=spec.get("cf"), setting=s, train_rows=_train_rows(os.path.join(train_dir, "log.txt")),
                    epochs=s["epochs"], rows_seen=curve[-1][0] if curve else None, curve=curve,
                    best_point=(m or {}).get("best_epoch"), curve_valid_auc=(m or {}).get("best_valid_auc"),
                    curve_valid_rows=_config_int(train_dir, "datasets.movielens_ood.sample_rows.valid"))
     row["cpu_hours"] = round(cpu_s / 3600, 3)
     row["wall_hours"] = round(wall_s / 3600, 3)
+    # None: a step recorded before commits were (or run outside a git checkout)
+    row["commits"] = commits
     return row
 
 
@@ -791,6 +808,19 @@ def _split_path(token):
 
 def _under(path, root):
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def git_commit(root):
+    """The checkout's commit (40 hex digits), with "+dirty" when tracked files differ from it; None
+    outside a git checkout. A row's command reproduces it on the commit its runs record."""
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _cpu_children():

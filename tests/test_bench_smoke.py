@@ -159,6 +159,9 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
         frame = pd.read_csv(r["predictions_test"])  # kept beside the JSON: the metrics can be recomputed
         assert r["predictions_test"].endswith(".csv.gz") and len(frame) == 24
         assert abs(roc_auc_score(frame["label"], frame["score"]) - r["test_auc"]) < 1e-9, name
+    commit = bench.git_commit(bench.REPO)  # each run records the code it ran
+    assert commit and all(set(r["commits"].values()) == {commit} for r in rows.values())
+    assert set(rows["CoLLM-MF"]["commits"]) == {"train", "eval_test", "eval_valid"}
     collm = rows["CoLLM-MF"]
     assert collm["train_rows"] == 16 and collm["epochs"] == 2 and collm["setting"]["tokens"] == 2
     assert [p[0] for p in collm["curve"]] == [8, 16, 24, 32]  # a validation point every 8 rows seen
@@ -171,6 +174,23 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
     assert bench.main(argv) == 0  # every step finished: nothing runs again
     assert launched == []
     assert json.loads(results.read_text())[0]["test_auc"] == next(iter(rows.values()))["test_auc"]
+
+
+def test_real_backbone_run_seeds_are_rows_of_their_own(tmp_path, capsys):
+    """--run-seed 42 43: a training run per seed with its run.seed, in its own directory, and a
+    command that names the seed unless it is the default (so the committed commands stay valid)."""
+    bench = _real_backbone()
+    assert bench.main(["--rows", "collm", "--cf", "MF", "--run-seed", "42", "43", "--dry-run", "--device", "cpu",
+                       "--cf-dir", str(tmp_path / "cf"), "--out", str(tmp_path / "study")]) == 0
+    trains = [line for line in capsys.readouterr().out.splitlines() if "/train " in line and "train_collm.py" in line]
+    assert len(trains) == 2, trains
+    assert "collm-mf_t8_proj_n1600x1_lr0.001/train " in trains[0] and "run.seed=42" in trains[0]
+    assert "collm-mf_t8_proj_n1600x1_lr0.001_seed43/train " in trains[1] and "run.seed=43" in trains[1]
+    b = bench.Bench(bench.parse_args(["--run-seed", "43", "--device", "cpu"]))
+    (seeded,) = b.settings()[:1]
+    assert "--run-seed 43" in b.command(*b.collm_flags(seeded, "collm"))
+    assert "--run-seed" not in b.command(*b.collm_flags(bench.Setting("MF", 8, train_rows=1600), "collm"))
+    assert seeded.label().endswith(", seed 43") and bench.Setting("MF").label().find("seed") < 0
 
 
 class _Launched(Exception):
