@@ -108,7 +108,8 @@ for part in "${PARTS[@]}"; do
         step "$log" "$PY" -m collm_faissret.data_prep backbone smollm2 --out "$SMOL"
         # ---- bench/real_backbone.py: the SmolLM2 CoLLM study, full training, validation and test splits ----
         # (--train-rows 0 = all 33,891 rows; every CF encoder, as on CPU; --real-backbone-args
-        # "--proj-tokens 1 8 --tune proj proj+lora --epochs 2" runs the whole grid; a rerun with the same --out resumes)
+        # "--proj-tokens 1 8 --tune proj proj+lora --epochs 2" runs the whole grid, "--run-seed 42 43 44" three
+        # runs of each setting; a rerun with the same --out resumes)
         # shellcheck disable=SC2086
         step "$log" "$PY" "bench/real_backbone.py" --data "$DATA" --backbone "$SMOL" --cf-dir "$OUT/cf" \
             --out "$OUT/smollm2_runs" --json "$OUT/smollm2_ml1m.json" --device "$DEVICE" --train-rows 0 \
