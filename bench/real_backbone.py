@@ -137,7 +137,7 @@ def parse_args(argv=None):
     ap.add_argument("--eval-dtype", default="auto",
                     help="model.dtype of the scoring runs (auto: fp32 on CPU, bf16 on CUDA)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--run-seed", nargs="+", type=int, default=[42],
+    ap.add_argument("--run-seed", nargs="+", type=int, default=[DEFAULT_RUN_SEED],
                     help="run.seed of training (initialisation, batch order); several values: a row each, named "
                          "with its seed; stage 1 uses the first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the row samples (training subset, validation/test "
