@@ -1,6 +1,6 @@
 # Two commands a new user needs: `make demo` and `make test`. Both install first:
 # the packages of requirements.txt, then this project itself, editable, so .venv/bin
-# holds collm-train, collm-baseline and collm-prepare.
+# holds collm-train, collm-baseline, collm-prepare and collm-recommend.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

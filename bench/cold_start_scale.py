@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tp_report import write_json  # noqa: E402
 
 from collm_faissret.models.cf import CFConfig, build_cf  # noqa: E402
-from collm_faissret.models.cf.cold_start import ColdStartCF, ColdStartConfig  # noqa: E402
+from collm_faissret.models.cf.cold_start import ColdStartCF  # noqa: E402
+from collm_faissret.models.cf.cold_start_config import ColdStartConfig  # noqa: E402
 from collm_faissret.retrieval.index import RetrievalConfig  # noqa: E402
 
 QUERY_BATCH = 65536  # cold users' histories sent to cold_users at once

@@ -36,7 +36,7 @@ from collm_faissret import registry  # noqa: E402
 from collm_faissret.config import ColdStartConfig, Config  # noqa: E402
 from collm_faissret.datasets.sampler import eval_batches  # noqa: E402
 from collm_faissret.models.cf import build_cf, cold_start_view  # noqa: E402
-from collm_faissret.models.cf.cold_start import cold_items_only  # noqa: E402
+from collm_faissret.models.cf.cold_start_config import cold_items_only  # noqa: E402
 from collm_faissret.models.cf.text import item_titles  # noqa: E402
 from collm_faissret.retrieval.index import index_settings  # noqa: E402
 from collm_faissret.tasks import CFTask  # noqa: E402

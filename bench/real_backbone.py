@@ -134,6 +134,16 @@ def parse_args(argv=None):
     ap.add_argument("--eval-batch-size", type=int, default=64 if cuda else 16, help="rows per scoring batch")
     ap.add_argument("--answer-score", default="yes_minus_no", choices=["yes_logit", "yes_minus_no"],
                     help="model.answer_score of every LLM row")
+    ap.add_argument("--train-precision", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"],
+                    help="training precision: fp32 (run.amp=false; every CPU row made before 6 December 2026) or "
+                         "bf16 (run.amp=true run.cpu_amp=true: autocast on CUDA and on CPUs with bf16 units); "
+                         "default bf16 on CUDA, fp32 on CPU; scoring as --eval-dtype / --eval-amp say")
+    ap.add_argument("--eval-amp", default="auto", choices=["auto", "off", "on"],
+                    help="run.amp_scoring of the scoring runs: auto (bf16 autocast on CUDA, fp32 on CPU), on, off")
+    ap.add_argument("--frozen-prefix", default="auto", choices=["auto", "off"],
+                    help="run.frozen_prefix of training (stage 2 with LoRA frozen: the prompt before the first ID "
+                         "slot without gradients; equal gradients, less time)")
+    ap.add_argument("--compile", default="off", choices=["auto", "on", "off"], help="run.compile of training")
     ap.add_argument("--eval-dtype", default="auto",
                     help="model.dtype of the scoring runs (auto: fp32 on CPU, bf16 on CUDA)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -167,10 +177,14 @@ class Setting:
     lr: float = 1e-3
     init: str = "base"
     seed: int = DEFAULT_RUN_SEED  # run.seed of training
+    precision: str = "fp32"  # training: fp32 (run.amp=false; every row before 6 December 2026) or bf16 autocast
+    batch: int = 4  # training rows per optimizer step (the study's 4 unless --batch-size says otherwise)
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
         seed = "" if self.seed == DEFAULT_RUN_SEED else f"_seed{self.seed}"
+        seed += ("" if self.precision == "fp32" else f"_{self.precision}") + ("" if self.batch == 4 else
+                                                                              f"_b{self.batch}")
         if self.cf is None:
             return f"stage1_{rows}{seed}"
         return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
@@ -179,12 +193,15 @@ class Setting:
     def label(self) -> str:
         rows = f"{self.train_rows or 'all'} rows x {self.epochs}, lr {self.lr:g}"
         seed = "" if self.seed == DEFAULT_RUN_SEED else f", seed {self.seed}"
+        seed += ("" if self.precision == "fp32" else f", {self.precision} training") + (
+            "" if self.batch == 4 else f", batch {self.batch}")
         if self.cf is None:
             return rows + seed
         return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
 
     def seed_flags(self):
-        return [] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]
+        return ([] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]) + (
+            [] if self.precision == "fp32" else ["--train-precision", self.precision])
 
 
 class Bench:
@@ -248,7 +265,7 @@ class Bench:
     def llm_opts(self, seed=DEFAULT_RUN_SEED):
         a = self.args
         return [f"model.llama_model={self.backbone}", f"model.answer_score={a.answer_score}",
-                f"run.batch_size_eval={a.eval_batch_size}", f"run.seed={seed}"]
+                f"run.batch_size_eval={a.eval_batch_size}", f"run.seed={seed}", f"run.amp_scoring={a.eval_amp}"]
 
     def train_opts(self, s: Setting):
         """Training on the subset, a validation point every --curve-every rows (iters_per_epoch);
@@ -264,7 +281,10 @@ class Bench:
         return schedule + [
             f"run.batch_size_train={a.batch_size}", "run.accum_grad_iters=1", f"run.init_lr={s.lr:g}",
             f"run.min_lr={s.lr / 10:g}", "run.warmup_steps=10", "run.warmup_lr=1e-05", "run.weight_decay=0.0",
-            f"run.patience={a.patience}", "run.test_splits=[]", "run.log_freq=25"]
+            f"run.patience={a.patience}", "run.test_splits=[]", "run.log_freq=25",
+            f"run.amp={'true' if s.precision == 'bf16' else 'false'}",
+            f"run.cpu_amp={'true' if s.precision == 'bf16' else 'false'}", f"run.frozen_prefix={a.frozen_prefix}",
+            f"run.compile={a.compile}"]
 
     def full_train_rows(self):
         """Rows of the whole training split (the schedule's size when --train-rows is 0)."""
@@ -296,6 +316,8 @@ class Bench:
                  "--cf-dir", a.cf_dir, "--out", a.out]
         for flag, value, default in (("--test-rows", a.test_rows, 0), ("--valid-rows", a.valid_rows, 0),
                                      ("--eval-dtype", a.eval_dtype, "auto"), ("--seed", a.seed, 0),
+                                     ("--eval-amp", a.eval_amp, "auto"), ("--frozen-prefix", a.frozen_prefix, "auto"),
+                                     ("--compile", a.compile, "off"),
                                      ("--answer-score", a.answer_score, "yes_minus_no")):
             if value != default:
                 parts += [flag, str(value)]
@@ -335,7 +357,8 @@ class Bench:
     def stage1_setting(self):
         a = self.args
         return Setting(None, train_rows=a.train_rows[0] if a.stage1_rows is None else a.stage1_rows,
-                       epochs=a.stage1_epochs, lr=a.stage1_lr, seed=a.run_seed[0])
+                       epochs=a.stage1_epochs, lr=a.stage1_lr, seed=a.run_seed[0], precision=a.train_precision,
+                       batch=a.batch_size)
 
     def stage1_row(self):
         a, s = self.args, self.stage1_setting()
@@ -402,7 +425,8 @@ class Bench:
 
     def settings(self):
         a = self.args
-        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed) for cf, tok, tune, rows, ep, lr, seed in
+        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed, a.train_precision, a.batch_size)
+                for cf, tok, tune, rows, ep, lr, seed in
                 itertools.product(a.cf, a.proj_tokens, a.tune, a.train_rows, a.epochs, a.lr, a.run_seed)]
 
 

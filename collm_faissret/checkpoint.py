@@ -113,21 +113,38 @@ def load_model_weights(model, state: dict, path: str) -> list:
 
 
 def rng_state() -> dict:
+    """This process's RNG states. CUDA: the current device's only, so that a run resumes where
+    fewer GPUs are visible (an 8-GPU run resumed on one); each rank saves its own
+    (the runner gathers them: ``rng_ranks``)."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
                   int(np_state[3]), float(np_state[4])],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
 
 
+def rng_of_rank(payload: dict, rank: int, world_size: int) -> dict:
+    """The RNG states a resuming rank restores: its own (``rng_ranks``) when the checkpoint was
+    written by as many ranks, else rank 0's (``rng``; all that checkpoints before 6 December
+    2026 hold)."""
+    rngs = payload.get("rng_ranks") or []
+    return rngs[rank] if len(rngs) == world_size else payload["rng"]
+
+
 def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()``'s states; CUDA's onto the current device (checkpoints written
+    before 6 December 2026 hold every visible device's: this device's is taken, or the first)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        here = torch.cuda.current_device() if cuda and torch.cuda.is_available() else 0
+        cuda = cuda[here] if here < len(cuda) else (cuda[0] if cuda else None)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     p = state["python"]

@@ -48,14 +48,15 @@ def known_errors():
     from .errors import ConfigError, DataError
     from .models.backbone import BackboneError
     from .models.cf.weights import CFWeightsError
-    from .models.collm import StageError
+    from .models.collm_build import StageError
     from .prompts import PromptError
+    from .recommend.errors import RecommendError
     from .registry import RegistryError
-    from .retrieval.index import IndexMismatchError
+    from .retrieval.index_files import IndexMismatchError
     from .runners.nonfinite import NonFiniteLoss
     from .runners.run_files import RunError
     return (CheckpointError, ConfigError, DataError, BackboneError, CFWeightsError, StageError, PromptError,
-            RegistryError, RunError, NonFiniteLoss, IndexMismatchError, FileNotFoundError)
+            RegistryError, RunError, NonFiniteLoss, IndexMismatchError, RecommendError, FileNotFoundError)
 
 
 def run_main(args, forced_options=(), after=None) -> int:

@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .models.backbone import AnswerScore, Dtype, LoraConfig, Quantization
-from .models.cf.cold_start import ColdStartConfig
+from .models.cf.cold_start_config import ColdStartConfig
 from .retrieval.index import IndexSettings
 from .schema import Choice, setting
 
@@ -94,6 +94,23 @@ class SharedPrefix(Choice):
     off = "off"
 
 
+class FrozenPrefix(Choice):
+    auto = "auto"  # stage 2 with nothing trainable before the first ID slot: that part runs without gradients
+    off = "off"
+
+
+class Compile(Choice):
+    auto = "auto"  # eager until measured to pay (models/compiled.py)
+    on = "on"
+    off = "off"
+
+
+class AmpScoring(Choice):
+    auto = "auto"  # as training on CUDA; fp32 on CPU
+    on = "on"
+    off = "off"
+
+
 class Distributed(Choice):
     ddp = "ddp"  # every rank holds the whole model
     fsdp = "fsdp"  # FSDP2: decoder layers and the rest sharded across ranks
@@ -126,7 +143,21 @@ class RunConfig:
     accum_grad_iters: int = setting(1, "micro-batches per optimizer step (gradient accumulation)")
     num_workers: int = setting(0, "DataLoader worker processes")
     seed: int = setting(42, "seed of torch / numpy and of the batch order")
-    amp: bool = setting(True, "bf16 autocast on CUDA (no effect on CPU)")
+    amp: bool = setting(True, "autocast (fp32 parameters, optimizer state, loss and answer logits) on CUDA: bf16, "
+                              "fp16 on GPUs that only emulate bf16; on the CPU with run.cpu_amp. The log says which "
+                              "precision ran and why")
+    cpu_amp: bool = setting(False, "with run.amp, bf16 autocast on CPUs with bf16 units too (AMX / AVX512-BF16; "
+                                   "other CPUs stay fp32): off by default until bf16 training's effect on AUC is "
+                                   "measured (docs/benchmarks.md)")
+    amp_scoring: AmpScoring = setting(AmpScoring.auto, "scoring (validation, test, evaluate-only) under run.amp's "
+                                      "autocast: `auto` on CUDA, fp32 on CPU; `on`; `off` (fp32)")
+    frozen_prefix: FrozenPrefix = setting(FrozenPrefix.auto, "training: `auto` runs the prompt part before the "
+                                          "first ID slot once without gradients (a key/value cache) when nothing "
+                                          "there is trainable (stage 2, LoRA frozen); the rest of the prompt runs "
+                                          "with gradients over it. `off`: every prompt whole. The log says which")
+    compile: Compile = setting(Compile.auto, "torch.compile the LM's decoder layers for training and the "
+                               "scoring after it: `on`; `off`; `auto` stays eager until compilation is measured "
+                               "to pay (docs/benchmarks.md). A failure to compile falls back to eager, logged")
     device: Device = setting(Device.auto, "`auto` (CUDA when available), `cuda` or `cpu`")
     patience: int = setting(3, "early stop after this many epochs without a better validation AUC")
     evaluate: bool = setting(False, "evaluate-only: score valid/test with `model.ckpt`, no training")

@@ -55,6 +55,10 @@ def read_yaml(path: str, seen=()) -> DictConfig:
     return OmegaConf.merge(merged, raw)
 
 
+# choices spelled `on` / `off` (and `auto`), which YAML would read as booleans
+ON_OFF_CHOICES = ("run.shared_prefix", "run.frozen_prefix", "run.amp_scoring", "run.compile")
+
+
 def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfig:
     """Load a YAML file (and its includes), apply overrides, validate; a read-only config.
 
@@ -65,9 +69,11 @@ def load_config(cfg_path: str, options: Optional[List[str]] = None) -> DictConfi
     overrides = OmegaConf.from_dotlist(parse_options(options))
     schema = OmegaConf.structured(Config)
     for source, label in ((raw, cfg_path), (overrides, "--options")):
-        # YAML reads a bare `off` as false: run.shared_prefix=off means the choice `off`
-        if OmegaConf.select(source, "run.shared_prefix") is False:
-            OmegaConf.update(source, "run.shared_prefix", "off")
+        # YAML reads a bare `off` / `on` as false / true: run.shared_prefix=off means the choice `off`
+        for key in ON_OFF_CHOICES:
+            value = OmegaConf.select(source, key)
+            if isinstance(value, bool):
+                OmegaConf.update(source, key, "on" if value else "off")
         try:
             schema = OmegaConf.merge(schema, source)
         except OmegaConfBaseException as err:

@@ -7,7 +7,7 @@ Prints one table of test AUC/UAUC (overall, warm, cold) and writes
 outputs/demo/summary.json = {"mf", "stage1", "stage2", "evaluate_only"},
 each the ``test`` block of that run's metrics.json, and beside it the plots of
 ``python -m collm_faissret.report`` over the four runs (learning_curves.png,
-test_metrics.png).
+test_metrics.png). Ends with what stage 2 recommends to one user (``collm-recommend``).
 """
 import argparse
 import json
@@ -24,6 +24,7 @@ STEPS = [  # (summary key, script, config)
     ("evaluate_only", "train_collm.py", "train_configs/demo_evaluate.yaml"),
 ]
 RUN_DIRS = {"mf": "mf", "stage1": "stage1", "stage2": "stage2", "evaluate_only": "evaluate"}
+DEMO_USER = 1  # whose top 5 the demo prints at the end (README, "See recommendations")
 
 
 # Time-ordered like CoLLM's split; small valid/test splits (5k rows each) keep
@@ -105,7 +106,10 @@ def main(argv=None) -> int:
     from .report import make_report  # matplotlib: only once the runs are done
 
     plots = make_report([os.path.join(args.out, RUN_DIRS[key]) for key, _, _ in STEPS], args.out)
-    print(f"\nsummary: {path}   plots: {', '.join(plots)}   ({time.time() - start:.0f} s)")
+    print(f"\nsummary: {path}   plots: {', '.join(plots)}   ({time.time() - start:.0f} s)\n")
+    # collm-recommend, as a user would type it (python -m: the same main, whether or not .venv/bin is on PATH)
+    sh([py, "-m", "collm_faissret.recommend_cli", os.path.join(args.out, RUN_DIRS["stage2"]),
+        "--user", str(DEMO_USER), "-k", "5"])
     return 0
 
 

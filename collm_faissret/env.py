@@ -45,7 +45,9 @@ def machine() -> dict:
     import torch
 
     from .models.backbone import DTYPES, resolve_dtype
-    from .retrieval.index import RetrievalConfig, _resolve_kind, faiss_gpu_available
+    from .precision import cpu_bf16_units, cuda_bf16_native
+    from .retrieval.faiss_gpu import faiss_gpu_available
+    from .retrieval.index import RetrievalConfig, _resolve_kind
 
     cuda = torch.cuda.is_available()
     devices = []
@@ -60,6 +62,8 @@ def machine() -> dict:
         "cuda": cuda,
         "devices": devices,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "bf16_native": bool(cuda and cuda_bf16_native()),
+        "cpu_bf16": cpu_bf16_units(),
         "faiss_version": getattr(faiss, "__version__", "?"),
         "faiss_gpu": faiss_gpu_available(),
         "device": device.type,
@@ -79,9 +83,13 @@ def config_problems(cfg, facts: dict, versions: dict) -> list:
     if run.device == "cuda" and not facts["cuda"]:
         problems.append("run.device is cuda but torch sees no CUDA device")
     on_cuda = facts["cuda"] and run.device in ("auto", "cuda")
-    if on_cuda and not facts["bf16"] and (m.dtype in ("auto", "bf16") or run.amp):
-        problems.append("bf16 (model.dtype auto/bf16 or run.amp on CUDA) but this GPU has no bf16 support; "
-                        "use model.dtype=fp32 run.amp=false")
+    if on_cuda and not facts["bf16_native"] and m.dtype == "bf16":
+        problems.append("model.dtype bf16 but this GPU only emulates bf16 (slowly); use model.dtype auto (fp16 "
+                        "here) or fp32")
+    if on_cuda and not facts["bf16_native"] and run.distributed == "fsdp" and (m.dtype in ("auto", "fp16")
+                                                                                 or run.amp):
+        problems.append("run.distributed fsdp computes in fp16 on this GPU (no native bf16), which needs loss "
+                        "scaling FSDP runs here do not do; use run.distributed ddp")
     if m.arch == "collm":
         for pkg in ("transformers",) + (("peft",) if m.lora_config.use_lora else ()):
             if versions[pkg] is None:
@@ -114,7 +122,18 @@ def report_lines(versions: dict, facts: dict) -> list:
     lines.append(f"bitsandbytes: {versions['bitsandbytes'] or 'not installed'} (model.quantization int8 / nf4)")
     lines.append("CUDA devices: " + ("; ".join(facts["devices"]) if facts["devices"] else "none"))
     lines.append(f"faiss GPU support: {'yes' if facts['faiss_gpu'] else 'no'}")
-    lines.append(f"bf16 on CUDA: {'yes' if facts['bf16'] else 'no' if facts['cuda'] else 'no (no CUDA)'}")
+    if not facts["cuda"]:
+        cuda_line = "no (no CUDA)"
+    elif facts["bf16_native"]:
+        cuda_line = "yes (native): model.dtype auto and run.amp compute in bf16"
+    else:
+        cuda_line = ("emulated only: model.dtype auto and run.amp compute in fp16 (loss scaling in training)"
+                     if facts["bf16"] else "no: model.dtype auto and run.amp compute in fp16")
+    lines.append(f"bf16 on CUDA: {cuda_line}")
+    cpu = facts["cpu_bf16"]
+    cpu_line = (f"yes ({cpu}): run.cpu_amp=true trains under bf16 autocast" if cpu
+                else "no (run.amp stays fp32 on the CPU)")
+    lines.append(f"bf16 on this CPU: {cpu_line}")
     lines.append(f"defaults here: device {facts['device']}, model dtype {facts['dtype']}, "
                  f"item index {facts['index']}")
     return lines

@@ -16,7 +16,7 @@ from . import registry
 from .errors import ConfigError
 from .models.backbone import BackboneError, LoraConfig, resolve_quantization
 from .models.cf.base import CFConfig
-from .models.cf.cold_start import ColdStartConfig, check_config
+from .models.cf.cold_start_config import ColdStartConfig, check_config
 from .models.cf.factory import DEFAULT_CF
 from .retrieval.index import index_settings
 

@@ -142,7 +142,10 @@ class Env:
                 "run": {"output_dir": str(output_dir), "init_lr": 3e-3, "min_lr": 1e-4, "warmup_lr": 1e-4,
                         "warmup_steps": 2, "max_epoch": 1, "iters_per_epoch": 4, "batch_size_train": 8,
                         "batch_size_eval": 64, "patience": 2, "log_freq": 2, "device": "cpu",
-                        "evaluate": stage == "evaluate"},
+                        "evaluate": stage == "evaluate",
+                        # fp32 whatever the CPU: on one with bf16 units run.amp would autocast, and the
+                        # tests compare paths in fp32; test_frozen_prefix / test_models turn it on
+                        "amp": False},
             }
         else:
             raise ValueError(f"unknown stage {stage!r}")

@@ -72,3 +72,22 @@ def test_bf16_scores_are_distinct_and_near_fp32(env, tmp_path):
     with torch.no_grad():
         ref = fp32(batch)["logits"]
     assert (scores - ref).abs().max() < 0.05 * ref.abs().max() + 1e-2
+
+
+@pytest.mark.parametrize("layout", ["llama", "qwen2"])
+def test_autocast_leaves_the_answer_head_fp32(layout, env, qwen2_dir, tmp_path):
+    """Under bf16 autocast (CPU here, CUDA alike) the final norm and the answer rows still run in
+    fp32: the same hidden states give the fp32 head's scores within 1e-5, and distinct prompts
+    distinct scores. Autocast would cast linear's inputs to bf16 whatever .float() did."""
+    model, test = _model(env, tmp_path, qwen2_dir if layout == "qwen2" else None)
+    batch = model.collate_fn(test.__getitems__(list(range(len(test)))))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            emb = model.inputs_embeds(batch)
+            hidden = model.hidden_states(emb, None, None, use_cache=False)
+            last = hidden[torch.arange(len(batch["read_pos"])), batch["read_pos"]]
+            under = model.answer_logits(last)
+        plain = model.answer_logits(last)
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, plain, atol=TOL, rtol=0)
+    assert len(set(under.tolist())) == len(set(map(tuple, last.float().tolist())))

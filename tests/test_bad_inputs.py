@@ -304,7 +304,8 @@ def test_bad_input_as_a_process(name, process_runs):
 
 def test_item_index_for_other_embeddings(tmp_path):
     """No command loads a saved index yet: the API names the mismatch in one line."""
-    from collm_faissret.retrieval.index import IndexMismatchError, ItemIndex, RetrievalConfig
+    from collm_faissret.retrieval.index import ItemIndex, RetrievalConfig
+    from collm_faissret.retrieval.index_files import IndexMismatchError
 
     emb = np.random.RandomState(0).normal(size=(50, 8)).astype(np.float32)
     ItemIndex.build(emb, np.arange(1, 51), RetrievalConfig(index_type="flat", use_gpu=False)).save(str(tmp_path))

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pandas as pd
@@ -345,3 +346,41 @@ def test_bare_loop_runs_each_named_shape_kind(capsys):
         ("train", "bare_loop_full_logits"), ("eval", "bare_loop_full_logits"),
         ("train", "bare_loop_last_position_projector"), ("eval", "bare_loop_last_position_projector")]
     assert all(r["samples_per_s"] > 0 and r["batch_size"] == 2 and r["seq_len"] == 8 for r in rows)
+
+
+GPU_CHECK = REPO / "bench" / "gpu_check.sh"
+NO_CUDA_LINE = "gpu_check.sh: needs a CUDA GPU (torch.cuda.is_available() is False); see docs/big_models.md"
+
+
+def _gpu_check(*args):
+    env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_ALLOW_CPU"}  # its development escape
+    return subprocess.run(["bash", str(GPU_CHECK), "--python", sys.executable, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_gpu_check_parses_and_its_help_lists_every_part():
+    """bench/gpu_check.sh: `bash -n` passes; --help gives each part (each part_<name> function) a
+    line of its own, names --only and the development-only CPU escape; an unknown part is refused."""
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True).returncode == 0
+    parts = re.findall(r"^part_(\w+)\(\) \{", GPU_CHECK.read_text(), re.M)
+    assert {"demo", "frozen_prefix", "resume", "shared_prefix", "cold", "lightgcn", "retrieve", "faiss_gpu",
+            "compile", "ddp", "fsdp", "7b", "smollm2", "quant"} <= set(parts), parts
+    done = _gpu_check("--help")
+    assert done.returncode == 0, done.stderr
+    for part in parts:
+        assert len(re.findall(rf"^  {re.escape(part)} {{2,}}\S", done.stdout, re.M)) == 1, part
+    assert "--only PART[,PART]" in done.stdout
+    assert re.search(r"^Development only: GPU_CHECK_ALLOW_CPU=1", done.stdout, re.M)
+    bad = _gpu_check("--only", "demo,no_such_part")
+    assert bad.returncode == 2 and "unknown part 'no_such_part'" in bad.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the check itself")
+def test_gpu_check_stops_at_once_without_cuda(tmp_path):
+    """Without CUDA: one line, exit status 2, before any work (the output directory is not made)."""
+    out = tmp_path / "out"
+    for parts in ([], ["--only", "shared_prefix,resume"]):
+        done = _gpu_check("--out", str(out), *parts)
+        assert done.returncode == 2
+        assert (done.stdout + done.stderr).splitlines() == [NO_CUDA_LINE]
+        assert not out.exists()

@@ -125,6 +125,27 @@ def test_lightgcn_cache_follows_updates():
     assert not torch.allclose(before, after)
 
 
+def test_lightgcn_propagates_in_fp32_whatever_the_tables_dtype():
+    """bf16 ID tables beside the fp32 graph buffers (what FSDP's CUDA precision policy hands the
+    forward) propagate as their values do in fp32, rounded once to bf16 at the end; under bf16
+    autocast, fp32 tables propagate exactly as without it."""
+    model = build("LightGCN")
+    with torch.no_grad():
+        for table in (model.user, model.item):
+            table.weight.copy_(table.weight.bfloat16().float())  # values bf16 holds exactly
+        users, items = model.propagate()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto_users, auto_items = model.propagate()
+        assert auto_users.dtype == auto_items.dtype == torch.float32
+        assert torch.equal(auto_users, users) and torch.equal(auto_items, items)
+        model.user.bfloat16()
+        model.item.bfloat16()
+        assert model.adj_value.dtype == torch.float32
+        half_users, half_items = model.propagate()
+    assert half_users.dtype == half_items.dtype == torch.bfloat16
+    assert torch.equal(half_users, users.bfloat16()) and torch.equal(half_items, items.bfloat16())
+
+
 def test_sasrec_is_causal_and_empty_history_is_finite():
     model = build("SASRec")
     model.eval()

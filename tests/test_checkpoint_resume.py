@@ -164,7 +164,7 @@ def test_resume_from_missing_checkpoint_fails_cleanly(env, tmp_path, capsys):
 def test_loss_scaler_only_for_fp16_on_cuda():
     import warnings
 
-    from collm_faissret.runners.runner_base import loss_scaler
+    from collm_faissret.runners.train_loop import loss_scaler
 
     half, full = torch.nn.Linear(2, 2).half(), torch.nn.Linear(2, 2)
     assert loss_scaler(half, torch.device("cpu")) is None
@@ -173,3 +173,63 @@ def test_loss_scaler_only_for_fp16_on_cuda():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available": the choice is what is tested here
         assert isinstance(loss_scaler(half, torch.device("cuda")), torch.amp.GradScaler)
+
+
+class _FakeCuda:
+    """torch.cuda's RNG calls on a machine showing ``n`` GPUs, the current one ``here``: each
+    device's state a distinct tensor; what set_rng_state received is recorded."""
+
+    def __init__(self, n, here):
+        self.n, self.here, self.set = n, here, []
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.here)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.n)
+        monkeypatch.setattr(torch.cuda, "get_rng_state",
+                            lambda device="cuda": torch.tensor([self.here], dtype=torch.uint8))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                            lambda: [torch.tensor([d], dtype=torch.uint8) for d in range(self.n)])
+
+        def set_state(state, device="cuda"):
+            if self.here >= self.n:
+                raise RuntimeError("invalid device ordinal")
+            self.set.append(int(state[0]))
+
+        def set_all(states):
+            if len(states) > self.n:  # what torch does: a state for a device this process cannot see
+                raise RuntimeError("invalid device ordinal")
+            for s in states:
+                self.set.append(int(s[0]))
+
+        monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+
+
+def test_rng_of_an_eight_gpu_rank_restores_on_one_visible_gpu(monkeypatch):
+    """A checkpoint's CUDA RNG is the saving rank's current device's alone, and restores where
+    the resuming process sees one GPU; an older checkpoint holding all eight devices' states
+    restores this device's (the first here) instead of failing in set_rng_state_all."""
+    from collm_faissret.checkpoint import rng_state, set_rng_state
+
+    saving = _FakeCuda(8, here=5)
+    saving.install(monkeypatch)
+    state = rng_state()
+    assert int(state["cuda"][0]) == 5  # rank 5's own device, not a list of all eight
+    older = dict(state, cuda=torch.cuda.get_rng_state_all())  # what checkpoints held before
+    resuming = _FakeCuda(1, here=0)
+    resuming.install(monkeypatch)
+    set_rng_state(state)
+    set_rng_state(older)
+    assert resuming.set == [5, 0]
+
+
+def test_each_rank_resumes_its_own_rng():
+    """rng_ranks: a checkpoint holds every rank's states; a rank takes its own when the world
+    size matches, rank 0's ("rng") otherwise (and from checkpoints without rng_ranks)."""
+    from collm_faissret.checkpoint import rng_of_rank
+
+    payload = {"rng": {"tag": "r0"}, "rng_ranks": [{"tag": "r0"}, {"tag": "r1"}]}
+    assert rng_of_rank(payload, 1, 2) == {"tag": "r1"}
+    assert rng_of_rank(payload, 1, 4) == {"tag": "r0"}
+    assert rng_of_rank({"rng": {"tag": "r0"}}, 1, 2) == {"tag": "r0"}

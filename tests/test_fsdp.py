@@ -9,6 +9,10 @@ of the FSDP run is within 1e-4 of the one-process run's. Evaluation: FSDP
 scores the same rows as DDP, with the same AUC / UAUC (1e-9) and per-row
 scores within 1e-5. A run killed (SIGKILL, all ranks) mid-epoch and resumed
 under FSDP ends with exactly the uninterrupted FSDP run's metrics.
+
+FSDP's CUDA precision policy (bf16 parameters) runs on CPU too, through
+tests/bf16_fsdp_train.py, for the CF models whose parts it does not cast
+(LightGCN's graph, the cold-start views); tolerances stated at BF16_LOSS_TOL.
 """
 import json
 import subprocess
@@ -31,9 +35,9 @@ RUN = ("run.max_epoch=2", "run.iters_per_epoch=4", "run.log_freq=2", "run.batch_
 KILL_AT = 3
 
 
-def _torchrun_popen(cfg, *options, **env_extra):
+def _torchrun_popen(cfg, *options, script=None, **env_extra):
     # train_collm.py, plus the test-only step hook that kills at COLLM_FAISSRET_TEST_KILL_AT_STEP
-    script = "tests/fault_train.py" if env_extra else "train_collm.py"
+    script = script or ("tests/fault_train.py" if env_extra else "train_collm.py")
     cmd = ["timeout", "300", *_torchrun(), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), str(REPO / script), *cli_args(cfg, *options)]
     return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(PYTHONPATH=str(REPO), **env_extra),
@@ -86,6 +90,10 @@ def test_fsdp_loss_curve_matches_one_process(runs, stage):
     for (_, a), (_, b) in zip(one, fsdp):
         assert abs(a - b) <= LOSS_TOL, (one, fsdp)
     assert "run.distributed fsdp" in (runs[stage, "fsdp"] / "log.txt").read_text()
+    if stage == "stage2":  # LoRA frozen: every mode trains with the frozen prompt prefix (run.frozen_prefix auto)
+        for mode in ("one", "ddp", "fsdp", "killed"):
+            log = (runs[stage, mode] / "log.txt").read_text()
+            assert "runs once per batch without gradients (frozen prefix)" in log, mode
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
@@ -125,3 +133,82 @@ def test_fsdp_kill_and_resume_matches_uninterrupted(runs):
     ca, cb = load(str(a / "checkpoint_last.pth")), load(str(b / "checkpoint_last.pth"))
     for key in ca["model"]:
         assert torch.equal(ca["model"][key], cb["model"][key]), key
+
+
+# ----- FSDP's CUDA precision policy (bf16 parameters) on CPU ------------------------------------------
+# Under it FSDP casts the sharded modules' parameters to bf16 for each forward, and nothing else:
+# buffers, and tensors outside the modules, keep their dtype. run.amp is off (conftest), so no
+# autocast reconciles an fp32 CF output with the bf16 projector, nor LightGCN's fp32 graph with its
+# bf16 tables. Each case runs stage 2 twice on the same global batches: one fp32 process (8 rows a
+# step) and two FSDP processes of 4 rows under tests/bf16_fsdp_train.py (bf16 compute, fp32
+# reduction). Stated tolerance (bf16 keeps 8 significant bits): each logged training loss within
+# BF16_LOSS_TOL of the fp32 run's (seen: 1.5e-4), each evaluation score within BF16_SCORE_TOL (seen:
+# 1.5e-3; a split's scores spread over about 2e-2 after these 4 steps) and the scores of a split in
+# the same order (Spearman >= BF16_RANK_CORR; seen: 0.989).
+BF16_LOSS_TOL = 1e-3
+BF16_SCORE_TOL = 5e-3
+BF16_RANK_CORR = 0.95
+COLD = {"enabled": True, "n_neighbors": 5, "item_neighbors": 2, "title_dim": 0}
+BF16_CASES = {
+    # trained in stage 2 (random start): its graph propagates in the forward and the backward
+    "lightgcn": {"rec_model": "LightGCN", "rec_config": {"embedding_size": 16, "n_layers": 2}, "freeze_rec": False},
+    "mf_cold_start": {"cold_start": COLD},  # the session's trained MF weights (env.config's stage 2)
+    "sasrec_cold_items": {"rec_model": "SASRec", "cold_start": COLD},  # + weights the fixture trains
+}
+BF16_RUN = ("run.max_epoch=1", "run.iters_per_epoch=4", "run.log_freq=2", "run.batch_size_eval=16",
+            "model.lora_config.dropout=0.0")
+
+
+@pytest.fixture(scope="module")
+def bf16_runs(env, tmp_path_factory):
+    """{case: (fp32 one-process output dir, bf16 FSDP output dir, the FSDP run's exit status and
+    stderr)}; the torchrun jobs start together."""
+    import baseline_train
+
+    root = tmp_path_factory.mktemp("fsdp_bf16")
+    sasrec = root / "sasrec"
+    assert baseline_train.main(cli_args(env.config("mf", sasrec), "model.arch=SASRec", "model.rec_config.max_len=5",
+                                        "run.max_epoch=2")) == 0
+    cases = dict(BF16_CASES)
+    cases["sasrec_cold_items"] = {**cases["sasrec_cold_items"],
+                                  "rec_config": {"pretrained_path": str(sasrec / "cf_model.pth")}}
+    out, procs = {}, {}
+    for case, keys in cases.items():
+        out[case] = root / f"{case}_one", root / f"{case}_fsdp"
+        cfg = env.config("stage2", out[case][1], **keys)
+        procs[case] = _torchrun_popen(cfg, *BF16_RUN, "run.batch_size_train=4", "run.distributed=fsdp",
+                                      script="tests/bf16_fsdp_train.py")
+    for case, keys in cases.items():
+        assert train_collm.main(cli_args(env.config("stage2", out[case][0], **keys), *BF16_RUN,
+                                         "run.batch_size_train=8")) == 0
+    for case, proc in procs.items():
+        _, stderr = proc.communicate(timeout=330)
+        out[case] += (proc.returncode, stderr)
+    return out
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_fsdp_bf16_policy_matches_fp32_process(env, bf16_runs, case):
+    """LightGCN (its graph propagation, trained), MF + cold start (ColdStartCF's borrowed tables)
+    and SASRec + cold items (ColdItemsCF's scorer) train and score under bf16 parameters as in
+    fp32, and their checkpoints hold the same fp32 parameters under the same names."""
+    one, fsdp, returncode, stderr = bf16_runs[case]
+    assert returncode == 0, f"exit {returncode}\n{stderr[-3000:]}"
+    assert "(bf16 compute, fp32 reduction)" in (fsdp / "log.txt").read_text()
+    a, b = _loss_log(one), _loss_log(fsdp)
+    assert [s for s, _ in b] == [s for s, _ in a] == [2, 4]
+    for (_, x), (_, y) in zip(a, b):
+        assert abs(x - y) <= BF16_LOSS_TOL, (a, b)
+    for split in ("valid", "test"):
+        p1 = pd.read_csv(one / f"predictions_{split}.csv")
+        p2 = pd.read_csv(fsdp / f"predictions_{split}.csv")
+        assert len(p2) == len(env.frames[split])
+        pd.testing.assert_frame_equal(p1.drop(columns="score"), p2.drop(columns="score"))
+        assert (p1["score"] - p2["score"]).abs().max() <= BF16_SCORE_TOL, split
+        assert p1["score"].corr(p2["score"], method="spearman") >= BF16_RANK_CORR, split
+    saved_one = load(str(one / "checkpoint_last.pth"))["model"]
+    saved = load(str(fsdp / "checkpoint_last.pth"))["model"]
+    assert saved.keys() == saved_one.keys()
+    assert all(v.dtype == torch.float32 for v in saved.values())
+    tuned_cf = {k for k in saved if k.startswith("cf.")}
+    assert tuned_cf == ({"cf.user.weight", "cf.item.weight"} if case == "lightgcn" else set())

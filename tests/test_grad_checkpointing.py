@@ -46,7 +46,7 @@ def test_checkpointing_saves_memory_and_keeps_gradients(env, tmp_path, stage, gr
 
 def test_checkpointing_switch_of_older_transformers():
     """transformers releases before the rename only have gradient_checkpointing_enable."""
-    from collm_faissret.models.collm import enable_checkpointing
+    from collm_faissret.models.collm_build import enable_checkpointing
 
     calls = []
 

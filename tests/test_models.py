@@ -13,7 +13,7 @@ from collm_faissret.models import StageError
 from collm_faissret.models.backbone import BackboneError, answer_token_id
 from collm_faissret.models.cf import CFConfig, CFWeightsError
 from collm_faissret.models.cf.mf import MF
-from collm_faissret.models.collm import check_stage
+from collm_faissret.models.collm_build import check_stage
 from collm_faissret.models.fece import Projector
 from collm_faissret.runners.runner_base import RunnerBase, prepare_output_dir
 
@@ -82,18 +82,37 @@ def _train_and_diff(cfg_path, *options):
     return runner.model, before, changed
 
 
-def test_amp_context_follows_the_run_config_it_is_given(env, tmp_path):
-    """bf16 autocast on CUDA with run.amp, nothing on the host or without it; derived when the run
-    config is set, including a config switched in later (benchmarks do)."""
+def test_amp_context_follows_the_run_config_it_is_given(env, tmp_path, monkeypatch):
+    """bf16 autocast on CUDA with run.amp, and on a CPU with bf16 units (training; scoring stays
+    fp32 there unless run.amp_scoring=on); nothing on a CPU without them or without run.amp;
+    derived when the run config is set, including a config switched in later (benchmarks do)."""
+    from collm_faissret import precision
+
     cfg = load_config(env.config("stage2", tmp_path / "s2"), ["run.amp=true"])
     task = registry.get("task", cfg.run.task)(cfg)
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "")
     host = RunnerBase(cfg, task, torch.device("cpu"))
     assert isinstance(host.amp_ctx(), contextlib.nullcontext)
+    assert isinstance(host.score_ctx(), contextlib.nullcontext)
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX")
+    auto = RunnerBase(cfg, task, torch.device("cpu"))  # run.cpu_amp false: fp32 on any CPU
+    assert isinstance(auto.amp_ctx(), contextlib.nullcontext)
+    cfg = load_config(env.config("stage2", tmp_path / "s2"), ["run.amp=true", "run.cpu_amp=true"])
+    amx = RunnerBase(cfg, task, torch.device("cpu"))
+    ctx = amx.amp_ctx()
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cpu" and ctx.fast_dtype == torch.bfloat16
+    assert isinstance(amx.score_ctx(), contextlib.nullcontext)
+    assert amx._amp_why == "CPU has AMX"
+    amx.run_cfg = load_config(env.config("stage2", tmp_path / "s2"),
+                              ["run.amp=true", "run.cpu_amp=true", "run.amp_scoring=on"]).run
+    assert isinstance(amx.score_ctx(), torch.autocast)
+    monkeypatch.setattr(precision, "cuda_bf16_native", lambda: True)  # an A100/H100 (faked)
     gpu = RunnerBase(cfg, task, torch.device("cuda"))  # builds nothing on the device
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # autocast warns and disables itself where CUDA is absent
         ctx = gpu.amp_ctx()
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert isinstance(gpu.score_ctx(), torch.autocast)  # amp_scoring auto: as training on CUDA
     off = load_config(env.config("stage2", tmp_path / "s2"), ["run.amp=false"])  # configs are read-only
     gpu.run_cfg = off.run
     assert gpu.run_cfg is off.run and isinstance(gpu.amp_ctx(), contextlib.nullcontext)

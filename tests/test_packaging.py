@@ -60,7 +60,7 @@ def test_torch_pinned_and_gpu_extra():
 
 def test_console_scripts_are_the_repository_entry_points():
     scripts = pyproject()["scripts"]
-    assert set(scripts) == {"collm-train", "collm-baseline", "collm-prepare"}
+    assert set(scripts) == {"collm-train", "collm-baseline", "collm-prepare", "collm-recommend"}
     targets = {}
     for name, target in scripts.items():
         module, func = target.split(":")
@@ -70,6 +70,9 @@ def test_console_scripts_are_the_repository_entry_points():
 
     assert train_collm.main is targets["collm-train"]
     assert baseline_train.main is targets["collm-baseline"]
+    from collm_faissret import recommend_cli
+
+    assert recommend_cli.main is targets["collm-recommend"]  # what the demo runs with python -m
 
 
 @pytest.mark.parametrize("name", ["ml1m", "ml100k", "amazon_book", "bookcrossing"])

@@ -1,8 +1,13 @@
 """Tests for collm_faissret.retrieval.index (CPU only, a few seconds)."""
+import faiss
 import numpy as np
 import pytest
+import torch
 
+import collm_faissret.retrieval.faiss_gpu as faiss_gpu_module
 from collm_faissret.retrieval import IndexMismatchError, ItemIndex, RetrievalConfig, auto_nlist, embedding_hash
+from collm_faissret.retrieval.faiss_gpu import GPU_TEMP_MEMORY
+from collm_faissret.retrieval.index import GPU_MAX_K
 
 
 def clustered(n, dim, centers, seed, spread=0.3):
@@ -157,3 +162,109 @@ def test_embedding_hash_is_short_and_content_based(small):
     assert embedding_hash(x) == embedding_hash(x.astype(np.float64))
     assert embedding_hash(x) != embedding_hash(x + 1e-3)
     assert len(embedding_hash(x)) == 16
+
+
+def test_torch_exact_searches_in_fp32_under_bf16_autocast(small):
+    """Under the runner's bf16 autocast the exact torch search still scores in fp32 (same ids and
+    scores as without autocast), and takes bf16 tensor queries."""
+    x, ids, q = small
+    index = ItemIndex.build(x, ids, RetrievalConfig(index_type="torch_exact", use_gpu=False))
+    want_scores, want_ids = index.search(q, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, found = index.search(q, 10)
+        _, found_bf16 = index.search(torch.from_numpy(q).bfloat16(), 10)
+    assert scores.dtype == np.float32
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    # a bf16 query is searched as its fp32 value
+    _, want_bf16 = index.search(torch.from_numpy(q).bfloat16().float().numpy(), 10)
+    np.testing.assert_array_equal(found_bf16, want_bf16)
+
+
+class FakeGpuResources:
+    """Stands in for faiss.StandardGpuResources: records the temporary memory asked for."""
+
+    def __init__(self):
+        self.temp_memory = None  # None: faiss's default (18% of the card, up to 1.5 GiB)
+
+    def setTempMemory(self, size):  # noqa: N802 (faiss's name)
+        self.temp_memory = size
+
+
+class FakeGpuIndex:
+    """A "GPU" copy of a CPU faiss index: answers with the CPU index, recording each search's k,
+    and refuses k > GPU_MAX_K as faiss-gpu's kernels do."""
+
+    def __init__(self, res, device, cpu_index):
+        self.res, self.device, self.cpu_index, self.ks = res, device, cpu_index, []
+
+    def search(self, q, k):
+        if k > GPU_MAX_K:
+            raise RuntimeError(f"k {k} above the GPU limit")
+        self.ks.append(k)
+        return self.cpu_index.search(q, k)
+
+
+class FakeGpuParameterSpace:
+    def set_index_parameter(self, index, name, value):
+        faiss.ParameterSpace().set_index_parameter(index.cpu_index, name, value)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """faiss-gpu faked on a CPU machine whose current CUDA device is 3; returns the list of
+    indexes placed on the "GPU"."""
+    placed = []
+
+    def index_cpu_to_gpu(res, device, index):
+        placed.append(FakeGpuIndex(res, device, index))
+        return placed[-1]
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", FakeGpuResources, raising=False)
+    monkeypatch.setattr(faiss, "GpuParameterSpace", FakeGpuParameterSpace, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", index_cpu_to_gpu, raising=False)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda index: index.cpu_index, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(faiss_gpu_module, "_GPU_RESOURCES", {})  # none made before this test
+    return placed
+
+
+def test_faiss_gpu_indexes_share_the_current_devices_resources(small, fake_gpu, monkeypatch):
+    """Indexes go to the current CUDA device (a torchrun rank's own, not GPU 0) and share that
+    device's one resources object, whose temporary memory is bounded."""
+    x, ids, q = small
+    assert faiss_gpu_module.faiss_gpu_available()  # the module's own check sees the fake GPUs
+    first = ItemIndex.build(x, ids, RetrievalConfig(index_type="flat"))
+    second = ItemIndex.build(x, ids, RetrievalConfig(index_type="ivf_flat", nlist=4, nprobe=4))
+    assert (first.device, second.device) == ("cuda", "cuda")
+    assert [p.device for p in fake_gpu] == [3, 3]
+    assert fake_gpu[0].res is fake_gpu[1].res
+    assert fake_gpu[0].res.temp_memory == GPU_TEMP_MEMORY <= 256 * 2 ** 20
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    ItemIndex.build(x, ids, RetrievalConfig(index_type="flat"))
+    assert fake_gpu[2].device == 1 and fake_gpu[2].res is not fake_gpu[0].res  # one per device
+    scores, found = first.search(q, 10)
+    assert fake_gpu[0].ks == [10]  # searched on the "GPU"
+    want_scores, want_ids = brute_force(x, ids, q, 10)
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat"])
+def test_search_deeper_than_the_gpu_limit_goes_to_exact_torch(fake_gpu, kind):
+    """k = GPU_MAX_K is searched on the GPU index; a deeper k (retrieval asks k + the most seen
+    items) by an exact torch copy of the index's vectors, with the exact answer."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((GPU_MAX_K + 500, 8)).astype(np.float32)
+    ids = rng.choice(10 ** 9, size=x.shape[0], replace=False).astype(np.int64)
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    index = ItemIndex.build(x, ids, RetrievalConfig(index_type=kind, nlist=16, nprobe=16))
+    index.search(q, GPU_MAX_K)
+    deep = GPU_MAX_K + 100
+    scores, found = index.search(q, deep)
+    assert fake_gpu[0].ks == [GPU_MAX_K]  # the deep search never reached the GPU index
+    assert index._exact.kind == "torch_exact"
+    want_scores, want_ids = brute_force(x, ids, q, deep)
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
-import collm_faissret.models.cf.cold_start as cold_start_module
+import collm_faissret.models.cf.borrowing as borrowing_module
 import train_collm
 from collm_faissret.config import Config
 from collm_faissret.config_loader import load_config
@@ -25,16 +25,9 @@ from collm_faissret.datasets import load_interactions
 from collm_faissret.datasets.sampler import eval_batches
 from collm_faissret.metrics import auc_report
 from collm_faissret.models.cf import CFConfig, attach_scoring_view
-from collm_faissret.models.cf.cold_start import (
-    ColdItemsCF,
-    ColdStartCF,
-    ColdStartConfig,
-    ColdStartError,
-    fit_history_map,
-    history_bag,
-    similarity_weighted_mean,
-    with_cold_start,
-)
+from collm_faissret.models.cf.borrowing import fit_history_map, history_bag, similarity_weighted_mean
+from collm_faissret.models.cf.cold_start import ColdItemsCF, ColdStartCF, with_cold_start
+from collm_faissret.models.cf.cold_start_config import ColdStartConfig, ColdStartError
 from collm_faissret.models.cf.din import DIN, DINConfig
 from collm_faissret.models.cf.mf import MF
 from collm_faissret.models.cf.personalized_prompt import PersonalizedPrompt
@@ -264,7 +257,7 @@ def test_history_map_conjugate_gradients_match_direct_solve(monkeypatch):
     x = history_bag(his, 40)
     y = rng.standard_normal((300, 3)).astype(np.float32)
     direct = fit_history_map(x, y, 0.3)
-    monkeypatch.setattr(cold_start_module, "DIRECT_SOLVE_MAX", 0)
+    monkeypatch.setattr(borrowing_module, "DIRECT_SOLVE_MAX", 0)
     np.testing.assert_allclose(fit_history_map(x, y, 0.3), direct, atol=1e-4)
     xd = x.toarray().astype(np.float64)
     np.testing.assert_allclose(direct, np.linalg.solve(xd.T @ xd + 0.3 * np.eye(41), xd.T @ y), atol=1e-4)
@@ -296,6 +289,54 @@ def test_history_models_get_cold_items_only(toy, arch):
     assert cf.saved_state_dict().keys() == model.saved_state_dict().keys()
 
 
+def _held_tensors(module):
+    """Every tensor ``module`` and what it holds keep: parameters, buffers and plain tensor
+    attributes, through registered submodules and modules kept as plain attributes alike."""
+    seen, stack, out = set(), [module], []
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        values = [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]
+        out += [v for v in values if isinstance(v, torch.Tensor)]
+        stack += [*m._modules.values(), *(v for v in vars(m).values() if isinstance(v, torch.nn.Module))]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["MF", "SASRec", "DIN"])
+def test_cold_start_views_move_with_the_model_and_keep_its_names(toy, arch):
+    """A cold-start view adds no parameter or state_dict entry (checkpoints keep the wrapped model's
+    names), ``.to`` moves everything it computes with (FSDP places the same registered tensors), and
+    its vectors come in the dtype of the wrapped model's parameters: bf16 when FSDP's CUDA policy
+    hands the forward bf16 parameters, as the projector beside it gets, the borrowed fp32 vectors
+    rounded once."""
+    torch.manual_seed(0)
+    if arch == "MF":
+        base = MF(toy.data.n_users, toy.data.n_items, CFConfig(embedding_size=2, item_bias=True))
+        base.load_state_dict(toy.mf.state_dict(), strict=False)
+        cs = ColdStartConfig(enabled=True, n_neighbors=2, item_neighbors=1, title_dim=0)
+    elif arch == "SASRec":
+        base = SASRec(toy.data.n_users, toy.data.n_items, SASRecConfig(embedding_size=2, n_heads=1, item_bias=True))
+        cs = ColdStartConfig(enabled=True, item_neighbors=1, title_dim=0)
+    else:
+        base = DIN(toy.data.n_users, toy.data.n_items, DINConfig(embedding_size=2, item_bias=True))
+        cs = ColdStartConfig(enabled=True, item_neighbors=1, title_dim=0)
+    cf = with_cold_start(base.eval(), toy.data, cs, RetrievalConfig())
+    assert [n for n, _ in cf.named_parameters()] == [f"base.{n}" for n, _ in base.named_parameters()]
+    assert list(cf.state_dict()) == [f"base.{k}" for k in base.state_dict()]
+    # user 3 and item 6 are cold
+    batch = {"uid": torch.tensor([1, 3]), "his": torch.tensor([[0, 1, 2], [0, 2, 4]]), "iid": torch.tensor([3, 6])}
+    with torch.no_grad():
+        users, items = cf.user_embed(batch), cf.item_embed(batch["iid"])
+        cf.base.bfloat16()
+        assert all(p.dtype == torch.bfloat16 for p in cf.base.parameters())
+        assert torch.equal(cf.user_embed(batch), users.bfloat16())
+        assert torch.equal(cf.item_embed(batch["iid"]), items.bfloat16())
+    cf.to("meta")
+    assert all(t.device.type == "meta" for t in _held_tensors(cf))
+
+
 def test_cold_start_indexes_honour_retrieval_settings(toy):
     """The neighbour indexes of cold start are built with the retrieval.* keys, not defaults."""
     cfg = load_config(_cfg_file(toy, model_extra=", cold_start: {enabled: true}",
@@ -306,6 +347,22 @@ def test_cold_start_indexes_honour_retrieval_settings(toy):
     assert isinstance(cold, ColdStartCF)
     assert (cold._user_index.kind, cold._user_index.cfg.nprobe, cold._user_index.cfg.use_gpu) == ("ivf_flat", 3, False)
     assert cold.index_cfg.nprobe == 3
+
+
+def test_cold_start_scores_under_bf16_autocast_with_the_torch_index(toy):
+    """MF + cold start with the exact torch index (what `auto` picks on CUDA without faiss-gpu),
+    scored under bf16 autocast as the runner scores it: the cold user's neighbour search runs in
+    fp32, so every score equals the fp32 run's."""
+    cfg = load_config(_cfg_file(toy, model_extra=", cold_start: {enabled: true, n_neighbors: 2}",
+                                retrieval_extra=", index_type: torch_exact"))
+    task = RetrieveRankTask(cfg)
+    task.load_data()
+    cold = task.build_model(torch.device("cpu"))
+    assert isinstance(cold, ColdStartCF) and cold._user_index.kind == "torch_exact"
+    ds, _, fp32, _ = _predict(toy, cold)
+    assert (ds.uid == 3).any()  # the cold user is scored
+    _, _, bf16, _ = _predict(toy, cold, amp_ctx=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    np.testing.assert_allclose(bf16, fp32, rtol=1e-6)
 
 
 def test_excluded_neighbour_is_skipped():
@@ -326,15 +383,15 @@ def test_simulated_cold_rows_only_while_training(toy):
     np.testing.assert_allclose(cf.train().user_embed(batch).numpy()[0], USERS[2], rtol=1e-6)
 
 
-def _predict(toy, model, batch_size=3):
-    """(rows, scores) of every toy test row through CFTask.predict, as a baseline run scores a split."""
+def _predict(toy, model, batch_size=3, amp_ctx=contextlib.nullcontext):
+    """(rows, scores) of every toy test row through CFTask.predict, as a baseline run scores a split
+    (under ``amp_ctx``, the runner's autocast)."""
     task = CFTask(OmegaConf.merge(OmegaConf.structured(Config),
                                   {"datasets": {"movielens_ood": {"path": str(toy.path)}}}))
     task.data = toy.data
     ds = task.rows(toy.data.splits["test"], "test", model)
     model.eval()
-    rows, scores = task.predict(model, ds, eval_batches(ds.lengths(), batch_size), torch.device("cpu"),
-                                contextlib.nullcontext)
+    rows, scores = task.predict(model, ds, eval_batches(ds.lengths(), batch_size), torch.device("cpu"), amp_ctx)
     direct = {k: torch.from_numpy(v) for k, v in ds.__getitems__(np.arange(len(ds))).items()}
     return ds, rows, scores, direct
 

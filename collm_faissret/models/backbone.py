@@ -18,6 +18,7 @@ from typing import List
 import torch
 
 from ..planner import QUANTIZATIONS  # model.quantization's values
+from ..precision import cuda_half_dtype
 from ..schema import Choice, setting
 
 
@@ -65,9 +66,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on CUDA, fp32 on CPU; otherwise fp32 / bf16 / fp16."""
+    """"auto": bf16 on a GPU with native bf16, fp16 on one that only emulates it (T4, V100), fp32
+    on CPU; otherwise fp32 / bf16 / fp16."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return cuda_half_dtype()[0] if device.type == "cuda" else torch.float32
     if name not in DTYPES:
         raise BackboneError(f"model.dtype {name!r} unknown; use auto, {', '.join(DTYPES)}")
     return DTYPES[name]

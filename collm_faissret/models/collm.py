@@ -21,7 +21,7 @@ from ..datasets.rec_dataset import collate
 from ..errors import ConfigError
 from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, has_id_slots, load_template
 from ..registry import register
-from ..retrieval.index import index_settings
+from .answer_head import final_norm_name, norm_fp32
 from .backbone import (
     answer_token_ids,
     attach_lora,
@@ -31,8 +31,10 @@ from .backbone import (
     resolve_dtype,
     resolve_quantization,
 )
-from .cf import build_cf, cold_start_view
+from .cf import build_cf
+from .collm_build import StageError, attach_cold_start, check_stage, enable_checkpointing
 from .fece import Projector
+from .frozen_prefix import frozen_forward
 from .shared_prefix import shared_forward
 
 log = logging.getLogger(__name__)
@@ -262,15 +264,17 @@ class CoLLM(nn.Module):
         rounds logits near 10 to steps of 0.0625, and AUC counts the ties as half.
         """
         _, _, norm, head, cap, rows = self._answer_parts()
-        h = hidden.float()
-        if norm is not None:
-            h = norm_fp32(norm, h)
         if rows.device != head.weight.device:  # made once per device: a host-to-device copy per call would wait
             rows = rows.to(head.weight.device)
             self._answer_cache = self._answer_cache[:-1] + (rows,)
         bias = getattr(head, "bias", None)
-        out = F.linear(h, head.weight.index_select(0, rows).float(),
-                       None if bias is None else bias.index_select(0, rows).float())  # [..., 2]
+        # autocast off: it would cast linear's fp32 inputs back to bf16 whatever .float() did
+        with torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.float()
+            if norm is not None:
+                h = norm_fp32(norm, h)
+            out = F.linear(h, head.weight.index_select(0, rows).float(),
+                           None if bias is None else bias.index_select(0, rows).float())  # [..., 2]
         if cap:  # Gemma-2's head: tanh soft-capping of every logit
             out = torch.tanh(out / cap) * cap
         if self.answer_score == "yes_minus_no":
@@ -285,6 +289,8 @@ class CoLLM(nn.Module):
         """
         if "pack_ids" in batch or "kv_ids" in batch:
             return shared_forward(self, batch)
+        if batch.get("frozen_len"):  # set by the training loop (models/frozen_prefix.py why_whole)
+            return frozen_forward(self, batch)
         last = batch.get("read_pos")  # collate's: the one place a row's answer position is computed
         if last is None:
             raise ValueError("CoLLM.forward: the batch has no 'read_pos' (each row's answer position, [B]); "
@@ -298,35 +304,7 @@ class CoLLM(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
-FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")  # LLaMA/Qwen2, GPT-2, OPT, ...
-
-
-def final_norm_name(body):
-    """The name of the decoder body's final norm module (the input of the LM head), or None
-    when the body has none under a known name (its output is then taken as normed)."""
-    for name in FINAL_NORMS:
-        if isinstance(body._modules.get(name), nn.Module):
-            return name
-    return None
-
-
 _IDENTITY = nn.Identity()  # stands in for the body's final norm while hidden_states runs it
-
-
-def norm_fp32(norm, h):
-    """norm applied to fp32 h [..., H] with its weights upcast -> fp32 [..., H].
-
-    HF's RMSNorms compute in the input's dtype and promote a bf16 weight, so fp32 in
-    gives fp32 out; torch's LayerNorm refuses mixed dtypes; anything else gets fp32
-    copies of its parameters for the call (slower: torch.func.functional_call).
-    """
-    if isinstance(norm, nn.LayerNorm):
-        return F.layer_norm(h, norm.normalized_shape, None if norm.weight is None else norm.weight.float(),
-                            None if norm.bias is None else norm.bias.float(), norm.eps)
-    out = norm(h)
-    if out.dtype != torch.float32:
-        out = torch.func.functional_call(norm, {k: v.float() for k, v in norm.named_parameters()}, (h,))
-    return out
 
 
 def fill_slots(emb, slot, tokens):
@@ -343,30 +321,6 @@ def fill_slots(emb, slot, tokens):
     order = torch.where(is_item, is_item.long().cumsum(-1) + (k - 1), is_user.long().cumsum(-1) - 1)  # [B, L]
     placed = torch.gather(tokens, 1, order.clamp(min=0).unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
     return torch.where((is_user | is_item).unsqueeze(-1), placed, emb)
-
-
-class StageError(ValueError):
-    """Contradictory stage settings (nothing trainable, a projector with no slot, ...)."""
-
-
-def check_stage(mcfg, has_slots: bool, evaluate: bool):
-    """Which groups train: (lora, proj, rec). Raises StageError on contradictions."""
-    use_lora = mcfg.lora_config.use_lora
-    if not has_slots and not mcfg.freeze_proj:
-        raise StageError(f"model.freeze_proj is false but {mcfg.prompt_path} has no <UserID>/<TargetItemID> slot: "
-                         "the projector would get no input (use a stage-2 prompt or set freeze_proj: true)")
-    if not has_slots and not mcfg.freeze_rec:
-        raise StageError(f"model.freeze_rec is false but {mcfg.prompt_path} has no ID slot: the CF model is unused")
-    if not use_lora and not mcfg.freeze_lora:
-        raise StageError("model.freeze_lora is false but model.lora_config.use_lora is false: no LoRA to train")
-    if has_slots and mcfg.freeze_rec and not mcfg.rec_config.pretrained_path and not (evaluate and mcfg.ckpt):
-        raise StageError("the prompt has ID slots and model.freeze_rec is true, but model.rec_config.pretrained_path "
-                         "is not set: frozen random CF embeddings carry no signal (train them with baseline_train.py)")
-    stage = (use_lora and not mcfg.freeze_lora, has_slots and not mcfg.freeze_proj,
-             has_slots and not mcfg.freeze_rec)
-    if not any(stage) and not evaluate:
-        raise StageError("nothing is trainable: freeze_lora, freeze_proj and freeze_rec leave no parameter to tune")
-    return stage
 
 
 def build_collm(cfg, data, device, backbone=None):
@@ -410,28 +364,3 @@ def build_collm(cfg, data, device, backbone=None):
     if m.gradient_checkpointing:
         enable_checkpointing(llm)
     return model
-
-
-def enable_checkpointing(llm):
-    """Recompute each decoder layer in the backward pass (non-reentrant: the frozen
-    embeddings need no requires_grad trick). transformers renamed the switch to
-    ``activation_checkpointing_enable``; releases before the rename only have the old name."""
-    kwargs = {"use_reentrant": False}
-    enable = getattr(llm, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def attach_cold_start(model, data, cfg):
-    """Give the CF model feeding the projector borrowed vectors for cold users/items.
-
-    Done after the checkpoint is loaded: the wrapper's tables are derived from
-    the CF weights, and checkpoints keep the unwrapped parameter names.
-    """
-    mcfg = cfg.model
-    if model.cf is None:
-        raise StageError(f"model.cold_start.enabled is true but {mcfg.prompt_path} has no ID slot: "
-                         "no CF embedding enters the prompt")
-    model.cf = cold_start_view(model.cf, data, mcfg.cold_start, index_settings(cfg.retrieval))

@@ -4,14 +4,14 @@
 with the inner-product metric) or an exact torch matmul + topk, and maps faiss's
 row positions back to the catalog's item ids. Saved indexes carry a
 ``meta.json`` so that loading one built for other embeddings fails loudly
-instead of returning wrong items.
+instead of returning wrong items (the files and their checks: ``index_files.py``; the
+faiss-gpu resources a GPU index is placed with: ``faiss_gpu.py``).
 
 Shapes: embeddings float32 [N, d], ids int64 [N], queries float32 [Q, d],
 results (scores float32 [Q, k], ids int64 [Q, k]).
 """
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import warnings
@@ -24,6 +24,8 @@ import torch
 
 from ..errors import ConfigError
 from ..schema import Choice, setting
+from .faiss_gpu import faiss_gpu_available, gpu_resources
+from .index_files import EMB_FILE, FAISS_FILE, IDS_FILE, check_expected, check_size, existing, read_meta, write_meta
 
 
 class IndexType(Choice):
@@ -40,21 +42,11 @@ IVF_KINDS = ("ivf_flat", "ivf_pq")
 MIN_POINTS_PER_LIST = 39
 # Fixed so that a rebuilt index over the same embeddings trains on the same sample.
 TRAIN_SAMPLE_SEED = 0
-# faiss's GPU top-k kernels stop at k = 2048.
+# faiss's GPU top-k kernels stop at k = 2048: a deeper search of a GPU index goes to an
+# exact torch copy of it (``ItemIndex._exact_copy``).
 GPU_MAX_K = 2048
 # torch_exact scores one query batch at a time: batch * N floats stay under this.
 TORCH_SCORE_ELEMENTS = 2 ** 27
-
-META_FILE = "meta.json"
-IDS_FILE = "ids.npy"
-FAISS_FILE = "index.faiss"
-EMB_FILE = "embeddings.npy"
-FORMAT_NAME = "collm_faissret.item_index"
-FORMAT_VERSION = 1
-
-
-class IndexMismatchError(ValueError):
-    """A saved index does not match the embeddings / catalog / model it is used with."""
 
 
 @dataclass
@@ -105,13 +97,16 @@ def index_settings(section) -> RetrievalConfig:
 
 def embedding_hash(array) -> str:
     """Short sha256 (16 hex chars) of an array's float32 bytes, e.g. as a model_hash."""
-    data = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    data = _float32(array)
     return hashlib.sha256(data.tobytes()).hexdigest()[:16]
 
 
-def faiss_gpu_available() -> bool:
-    """True when this faiss build has GPU support and sees at least one GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+def _float32(array) -> np.ndarray:
+    """A numpy array or a torch tensor (any float dtype, any device) as contiguous float32 numpy."""
+    if isinstance(array, torch.Tensor):
+        # numpy has no bf16 (a tensor made under autocast), and reads host memory only
+        array = array.detach().float().cpu()
+    return np.ascontiguousarray(np.asarray(array, dtype=np.float32))
 
 
 def auto_nlist(n_items: int, n_train: Optional[int] = None) -> int:
@@ -134,7 +129,7 @@ def _resolve_kind(cfg: RetrievalConfig, n_items: int) -> str:
 
 
 def _as_embeddings(embeddings) -> np.ndarray:
-    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    x = _float32(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-d [N, d] array, got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -200,7 +195,8 @@ class ItemIndex:
 
     Build with ``ItemIndex.build`` or ``ItemIndex.load``; attributes: cfg, kind
     ("flat" | "ivf_flat" | "ivf_pq" | "torch_exact"), dim, n_items, nlist (0
-    unless IVF), ids int64 [N], model_hash, device ("cpu" | "cuda").
+    unless IVF), ids int64 [N], model_hash, device ("cpu" | "cuda"). On the GPU
+    it is on the current CUDA device when built or loaded (each rank's own).
     """
 
     def __init__(self, cfg: RetrievalConfig, kind: str, ids: np.ndarray, dim: int,
@@ -214,8 +210,9 @@ class ItemIndex:
         self.nlist = nlist
         self.device = "cpu"
         self._index = None  # faiss index (CPU or GPU); None for torch_exact
-        self._gpu_res = None  # keeps the GPU resources alive as long as the GPU index
+        self._gpu_res = None  # the GPU resources the faiss index is on; None on the CPU
         self._emb = None  # torch tensor [N, d] for torch_exact
+        self._exact = None  # torch_exact copy of a GPU faiss index, for searches deeper than GPU_MAX_K
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -245,9 +242,11 @@ class ItemIndex:
         self._index = index
         self.device = "cpu"
         if self.cfg.use_gpu and faiss_gpu_available():
-            res = faiss.StandardGpuResources()
+            # The current device, not GPU 0: under torchrun each rank has its own (dist.py sets it).
+            device = torch.cuda.current_device()
+            res = gpu_resources(device)
             try:
-                self._index = faiss.index_cpu_to_gpu(res, 0, index)
+                self._index = faiss.index_cpu_to_gpu(res, device, index)
             except RuntimeError as err:
                 # Some settings (e.g. large pq_m) have no GPU kernel; CPU still works.
                 reason = (str(err).strip().splitlines() or ["unknown error"])[0]
@@ -274,17 +273,18 @@ class ItemIndex:
 
     def search(self, queries, k: Optional[int] = None,
                batch_size: int = 16384) -> Tuple[np.ndarray, np.ndarray]:
-        """Top-k items by inner product for queries [Q, d].
+        """Top-k items by inner product for queries [Q, d] (numpy or torch, any float dtype).
 
         Returns (scores float32 [Q, k], ids int64 [Q, k]), best first; where fewer
-        than k items are found the id is -1 and the score -inf.
+        than k items are found the id is -1 and the score -inf. On a GPU faiss
+        index, k > GPU_MAX_K searches an exact torch copy of the index's vectors.
         """
         k = self.cfg.k if k is None else int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if self.device == "cuda" and self._index is not None and k > GPU_MAX_K:
-            raise ValueError(f"k {k} exceeds faiss's GPU limit of {GPU_MAX_K}")
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if self._gpu_res is not None and k > GPU_MAX_K:
+            return self._exact_copy().search(queries, k, batch_size)
+        q = _float32(queries)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape [Q, {self.dim}], got {q.shape}")
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
@@ -307,10 +307,26 @@ class ItemIndex:
         if self._emb is None:
             return self._index.search(q, k)
         k_eff = min(k, self.n_items)
-        with torch.no_grad():
-            qt = torch.from_numpy(q).to(self.device)
+        # fp32 whatever autocast the caller runs under (a cold user's neighbour search inside the
+        # runner's bf16 autocast): bf16 scores would reorder close neighbours, and numpy has no bf16.
+        with torch.no_grad(), torch.autocast(self._emb.device.type, enabled=False):
+            qt = torch.from_numpy(q).to(self._emb.device)
             vals, rows = torch.topk(qt @ self._emb.T, k_eff, dim=1)
         return vals.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+
+    def _exact_copy(self) -> "ItemIndex":
+        """A torch_exact ItemIndex over the vectors this GPU faiss index stores (IVF-PQ: their
+        decoded codes), built on the first search deeper than GPU_MAX_K and kept: retrieval asks
+        the same depth for every query batch. It holds [N, d] float32 on the current device."""
+        if self._exact is None:
+            cpu = faiss.index_gpu_to_cpu(self._index)
+            if self.kind in IVF_KINDS:
+                # IVF indexes can only reconstruct a row once they have its id -> list map.
+                faiss.extract_index_ivf(cpu).make_direct_map()
+            vectors = cpu.reconstruct_n(0, cpu.ntotal)
+            self._exact = ItemIndex.build(vectors, self.ids, dataclasses.replace(self.cfg, index_type="torch_exact"),
+                                          self.model_hash)
+        return self._exact
 
     # ---- persistence --------------------------------------------------
     def save(self, path_dir: str):
@@ -324,12 +340,9 @@ class ItemIndex:
                 cpu_index = faiss.index_gpu_to_cpu(self._index)
             faiss.write_index(cpu_index, os.path.join(path_dir, FAISS_FILE))
         np.save(os.path.join(path_dir, IDS_FILE), self.ids)
-        meta = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,
-                    config=dataclasses.asdict(self.cfg), index_kind=self.kind, nlist=self.nlist,
-                    dim=self.dim, n_items=self.n_items, model_hash=self.model_hash,
-                    metric="inner_product", faiss_version=faiss.__version__)
-        with open(os.path.join(path_dir, META_FILE), "w") as f:
-            json.dump(meta, f, indent=2)
+        write_meta(path_dir, dict(config=dataclasses.asdict(self.cfg), index_kind=self.kind, nlist=self.nlist,
+                                  dim=self.dim, n_items=self.n_items, model_hash=self.model_hash,
+                                  metric="inner_product", faiss_version=faiss.__version__))
 
     @classmethod
     def load(cls, path_dir: str, expected_dim: Optional[int] = None,
@@ -340,66 +353,25 @@ class ItemIndex:
 
         use_gpu: None keeps the saved config's choice.
         """
-        meta = _read_meta(path_dir)
-        _check_expected(path_dir, meta, expected_dim, expected_n_items, expected_model_hash)
+        meta = read_meta(path_dir)
+        check_expected(path_dir, meta, expected_dim, expected_n_items, expected_model_hash)
         cfg = RetrievalConfig(**meta["config"])
         if use_gpu is not None:
             cfg = dataclasses.replace(cfg, use_gpu=use_gpu)
-        ids = np.load(_existing(path_dir, IDS_FILE))
-        _check_size(path_dir, IDS_FILE, ids.shape[0], meta["n_items"])
+        ids = np.load(existing(path_dir, IDS_FILE))
+        check_size(path_dir, IDS_FILE, ids.shape[0], meta["n_items"])
         self = cls(cfg, meta["index_kind"], ids.astype(np.int64), int(meta["dim"]),
                    meta["model_hash"], int(meta["nlist"]))
         if self.kind == "torch_exact":
-            emb = np.load(_existing(path_dir, EMB_FILE))
-            _check_size(path_dir, EMB_FILE, emb.shape[0], meta["n_items"])
+            emb = np.load(existing(path_dir, EMB_FILE))
+            check_size(path_dir, EMB_FILE, emb.shape[0], meta["n_items"])
             self._place_torch(np.ascontiguousarray(emb, dtype=np.float32))
         else:
-            index = faiss.read_index(_existing(path_dir, FAISS_FILE))
-            _check_size(path_dir, FAISS_FILE, index.ntotal, meta["n_items"])
+            index = faiss.read_index(existing(path_dir, FAISS_FILE))
+            check_size(path_dir, FAISS_FILE, index.ntotal, meta["n_items"])
             self._place_faiss(index)
         return self
 
     def __repr__(self):
         return (f"ItemIndex(kind={self.kind!r}, n_items={self.n_items}, dim={self.dim}, "
                 f"nlist={self.nlist}, nprobe={self.cfg.nprobe}, device={self.device!r})")
-
-
-def _existing(path_dir: str, name: str) -> str:
-    path = os.path.join(path_dir, name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"item index file {path} is missing")
-    return path
-
-
-def _read_meta(path_dir: str) -> dict:
-    path = _existing(path_dir, META_FILE)
-    with open(path) as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not an item index meta file (format {meta.get('format')!r})")
-    missing = [key for key in ("config", "index_kind", "nlist", "dim", "n_items", "model_hash")
-               if key not in meta]
-    if missing:
-        raise ValueError(f"{path} lacks the field(s) {', '.join(missing)}")
-    return meta
-
-
-def _check_expected(path_dir, meta, dim, n_items, model_hash):
-    if dim is not None and int(dim) != meta["dim"]:
-        raise IndexMismatchError(f"index at {path_dir} was built for dim {meta['dim']}, "
-                                 f"the embeddings have dim {dim}")
-    if n_items is not None and int(n_items) != meta["n_items"]:
-        raise IndexMismatchError(f"index at {path_dir} was built for n_items {meta['n_items']}, "
-                                 f"the catalog has n_items {n_items}")
-    if model_hash is not None and model_hash != meta["model_hash"]:
-        raise IndexMismatchError(f"index at {path_dir} was built for model_hash "
-                                 f"{meta['model_hash']!r}, expected model_hash {model_hash!r}")
-
-
-def _check_size(path_dir, name, found, n_items):
-    if found != n_items:
-        raise ValueError(f"index at {path_dir} is inconsistent: meta.json says {n_items} items, "
-                         f"{name} holds {found}")

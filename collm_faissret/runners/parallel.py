@@ -89,13 +89,14 @@ class Sharded(Replicated):
         if not dist.is_dist():
             return
         mesh = init_device_mesh(self.device.type, (dist.world_size(),))
+        policy = self.mp_policy()
         layers = decoder_layers(model)
         for layer in layers:
-            fully_shard(layer, mesh=mesh, mp_policy=self.mp_policy())
-        fully_shard(model, mesh=mesh, mp_policy=self.mp_policy())
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         logging.getLogger("collm_faissret").info(
             "run.distributed fsdp: %d decoder layers and the root sharded over %d ranks (%s)", len(layers),
-            dist.world_size(), "bf16 compute, fp32 reduction" if self.device.type == "cuda" else "fp32")
+            dist.world_size(), describe_policy(policy))
 
     def model_state(self, model):
         """Collective: every rank gathers each saved parameter (small: adapter, projector)."""
@@ -166,6 +167,17 @@ class Sharded(Replicated):
         are the shards again (what the optimizer and checkpoints address)."""
         if dist.is_dist():
             model.reshard()
+
+
+def describe_policy(policy) -> str:
+    """What a MixedPrecisionPolicy computes and reduces gradients in, for the log:
+    "bf16 compute, fp32 reduction", or, with neither set, "the parameters' own dtypes"."""
+    if policy.param_dtype is None and policy.reduce_dtype is None:
+        return "compute and reduction in the parameters' own dtypes"
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    compute = names.get(policy.param_dtype, str(policy.param_dtype)) if policy.param_dtype else "own-dtype"
+    reduce = names.get(policy.reduce_dtype, str(policy.reduce_dtype)) if policy.reduce_dtype else compute
+    return f"{compute} compute, {reduce} reduction"
 
 
 def decoder_layers(model):

@@ -39,6 +39,9 @@ log = logging.getLogger("collm_faissret")
 class RetrieveRankTask(RecTask):
     """Attributes after build_datasets: ``index`` (ItemIndex) and ``llm_calls`` per split."""
 
+    # why a text-only prompt needs model.rec_config.pretrained_path (the error's start)
+    stage1_needs = "retrieve_rank: the prompt has no ID slot, so retrieval needs its own CF model"
+
     @classmethod
     def check_config(cls, cfg) -> None:
         r = cfg.retrieval
@@ -58,6 +61,7 @@ class RetrieveRankTask(RecTask):
         self.cf_only = cfg.model.arch in registry.names("cf_model")
         self.index = None
         self.llm_calls = {}
+        self._warm_sets = None
 
     # ----- model -------------------------------------------------------------
     def build_model(self, device):
@@ -80,24 +84,32 @@ class RetrieveRankTask(RecTask):
         if self.cfg.retrieval.embeddings == "fece":
             raise ConfigError("retrieval.embeddings fece: the prompt has no ID slot, so no projector")
         m = self.cfg.model
-        cf = build_cf(m.rec_config, self.data, device, name=m.rec_model,
-                      need_weights="retrieve_rank: the prompt has no ID slot, so retrieval needs its own CF model")
+        cf = build_cf(m.rec_config, self.data, device, name=m.rec_model, need_weights=self.stage1_needs)
         return cold_start_view(cf, self.data, m.cold_start, self.index_cfg)
 
     # ----- candidates ----------------------------------------------------------
     def build_datasets(self, model):
         """train (unused, the runner expects it) and one candidate set per evaluated split."""
-        his_len = max(self.ds_cfg.max_his, model.history_len, self.retriever.history_len)
+        his_len = self.history_length(model)
         out = {"train": RecRows(self.data.splits["train"], 0, None, name="train", his_len=his_len)}
+        self.build_index(model)
+        for split in list(self.cfg.run.valid_splits) + list(self.cfg.run.test_splits):
+            if split in self.data.splits:
+                out[split] = self._candidates(model, split, his_len)
+        return out
+
+    def history_length(self, model) -> int:
+        """History ids per row the prompts, the scoring model and the retriever read."""
+        return max(self.ds_cfg.max_his, model.history_len, self.retriever.history_len)
+
+    def build_index(self, model):
+        """``index``: an ItemIndex over the catalog (items with a title), by the retriever's vectors."""
         self.titles = item_titles(self.data)
         catalog = np.array(sorted(i for i in self.titles if 0 < i < self.data.n_items), dtype=np.int64)
         self.index = ItemIndex.build(self._vectors(model, items=torch.from_numpy(catalog)), catalog, self.index_cfg)
         log.info("retrieve_rank: %r over %d catalog items (%s embeddings)", self.index, len(catalog),
                  self.cfg.retrieval.embeddings)
-        for split in list(self.cfg.run.valid_splits) + list(self.cfg.run.test_splits):
-            if split in self.data.splits:
-                out[split] = self._candidates(model, split, his_len)
-        return out
+        return self.index
 
     @torch.no_grad()
     def _vectors(self, model, items=None, batch=None) -> np.ndarray:
@@ -119,33 +131,53 @@ class RetrieveRankTask(RecTask):
         return next(module.parameters()).device
 
     def _candidates(self, model, split, his_len) -> RecRows:
-        """One row per (queried user, retrieved candidate), with the ranking facts attached."""
+        """One row per (queried user, retrieved candidate) of ``split``, with the ranking facts attached."""
         r = self.cfg.retrieval
         q = split_queries(self.data.splits[split], self.data.splits["train"], r.exclude_seen)
-        query_rows = RecRows(q.rows, 0, None, name=split, his_len=his_len)
+        return self.candidate_rows(model, split, q.rows, q.seen, r.k, his_len, q.relevant)
+
+    def candidate_rows(self, model, name, queries, seen, k, his_len, relevant=None) -> RecRows:
+        """One row per (query, retrieved candidate): each query's top-``k`` unseen catalog items.
+
+        queries: a DataFrame in CoLLM format, one row per query (uid, his, his_title; its item is
+        not read); seen [Q] sets of item ids not to retrieve; relevant [Q] sets of held-out
+        positives (the rows' labels; default none). The dataset's ``ranking``: uids [Q],
+        relevant, cand [Q, k] item ids (-1: fewer unseen items), row_of [Q, k] (the candidate's
+        row, -1 for none), retrieval_scores [rows], cold_user [Q].
+        """
+        relevant = [set() for _ in range(len(queries))] if relevant is None else relevant
+        query_rows = RecRows(queries, 0, None, name=name, his_len=his_len)
         device = self._device(self.retriever)
         batch = {"uid": torch.tensor(query_rows.uid, device=device), "his": torch.tensor(query_rows.his, device=device),
-                 "iid": torch.zeros(len(q.uids), dtype=torch.long, device=device)}
-        users = self._vectors(model, batch=batch) if len(q.uids) else np.zeros((0, self.index.dim), np.float32)
-        cand, scores = top_k_unseen(self.index, users, r.k, q.seen)
-        warm_users = set(int(u) for u in self.data.splits["train"]["uid"])
-        warm_items = set(int(i) for i in self.data.splits["train"]["iid"])
+                 "iid": torch.zeros(len(queries), dtype=torch.long, device=device)}
+        users = self._vectors(model, batch=batch) if len(queries) else np.zeros((0, self.index.dim), np.float32)
+        cand, scores = top_k_unseen(self.index, users, k, seen)
+        warm_users, warm_items = self._warm()
         user_row, slot = np.nonzero(cand >= 0)
-        rows = q.rows.iloc[user_row].reset_index(drop=True)
+        rows = queries.iloc[user_row].reset_index(drop=True)
         iids = cand[user_row, slot]
         frame = pd.DataFrame({
             "uid": rows["uid"].to_numpy(np.int64), "iid": iids,
-            "label": [int(int(i) in q.relevant[u]) for u, i in zip(user_row, iids)],
+            "label": [int(int(i) in relevant[u]) for u, i in zip(user_row, iids)],
             "not_cold": [int(int(u) in warm_users and int(i) in warm_items) for u, i in zip(rows["uid"], iids)],
             "title": [self.titles[int(i)] for i in iids], "his": rows["his"], "his_title": rows["his_title"]})
-        ds = RecRows(frame, self.ds_cfg.max_his, model.prompts, name=split, his_len=his_len)
+        ds = RecRows(frame, self.ds_cfg.max_his, model.prompts, name=name, his_len=his_len)
         row_of = np.full(cand.shape, -1, dtype=np.int64)
         row_of[user_row, slot] = np.arange(len(frame))
-        ds.ranking = {"uids": q.uids, "relevant": q.relevant, "cand": cand, "row_of": row_of,
+        uids = queries["uid"].to_numpy(np.int64)
+        ds.ranking = {"uids": uids, "relevant": relevant, "cand": cand, "row_of": row_of,
                       "retrieval_scores": scores[user_row, slot].astype(np.float32),
-                      "cold_user": np.array([int(u) not in warm_users for u in q.uids], dtype=bool)}
-        self.llm_calls[split] = 0 if self.cf_only else len(frame)
+                      "cold_user": np.array([int(u) not in warm_users for u in uids], dtype=bool)}
+        self.llm_calls[name] = 0 if self.cf_only else len(frame)
         return ds
+
+    def _warm(self):
+        """(user ids, item ids) of the training split, as sets; read once (a query per call would
+        walk the whole split again)."""
+        if self._warm_sets is None:
+            train = self.data.splits["train"]
+            self._warm_sets = (set(train["uid"].unique().tolist()), set(train["iid"].unique().tolist()))
+        return self._warm_sets
 
     # ----- scoring and metrics ---------------------------------------------------
     def predict(self, model, dataset, batches, device, amp_ctx, progress=None):

@@ -97,16 +97,23 @@ class LightGCN(CFModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def propagate(self):
-        """Final tables: (users [n_users, d], items [n_items, d]) = mean over layers 0..L."""
+        """Final tables: (users [n_users, d], items [n_items, d]) = mean over layers 0..L, in the
+        dtype of the ID tables."""
         ego = torch.cat([self.user.weight, self.item.weight])  # [U+I, d]
         n = ego.shape[0]
-        adj = torch.sparse_coo_tensor(self.adj_index, self.adj_value, (n, n), is_coalesced=True,
+        # In fp32 whatever the tables' dtype (bf16 under FSDP's CUDA precision policy, which casts
+        # parameters but not the graph buffers) and with autocast off (it would run the product in
+        # bf16): CUDA's sparse-dense product takes float/double only, the CPU's one dtype on both
+        # sides, and the degree weights and the sum over layers keep fp32's precision. The result
+        # goes back to the tables' dtype, the one the model's other parts compute in.
+        adj = torch.sparse_coo_tensor(self.adj_index, self.adj_value.float(), (n, n), is_coalesced=True,
                                       check_invariants=False)
-        layer, total = ego, ego
-        for _ in range(self.n_layers):
-            layer = torch.sparse.mm(adj, layer)
-            total = total + layer
-        final = total / (self.n_layers + 1)
+        with torch.autocast(ego.device.type, enabled=False):
+            layer = total = ego.float()
+            for _ in range(self.n_layers):
+                layer = torch.sparse.mm(adj, layer)
+                total = total + layer
+            final = (total / (self.n_layers + 1)).to(ego.dtype)
         return final[:self.n_users], final[self.n_users:]
 
     def _tables(self):
