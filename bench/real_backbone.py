@@ -36,7 +36,9 @@ uncommitted changes), the CF model's AUC on the same rows (cf_test_auc, cf_valid
 and the learning curve; beside it <json stem>.png (validation AUC against training rows
 seen) and <json stem>.md (the table). Finished runs are kept in <out>/<row>/ and reused
 when the same command asks for them again, also from another checkout with the same
-layout (--rerun: run anyway); --collect only rebuilds the JSON, PNG and table from
+layout (--rerun: run anyway). A training step stopped before it finished (a session's end)
+resumes from its checkpoint_last.pth, written at least every --save-every-min minutes, when
+the same command runs again; --collect only rebuilds the JSON, PNG and table from
 <out>. Paths in the JSON are relative to the repository root (absolute when outside it).
 
 Time on 2 idle CPU cores, fp32 (SmolLM2, ML-1M prompts of ~150 tokens): training
@@ -144,6 +146,9 @@ def parse_args(argv=None):
                     help="run.frozen_prefix of training (stage 2 with LoRA frozen: the prompt before the first ID "
                          "slot without gradients; equal gradients, less time)")
     ap.add_argument("--compile", default="off", choices=["auto", "on", "off"], help="run.compile of training")
+    ap.add_argument("--save-every-min", type=float, default=30.0,
+                    help="training writes checkpoint_last.pth at least this often (run.save_every_minutes); a row "
+                         "whose training was stopped resumes from it when the same command runs again")
     ap.add_argument("--eval-dtype", default="auto",
                     help="model.dtype of the scoring runs (auto: fp32 on CPU, bf16 on CUDA)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -231,18 +236,40 @@ class Bench:
                 print(f"== {os.path.relpath(run_dir, self.out)}: finished earlier, reused", flush=True)
                 with open(os.path.join(run_dir, "metrics.json")) as fh:
                     return json.load(fh)
-        print(f"\n== {os.path.relpath(run_dir, self.out)}: python {' '.join(argv)}", flush=True)
+        launch = argv + self.resume_opts(run_dir, argv)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "bench_started.json"), "w") as fh:  # what resume_opts compares with
+            json.dump({"argv": argv}, fh)
+        print(f"\n== {os.path.relpath(run_dir, self.out)}: python {' '.join(launch)}", flush=True)
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
         start = time.time()
-        returncode, cpu_s = self.launch(argv, env)
+        returncode, cpu_s = self.launch(launch, env)
         wall_s = time.time() - start
         if returncode != 0:
             raise SystemExit(f"error: step {run_dir} failed (exit {returncode}); its log: {run_dir}/log.txt")
         with open(record_path, "w") as fh:
             json.dump({"argv": argv, "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1), "commit": self.commit,
+                       "resumed": launch != argv,  # cpu_s / wall_s: the resumed part only
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, fh, indent=2)
         with open(os.path.join(run_dir, "metrics.json")) as fh:
             return json.load(fh)
+
+    def resume_opts(self, run_dir, argv):
+        """[run.resume_ckpt_path=...] when ``run_dir`` holds an unfinished training run of the same
+        command (its bench_started.json, a checkpoint_last.pth, no metrics.json), else []. A row
+        stopped with its session (training writes checkpoint_last.pth at least every
+        --save-every-min minutes) goes on from there; a resumed run ends with an uninterrupted
+        one's weights (tests/test_resume.py)."""
+        last = os.path.join(run_dir, "checkpoint_last.pth")
+        started = os.path.join(run_dir, "bench_started.json")
+        if self.args.rerun or "run.evaluate=true" in argv or not os.path.isfile(last) or \
+                os.path.isfile(os.path.join(run_dir, "metrics.json")) or not os.path.isfile(started):
+            return []
+        with open(started) as fh:
+            if not same_command(json.load(fh).get("argv") or [], argv):
+                return []
+        print(f"== {os.path.relpath(run_dir, self.out)}: unfinished, resuming from {last}", flush=True)
+        return [f"run.resume_ckpt_path={last}"]
 
     def step_argv(self, run_dir, script, cfg_path, opts):
         """The entry point's command line (after ``python``) of one step."""
@@ -284,7 +311,7 @@ class Bench:
             f"run.patience={a.patience}", "run.test_splits=[]", "run.log_freq=25",
             f"run.amp={'true' if s.precision == 'bf16' else 'false'}",
             f"run.cpu_amp={'true' if s.precision == 'bf16' else 'false'}", f"run.frozen_prefix={a.frozen_prefix}",
-            f"run.compile={a.compile}"]
+            f"run.compile={a.compile}", f"run.save_every_minutes={a.save_every_min:g}"]
 
     def full_train_rows(self):
         """Rows of the whole training split (the schedule's size when --train-rows is 0)."""

@@ -169,6 +169,10 @@ class RunConfig:
     test_splits: List[str] = setting(help="splits evaluated with the best checkpoint at the end",
                                      factory=lambda: ["test"])
     max_eval_rows: Optional[int] = setting(None, "rows used for per-epoch validation (the first N); null: all")
+    save_every_minutes: float = setting(0.0, "also write `checkpoint_last.pth` at the first log interval after "
+                                              "this many minutes of training since the last checkpoint (a stopped "
+                                              "run loses at most about that much; rank 0's clock decides for all "
+                                              "ranks); 0: off")
     save_every_n_steps: int = setting(0, "also write `checkpoint_last.pth` every N micro-steps; 0: at epoch ends "
                                          "only")
     nonfinite: NonFinite = setting(NonFinite.stop, "on a non-finite training loss: `stop` (error, last good "

@@ -86,6 +86,16 @@ def mean_over_ranks(total: torch.Tensor, count: int) -> float:
     return total / count if count else float("nan")
 
 
+def rank0_flag(flag: bool, device) -> bool:
+    """Rank 0's ``flag`` on every rank (one broadcast): a decision every rank must take alike,
+    such as a checkpoint by rank 0's clock (a checkpoint is a collective under FSDP)."""
+    if not is_dist():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def all_gather_objects(obj):
     """List of ``obj`` from every rank (just [obj] without a process group)."""
     if not is_dist():

@@ -23,7 +23,7 @@ from .retrieval.index import index_settings
 # run.<key> -> smallest valid value; None stays valid where the schema allows it.
 RUN_MINIMUMS = {"batch_size_train": 1, "batch_size_eval": 1, "accum_grad_iters": 1, "max_epoch": 1,
                 "iters_per_epoch": 1, "log_freq": 1, "patience": 1, "num_workers": 0, "max_eval_rows": 1,
-                "save_every_n_steps": 0, "dist_timeout_s": 1}
+                "save_every_n_steps": 0, "save_every_minutes": 0, "dist_timeout_s": 1}
 # The splits a dataset entry names (its train_file / valid_file / test_file).
 SPLITS = ("train", "valid", "test")
 

@@ -384,3 +384,32 @@ def test_gpu_check_stops_at_once_without_cuda(tmp_path):
         assert done.returncode == 2
         assert (done.stdout + done.stderr).splitlines() == [NO_CUDA_LINE]
         assert not out.exists()
+
+
+def test_real_backbone_resumes_an_unfinished_training_step(tmp_path, monkeypatch):
+    """A training step stopped mid-way (its bench_started.json, a checkpoint_last.pth, no
+    metrics.json) runs again with run.resume_ckpt_path; a finished one, another command, an
+    evaluate-only step or --rerun start afresh. Training steps write checkpoints every
+    --save-every-min minutes (run.save_every_minutes)."""
+    bench = _real_backbone()
+    root = tmp_path / "clone"
+    b = _bench_in(bench, root, monkeypatch)
+    run_dir = str(root / "outputs" / "study" / "row" / "train")
+    opts = ["model.proj_token_num=8", *b.train_opts(bench.Setting("MF", train_rows=64))]
+    assert "run.save_every_minutes=30" in opts
+    step = (run_dir, "train_collm.py", "cfg.yaml", opts)
+    with pytest.raises(_Launched) as first:
+        b.run(*step)
+    assert not any(t.startswith("run.resume_ckpt_path=") for t in first.value.args[0])
+    last = os.path.join(run_dir, "checkpoint_last.pth")
+    open(last, "w").close()  # the stopped run's last checkpoint
+    with pytest.raises(_Launched) as again:
+        b.run(*step)
+    assert again.value.args[0][-1] == f"run.resume_ckpt_path={last}"
+    with pytest.raises(_Launched) as other:  # another command in the same directory: no resume
+        b.run(run_dir, "train_collm.py", "cfg.yaml", opts + ["run.seed=7"])
+    assert not any(t.startswith("run.resume_ckpt_path=") for t in other.value.args[0])
+    b.args.rerun = True
+    with pytest.raises(_Launched) as rerun:
+        b.run(*step)
+    assert not any(t.startswith("run.resume_ckpt_path=") for t in rerun.value.args[0])

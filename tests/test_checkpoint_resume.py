@@ -233,3 +233,27 @@ def test_each_rank_resumes_its_own_rng():
     assert rng_of_rank(payload, 1, 2) == {"tag": "r1"}
     assert rng_of_rank(payload, 1, 4) == {"tag": "r0"}
     assert rng_of_rank({"rng": {"tag": "r0"}}, 1, 2) == {"tag": "r0"}
+
+
+def test_save_every_minutes_writes_a_mid_epoch_checkpoint(env, tmp_path, monkeypatch):
+    """run.save_every_minutes: a checkpoint_last.pth at the first log interval once that much time
+    has passed since the last one (here any time: 1e-9 minutes), after an optimizer step; the
+    epoch's end still writes its own. A step hook sees the mid-epoch file before step 3's update."""
+    out = tmp_path / "run"
+    seen = {}
+
+    def hook(runner, step):
+        path = out / "checkpoint_last.pth"
+        seen[step] = load(str(path))["step"] if path.exists() else None
+
+    monkeypatch.setattr(RunnerBase, "step_hooks", (hook,))
+    rc = train_collm.main(cli_args(env.config("stage2", out), "run.iters_per_epoch=4", "run.log_freq=2",
+                                   "run.save_every_minutes=1e-9"))
+    assert rc == 0
+    assert seen == {1: None, 2: None, 3: 2, 4: 2}  # written after step 2's log line
+    assert load(str(out / "checkpoint_last.pth"))["step"] == 4
+    off = tmp_path / "off"
+    seen.clear()
+    out = off
+    assert train_collm.main(cli_args(env.config("stage2", off), "run.iters_per_epoch=4", "run.log_freq=2")) == 0
+    assert seen == {1: None, 2: None, 3: None, 4: None}

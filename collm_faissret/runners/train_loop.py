@@ -72,6 +72,7 @@ class TrainLoopMixin:
         loop.iters = rc.iters_per_epoch or loop.stream.batches_per_pass
         # read once: an omegaconf lookup costs tens of microseconds, a small model's step a few milliseconds
         loop.accum, loop.log_freq, loop.save_every = rc.accum_grad_iters, rc.log_freq, rc.save_every_n_steps
+        loop.save_minutes = float(rc.save_every_minutes)
         total_opt_steps = math.ceil(loop.iters / rc.accum_grad_iters) * rc.max_epoch
         loop.sched = get("lr_scheduler", rc.lr_sched)(self.optimizer, total_opt_steps, rc.init_lr, rc.min_lr,
                                                      rc.warmup_lr, rc.warmup_steps)
@@ -88,7 +89,7 @@ class TrainLoopMixin:
                  "gradients (frozen prefix)" if loop.frozen else f"every prompt whole ({reason})")
         self._compile()
         loop.guard = NonFiniteGuard(rc.nonfinite, self.device, self.out)
-        loop.saved_at = loop.state.step
+        loop.saved_at, loop.saved_t = loop.state.step, time.time()
         return loop
 
     def _epoch_batches(self, loop, epoch):
@@ -166,7 +167,7 @@ class TrainLoopMixin:
         loop.guard.check()
         acc = dist.sum_over_ranks(loop.loss_sum, loop.loss_n)
         self.save_checkpoint("checkpoint_last.pth", replace(loop.state, loss_acc=acc).to_payload())
-        loop.saved_at = loop.state.step
+        loop.saved_at, loop.saved_t = loop.state.step, time.time()
         loop.save_due = False
 
     def _log_progress(self, loop, epoch, i, batch_rows):
@@ -183,6 +184,11 @@ class TrainLoopMixin:
         self._log_interval(loop.state, mean_loss, lr, rate)
         loop.loss_sum.zero_()
         loop.loss_n = 0
+        # run.save_every_minutes: at a log interval right after an optimizer step (no gradients
+        # half accumulated), never on the epoch's last step (the epoch's end saves anyway)
+        if loop.save_minutes and (i + 1) % loop.accum == 0 and i + 1 < loop.iters:
+            late = time.time() - loop.saved_t >= loop.save_minutes * 60
+            loop.save_due = loop.save_due or dist.rank0_flag(late, self.device)
 
     def _end_epoch(self, loop, epoch) -> bool:
         """Validate, keep the best checkpoint, write the last one; True when patience ran out."""
@@ -198,7 +204,7 @@ class TrainLoopMixin:
         self._log_valid(record)
         log.info("epoch %d %s: %s", epoch, valid_split, format_metrics(metrics))
         state.epoch = epoch + 1
-        loop.saved_at = state.step
+        loop.saved_at, loop.saved_t = state.step, time.time()
         if metrics["auc"] > state.best_auc:
             state.best_auc, state.best_epoch, state.bad_epochs = metrics["auc"], epoch, 0
             self.save_checkpoint("checkpoint_best.pth", state.to_payload())
@@ -259,6 +265,7 @@ class _Loop:
     non-finite guard, state (a LoopState, checkpointed) and the log interval's accumulators."""
     model = stream = sched = guard = bar = state = best_valid = None
     iters = saved_at = loss_n = seen = 0
+    saved_t = save_minutes = 0.0  # when checkpoint_last.pth was last written; run.save_every_minutes
     accum = log_freq = 1  # run.accum_grad_iters / run.log_freq / run.save_every_n_steps, read once
     save_every = 0
     loss_sum = t0 = None
