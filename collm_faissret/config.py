@@ -54,8 +54,11 @@ class ModelConfig:
     gradient_checkpointing: bool = setting(False, "recompute LLM activations in the backward pass: less memory, "
                                                   "more time")
     answer_score: AnswerScore = setting(AnswerScore.yes_logit, "score read at the answer position: `yes_logit` "
-                                        "(logit of the Yes token, CoLLM's) or `yes_minus_no` (logit(Yes) - "
-                                        "logit(No): a two-way softmax over the answers, TALLRec's)")
+                                        "(logit of the Yes token, CoLLM's), `yes_minus_no` (logit(Yes) - "
+                                        "logit(No): a two-way softmax over the answers, TALLRec's) or `hybrid` "
+                                        "(yes_minus_no + w x the CF model's own logit, w a learned scalar starting "
+                                        "at 1 and trained with the projector: the LLM learns a correction to the "
+                                        "CF model; needs ID slots)")
     quantization: Quantization = setting(Quantization.none, "LLM linear layers loaded by bitsandbytes: `none`, "
                                          "`int8` (8-bit) or `nf4` (4-bit, double quantization, bf16 compute on "
                                          "CUDA); LoRA, projector and CF model stay full precision")

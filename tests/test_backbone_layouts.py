@@ -119,5 +119,5 @@ def test_a_bare_yes_in_yaml_is_refused_by_name(env, tmp_path, capsys):
 
     rc = train_collm.main(cli_args(env.config("stage1", tmp_path / "run"), "model.answer_score=yes"))
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    want = "key model.answer_score: Invalid value 'True', expected one of [yes_logit, yes_minus_no]"
+    want = "key model.answer_score: Invalid value 'True', expected one of [yes_logit, yes_minus_no, hybrid]"
     assert rc != 0 and len(err) == 1 and want in err[0]

@@ -60,6 +60,7 @@ class AnswerScore(Choice):
     """``model.answer_score``. Not "yes": YAML reads a bare yes as the boolean true."""
     yes_logit = "yes_logit"  # logit of the Yes token (CoLLM)
     yes_minus_no = "yes_minus_no"  # logit(Yes) - logit(No), the two-way softmax log-odds (TALLRec)
+    hybrid = "hybrid"  # yes_minus_no + w * the CF model's own logit, w learned: the LLM corrects the CF model
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

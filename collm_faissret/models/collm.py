@@ -69,6 +69,15 @@ class CoLLM(nn.Module):
             self.proj = Projector(cf_model.dim, llm_dim, proj_token_num, proj_mid_times, proj_drop)
         self.yes_id, self.no_id = answer_ids
         self.answer_score = answer_score
+        # answer_score hybrid: the weight of the CF model's logit in the score (0-d; in the "fece"
+        # group, so it trains with the projector and is kept in checkpoints). Starting at 1, the
+        # first score is the CF model's plus the LLM's near-zero log-odds.
+        self.cf_weight = None
+        if answer_score == "hybrid":
+            if not use_slots:
+                raise StageError("model.answer_score hybrid adds the CF model's logit, but the prompt has no "
+                                 "<UserID>/<TargetItemID> slot and so no CF model")
+            self.cf_weight = nn.Parameter(torch.ones(()))
         self._answer_cache = None  # _answer_parts' lookups (a plain tuple: nn.Module registers none of it)
 
     @classmethod
@@ -113,7 +122,7 @@ class CoLLM(nn.Module):
         """{"lora": [(name, param)], "fece": [...], "rec": [...]} — every tunable part by group."""
         groups = {"lora": [], "fece": [], "rec": []}
         for name, p in self.named_parameters():
-            if name.startswith("proj."):
+            if name.startswith("proj.") or name == "cf_weight":
                 groups["fece"].append((name, p))
             elif name.startswith("cf."):
                 groups["rec"].append((name, p))
@@ -277,9 +286,19 @@ class CoLLM(nn.Module):
                            None if bias is None else bias.index_select(0, rows).float())  # [..., 2]
         if cap:  # Gemma-2's head: tanh soft-capping of every logit
             out = torch.tanh(out / cap) * cap
-        if self.answer_score == "yes_minus_no":
+        if self.answer_score in ("yes_minus_no", "hybrid"):
             return out[..., 0] - out[..., 1]
         return out[..., 0]
+
+    def final_scores(self, hidden, batch):
+        """hidden [B, H] at each row's answer position -> [B] fp32 scores: ``answer_logits``, plus
+        under answer_score hybrid ``cf_weight`` x the CF model's own logit of the row (batch's
+        uid / iid / his, in the batch's row order), computed in fp32."""
+        logits = self.answer_logits(hidden)
+        if self.cf_weight is not None:
+            with torch.autocast(logits.device.type, enabled=False):
+                logits = logits + self.cf_weight.float() * self.cf.score(batch).float()
+        return logits
 
     def forward(self, batch):
         """batch: input_ids/attention_mask/slot [B, L] (right-padded), read_pos/uid/iid/label [B], his [B, h].
@@ -297,7 +316,7 @@ class CoLLM(nn.Module):
                              "build batches with the model's collate_fn")
         emb = self.inputs_embeds(batch)
         hidden = self.hidden_states(emb, self.body_mask(batch["attention_mask"], emb.device), None, use_cache=False)
-        logits = self.answer_logits(hidden[torch.arange(len(last), device=last.device), last])
+        logits = self.final_scores(hidden[torch.arange(len(last), device=last.device), last], batch)
         loss = None
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())

@@ -80,7 +80,7 @@ def frozen_forward(model, batch):
     hidden = model.hidden_states(emb[:, c:], mask, q[None].expand(n, -1), use_cache=True,
                                  **{name: Cache(layers=layers)})  # [B, L - c, H]
     last = batch["read_pos"] - c
-    logits = model.answer_logits(hidden[torch.arange(n, device=dev), last])
+    logits = model.final_scores(hidden[torch.arange(n, device=dev), last], batch)
     loss = None
     if "label" in batch:
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())

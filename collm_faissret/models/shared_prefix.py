@@ -316,7 +316,7 @@ def shared_forward(model, batch):
     for rows, h in parts:
         hidden = hidden.index_copy(0, rows, h)
     # The same head as the plain forward (final norm and answer rows in fp32): both paths agree.
-    logits = model.answer_logits(hidden)
+    logits = model.final_scores(hidden, batch)
     loss = None
     if "label" in batch:
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
