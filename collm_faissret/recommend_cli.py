@@ -109,6 +109,12 @@ def _cut(title: str) -> str:
     return title if len(title) <= TITLE_WIDTH else title[:TITLE_WIDTH - 3] + "..."
 
 
+def _score(value) -> str:
+    """Four decimals, or four significant digits for scores too small for them (a CF model with
+    small vectors gives dot products near 1e-6: shown as 0.0000 they would hide the order)."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
+
+
 def as_table(rec, args, lists) -> str:
     how = (f"retrieved by {rec.retriever_name}, re-ranked by the LLM" if rec.uses_llm
            else f"ranked by {rec.retriever_name} (a CF run: no LLM)")
@@ -125,7 +131,7 @@ def as_table(rec, args, lists) -> str:
         for row in items.itertuples(index=False):
             line = f"{row.rank:>4}  {row.item_id:>6}  {_cut(row.title):<{width}}"
             line += f"  {row.llm_score:>9.4f}" if rec.uses_llm else ""
-            out.append(line + f"  {row.retriever_score:>15.4f}  {row.retriever_rank:>14}")
+            out.append(line + f"  {_score(row.retriever_score):>15}  {row.retriever_rank:>14}")
         if items.empty:
             out.append("  (no unseen item left to retrieve)")
     return "\n".join(out)

@@ -193,3 +193,14 @@ def test_formats(stage2_run, rec, capsys):
     assert rc == 0 and "re-ranked by the LLM" in lines[0]
     assert rec.history(USER)["title"].iloc[-1] in out  # the history, then the list
     assert lines[-4].split()[:2] == ["rank", "item"] and len(lines) == lines.index(lines[-4]) + 4
+
+
+def test_a_split_scored_whole_gets_evaluate_onlys_scores(env, stage2_run, rec):
+    """score_rows over the run's test split, in its order: the same batches as the run's own
+    scoring, so the same scores to the bit (cold users included: their rows keep the run's
+    CF vectors; only users given by a history alone borrow one)."""
+    pred = pd.read_csv(stage2_run / "predictions_test.csv")
+    test = env.frames["test"]
+    assert (test["not_cold"] == 0).any()
+    scores = rec.score_rows(test)
+    np.testing.assert_array_equal(scores, pred["score"].to_numpy(np.float32))

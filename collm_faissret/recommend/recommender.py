@@ -145,6 +145,25 @@ class Recommender:
         out[rows] = scores
         return pd.DataFrame({"item_id": ids, "title": [self.catalog.titles[i] for i in ids], "llm_score": out})
 
+    def score_rows(self, frame: pd.DataFrame) -> np.ndarray:
+        """LLM scores [N] of rows in CoLLM's format (uid, iid, his, his_title, title; label and
+        not_cold optional), in one pass as evaluate-only scores a split: the same dataset, batch
+        size and batches for the same rows. A split given whole (say a run's test rows) gets
+        evaluate-only's scores exactly; rows batched otherwise differ by fp32 rounding (up to
+        1.5e-5 measured on SmolLM2)."""
+        if not self.uses_llm:
+            raise RecommendError(f"{self.run_dir} is a CF run ({self.cfg.model.arch}): no LLM to score with")
+        missing = [c for c in ("uid", "iid", "his", "his_title", "title") if c not in frame]
+        if missing:
+            raise RecommendError(f"rows to score lack column(s) {', '.join(missing)} (CoLLM's format)")
+        df = frame.reset_index(drop=True)
+        df = df.assign(**{c: 0 for c in ("label", "not_cold") if c not in df})
+        ds = self.task.rows(df, SPLIT, self.model, self.task.history_length(self.model))
+        rows, scores = self._scored(ds)
+        out = np.full(len(ds), np.nan, dtype=np.float32)
+        out[rows] = scores
+        return out
+
     # ----- steps -------------------------------------------------------------------
     def _requests(self, users, history, exclude_seen) -> List[Request]:
         if not users or (history is None and all(u is None for u in users)):
