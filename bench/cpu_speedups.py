@@ -19,8 +19,8 @@ random candidates per user (bench/score_throughput.py's cases). Each figure is r
 second over the timed batches (the first --warmup batches of each measurement untimed), the
 best of --repeats; ratios are against today's row of the same stage and mode in this run.
 
-Goals on 2 idle cores (issue 31): stage-2 training >= 4x today's (moonshot 6x), stage-1
-training >= 2x, scoring >= 2.5x on the test split and at K=50.
+Goals on 2 idle cores (the project's targets for CPU training speed): stage-2 training >= 4x
+today's (moonshot 6x), stage-1 training >= 2x, scoring >= 2.5x on the test split and at K=50.
 
   python bench/cpu_speedups.py --shape data/smollm2 --data data/ml-1m --json /tmp/speedups.json
 """

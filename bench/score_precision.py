@@ -12,7 +12,7 @@ resolved config.yaml with its checkpoint_best.pth:
 Printed per variant: AUC, UAUC (overall, warm, cold), their differences from fp32, the
 Spearman correlation of its scores with fp32's, the largest |score difference|, distinct
 score values, and rows/s (the scoring pass alone, from the run log's timestamps). The rule
-issue 31 sets: bf16 scoring becomes the CPU default only where |dAUC| <= 0.002 and
+the project keeps: bf16 scoring becomes the CPU default only where |dAUC| <= 0.002 and
 |dUAUC| <= 0.003.
 
   python bench/score_precision.py outputs/smollm2_study/collm-mf_t8_proj_n1600x1_lr0.001_bf16/train \\

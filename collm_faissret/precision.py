@@ -63,7 +63,7 @@ def autocast_plan(amp: bool, device: torch.device, units=None, weights=None, cpu
     weights: the LM weights' dtype (model.dtype resolved): on CUDA autocast computes in it when
     it is 16-bit, so fp16 weights never meet a bf16 autocast; fp32 weights take the GPU's
     ``cuda_half_dtype``. A CPU with bf16 units stays fp32 unless ``cpu``: what bf16 training
-    does to AUC is not measured yet (issue 31).
+    does to AUC is not measured yet (docs/benchmarks.md, "CPU speed-ups").
     """
     if not amp:
         return None, "run.amp is false"
