@@ -20,6 +20,12 @@ rows) and the full validation split (10,401 rows) unless --test-rows /
                 --run-seed     run.seed: initialisation and batch order (several values: a row each)
   cold        the collm rows' checkpoints scored with model.cold_start on (cold users get
               vectors borrowed from their nearest warm users)
+  hybrid      the collm settings trained and scored with model.answer_score hybrid (the LLM's
+              log-odds plus a learned weight times the CF model's own logit): CoLLM-<cf> (hybrid)
+  rank        retrieve-then-rank at K=50 (retrieve_rank_ml1m.yaml) with the checkpoint of each
+              setting's row (collm; hybrid with --rows hybrid; both with both): recall, NDCG and
+              hit rate of the LLM's order against the retriever's, as the row's "ranking"; not
+              for target-aware encoders (DIN: its user vector cannot query an item index)
 
 Settings are chosen on validation, never on test: per CF encoder the CoLLM row
 with the best validation AUC is named CoLLM-<cf> (the others keep their
@@ -33,8 +39,10 @@ cpu_hours (CPU time of the row's own runs: training and scoring; a CF row counts
 scoring only), command (the real_backbone.py command line that reproduces it), commits
 (the git commit each of the row's runs was made with, "+dirty" when the checkout had
 uncommitted changes), the CF model's AUC on the same rows (cf_test_auc, cf_valid_auc)
-and the learning curve; beside it <json stem>.png (validation AUC against training rows
-seen) and <json stem>.md (the table). Finished runs are kept in <out>/<row>/ and reused
+the learning curve, "seeds" (on a setting run with several run seeds: each seed's test and
+validation AUC) and "ranking" (rank rows); beside it <json stem>.png (validation AUC against
+training rows seen) and <json stem>.md (the table). Rows of an earlier --json whose run
+directories are not in <out> are kept (bench/study_table.py). Finished runs are kept in <out>/<row>/ and reused
 when the same command asks for them again, also from another checkout with the same
 layout (--rerun: run anyway). A training step stopped before it finished (a session's end)
 resumes from its checkpoint_last.pth, written at least every --save-every-min minutes, when
@@ -62,29 +70,27 @@ import itertools
 import json
 import math
 import os
-import re
 import resource
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 
-import numpy as np
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # bench/: study_table (after all else)
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from study_table import CF_NAMES, DEFAULT_RUN_SEED, Setting, _under, collect, repo_path  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CF_NAMES = ("MF", "LightGCN", "SASRec", "DIN")
-ROW_KINDS = ("cf", "zero-shot", "stage1", "collm", "cold")
+ROW_KINDS = ("cf", "zero-shot", "stage1", "collm", "cold", "hybrid", "rank")
+DEFAULT_ROWS = ("cf", "zero-shot", "stage1", "collm", "cold")
 # what stage 2 tunes -> the model's freeze_* flags (CoLLM's tuning strategies)
 TUNES = {"proj": {"freeze_proj": "false", "freeze_lora": "true", "freeze_rec": "true"},
          "proj+lora": {"freeze_proj": "false", "freeze_lora": "false", "freeze_rec": "true"},
          "proj+cf": {"freeze_proj": "false", "freeze_lora": "true", "freeze_rec": "false"}}
+RANK_K = 50  # retrieve-then-rank: candidates per test user (LLM calls per user)
 COLD_START = {"enabled": "true", "neighbors_weight": 1.0, "history_weight": 0.0, "global_weight": 0.0,
               "user_repr": "tfidf", "n_neighbors": 50, "history_len": 20, "warm_alpha": 0.3, "cold_items": "false"}
-# Anchors on this split (test AUC / UAUC)
-PAPER_COLLM_MF = 0.7295  # CoLLM-MF, Vicuna-7B (CoLLM, TKDE)
-DEFAULT_RUN_SEED = 42  # run.seed of every trained row unless --run-seed says otherwise
-FAISSRET_TUNED = (0.7479, 0.70)  # CoLLM-FaissRet tuned, Vicuna-7B: AUC 0.7479, UAUC 0.6999 (goal: >= 0.70)
 
 
 def parse_args(argv=None):
@@ -102,8 +108,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="outputs/smollm2_study", help="run directories (one per row)")
     ap.add_argument("--json", default=None, help="rows as JSON (default <out>/results.json); the learning-curve "
                                                  "PNG and the markdown table are written beside it")
-    ap.add_argument("--rows", nargs="+", default=list(ROW_KINDS), choices=ROW_KINDS,
-                    help="kinds of rows to run (default: all); see above")
+    ap.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROW_KINDS,
+                    help=f"kinds of rows to run (default: {' '.join(DEFAULT_ROWS)}); see above")
     ap.add_argument("--cf", nargs="+", default=list(CF_NAMES), choices=CF_NAMES,
                     help="CF encoders: their rows alone, CoLLM on each, CoLLM + cold start")
     ap.add_argument("--proj-tokens", nargs="+", type=int, default=[8],
@@ -135,7 +141,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=16 if cuda else 4, help="training rows per step")
     ap.add_argument("--eval-batch-size", type=int, default=64 if cuda else 16, help="rows per scoring batch")
     ap.add_argument("--answer-score", default="yes_minus_no", choices=["yes_logit", "yes_minus_no"],
-                    help="model.answer_score of every LLM row")
+                    help="model.answer_score of every LLM row but the hybrid ones")
     ap.add_argument("--train-precision", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"],
                     help="training precision: fp32 (run.amp=false; every CPU row made before 6 December 2026) or "
                          "bf16 (run.amp=true run.cpu_amp=true: autocast on CUDA and on CPUs with bf16 units); "
@@ -171,43 +177,6 @@ def parse_args(argv=None):
     return args
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One trained LLM row: stage 1 (cf None) or CoLLM stage 2 on a CF encoder."""
-    cf: str = None
-    tokens: int = 1
-    tune: str = "proj"
-    train_rows: int = 0
-    epochs: int = 1
-    lr: float = 1e-3
-    init: str = "base"
-    seed: int = DEFAULT_RUN_SEED  # run.seed of training
-    precision: str = "fp32"  # training: fp32 (run.amp=false; every row before 6 December 2026) or bf16 autocast
-    batch: int = 4  # training rows per optimizer step (the study's 4 unless --batch-size says otherwise)
-
-    def tag(self) -> str:
-        rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
-        seed = "" if self.seed == DEFAULT_RUN_SEED else f"_seed{self.seed}"
-        seed += ("" if self.precision == "fp32" else f"_{self.precision}") + ("" if self.batch == 4 else
-                                                                              f"_b{self.batch}")
-        if self.cf is None:
-            return f"stage1_{rows}{seed}"
-        return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
-                + seed)
-
-    def label(self) -> str:
-        rows = f"{self.train_rows or 'all'} rows x {self.epochs}, lr {self.lr:g}"
-        seed = "" if self.seed == DEFAULT_RUN_SEED else f", seed {self.seed}"
-        seed += ("" if self.precision == "fp32" else f", {self.precision} training") + (
-            "" if self.batch == 4 else f", batch {self.batch}")
-        if self.cf is None:
-            return rows + seed
-        return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
-
-    def seed_flags(self):
-        return ([] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]) + (
-            [] if self.precision == "fp32" else ["--train-precision", self.precision])
-
 
 class Bench:
     def __init__(self, args):
@@ -237,9 +206,10 @@ class Bench:
                 with open(os.path.join(run_dir, "metrics.json")) as fh:
                     return json.load(fh)
         launch = argv + self.resume_opts(run_dir, argv)
+        earlier = self.earlier_wall_s(run_dir) if launch != argv else 0.0
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "bench_started.json"), "w") as fh:  # what resume_opts compares with
-            json.dump({"argv": argv}, fh)
+            json.dump({"argv": argv, "earlier_wall_s": earlier, "started_at": time.time()}, fh)
         print(f"\n== {os.path.relpath(run_dir, self.out)}: python {' '.join(launch)}", flush=True)
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
         start = time.time()
@@ -250,6 +220,7 @@ class Bench:
         with open(record_path, "w") as fh:
             json.dump({"argv": argv, "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1), "commit": self.commit,
                        "resumed": launch != argv,  # cpu_s / wall_s: the resumed part only
+                       "earlier_wall_s": round(earlier, 1),  # the parts before it, up to their last checkpoint
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, fh, indent=2)
         with open(os.path.join(run_dir, "metrics.json")) as fh:
             return json.load(fh)
@@ -271,6 +242,20 @@ class Bench:
         print(f"== {os.path.relpath(run_dir, self.out)}: unfinished, resuming from {last}", flush=True)
         return [f"run.resume_ckpt_path={last}"]
 
+    @staticmethod
+    def earlier_wall_s(run_dir):
+        """Wall seconds of a stopped step's earlier parts up to its checkpoint_last.pth: from its
+        start (bench_started.json's started_at; the file's time when it has none) to the
+        checkpoint file's time, plus the parts before that one. A stopped part records nothing
+        itself; what ran after its last checkpoint is not counted. Measured where the part ran:
+        a directory copied elsewhere before resuming has new file times."""
+        started = os.path.join(run_dir, "bench_started.json")
+        with open(started) as fh:
+            record = json.load(fh)
+        start = record.get("started_at", os.path.getmtime(started))
+        part = os.path.getmtime(os.path.join(run_dir, "checkpoint_last.pth")) - start
+        return record.get("earlier_wall_s", 0.0) + max(0.0, part)
+
     def step_argv(self, run_dir, script, cfg_path, opts):
         """The entry point's command line (after ``python``) of one step."""
         return [script, "--cfg-path", cfg_path, "--options", f"run.output_dir={run_dir}",
@@ -289,9 +274,9 @@ class Bench:
         return ([f"datasets.movielens_ood.path={self.data}", f"datasets.movielens_ood.sample_seed={self.args.seed}"]
                 + [f"datasets.movielens_ood.sample_rows.{k}={v}" for k, v in sample.items() if v])
 
-    def llm_opts(self, seed=DEFAULT_RUN_SEED):
+    def llm_opts(self, seed=DEFAULT_RUN_SEED, score=None):
         a = self.args
-        return [f"model.llama_model={self.backbone}", f"model.answer_score={a.answer_score}",
+        return [f"model.llama_model={self.backbone}", f"model.answer_score={score or a.answer_score}",
                 f"run.batch_size_eval={a.eval_batch_size}", f"run.seed={seed}", f"run.amp_scoring={a.eval_amp}"]
 
     def train_opts(self, s: Setting):
@@ -385,7 +370,7 @@ class Bench:
         a = self.args
         return Setting(None, train_rows=a.train_rows[0] if a.stage1_rows is None else a.stage1_rows,
                        epochs=a.stage1_epochs, lr=a.stage1_lr, seed=a.run_seed[0], precision=a.train_precision,
-                       batch=a.batch_size)
+                       batch=a.batch_size, score=a.answer_score)
 
     def stage1_row(self):
         a, s = self.args, self.stage1_setting()
@@ -419,22 +404,25 @@ class Bench:
                   if s.init == "stage1" else []), *s.seed_flags(), *self.train_flags()]
 
     def collm_row(self, s: Setting):
+        """CoLLM stage 2 of setting ``s``: trained, then scored (a hybrid row when s.score is hybrid)."""
         a = self.args
         row_dir = os.path.join(self.out, s.tag())
-        self.write_row(row_dir, {"kind": "collm", "cf": s.cf, "setting": asdict(s),
-                                 "command": self.command(*self.collm_flags(s, "collm"))})
+        kind = "hybrid" if s.score == "hybrid" else "collm"
+        self.write_row(row_dir, {"kind": kind, "cf": s.cf, "setting": asdict(s),
+                                 "command": self.command(*self.collm_flags(s, kind))})
         if s.init == "stage1" and not os.path.isfile(os.path.join(self.out, self.stage1_setting().tag(), "train",
                                                                  "checkpoint_best.pth")):
             self.stage1_row()
         cfg = _cfg(f"collm_stage2_{s.cf.lower()}_ml1m.yaml")
         model = self.collm_model_opts(s)
         self.run(os.path.join(row_dir, "train"), "train_collm.py", cfg,
-                 self.llm_opts(s.seed) + model + self.data_opts(s.train_rows, a.curve_valid_rows) + self.train_opts(s))
-        self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model))
+                 self.llm_opts(s.seed, s.score) + model + self.data_opts(s.train_rows, a.curve_valid_rows)
+                 + self.train_opts(s))
+        self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model, s))
 
-    def scoring_opts(self, row_dir, model):
+    def scoring_opts(self, row_dir, model, s: Setting):
         ckpt = os.path.join(row_dir, "train", "checkpoint_best.pth")
-        return self.llm_opts() + [o for o in model if not o.startswith("model.ckpt=")] + [
+        return self.llm_opts(score=s.score) + [o for o in model if not o.startswith("model.ckpt=")] + [
             f"model.ckpt={ckpt}", f"model.dtype={self.args.eval_dtype}"]
 
     def cold_row(self, s: Setting):
@@ -448,333 +436,47 @@ class Bench:
         model = [o.replace("model.freeze_rec=false", "model.freeze_rec=true") for o in self.collm_model_opts(s)]
         cold = [f"model.cold_start.{k}={v}" for k, v in COLD_START.items()]
         self.eval_steps(cold_dir, "train_collm.py", _cfg(f"collm_stage2_{s.cf.lower()}_ml1m.yaml"),
-                        self.scoring_opts(row_dir, model) + cold)
+                        self.scoring_opts(row_dir, model, s) + cold)
+
+    def rank_row(self, s: Setting):
+        """Retrieve-then-rank at K=50 on the test users with setting ``s``'s checkpoint (trained
+        first when absent), in <row>/rank_k50/: the retriever's top 50 per user (the CF model's
+        item vectors; cold users borrow vectors where the CF model has a user table) reordered by
+        the LLM. Its metrics.json becomes the row's "ranking"."""
+        target_aware, cold_start = cf_capabilities(s.cf)
+        if target_aware:
+            print(f"== rank: skipped for {s.cf} (target-aware: its user vector cannot query an item index)")
+            return
+        row_dir = os.path.join(self.out, s.tag())
+        kind = "hybrid" if s.score == "hybrid" else "collm"
+        if kind not in self.args.rows:
+            self.collm_row(s)
+        model = [o.replace("model.freeze_rec=false", "model.freeze_rec=true") for o in self.collm_model_opts(s)]
+        cold = "true" if cold_start else "false"  # a per-user table cold users can borrow into
+        rank_dir = os.path.join(row_dir, f"rank_k{RANK_K}")
+        if not self.args.dry_run:  # how the ranking was made (study_table puts it on the row)
+            os.makedirs(rank_dir, exist_ok=True)
+            with open(os.path.join(rank_dir, "rank.json"), "w") as fh:
+                rows = ["rank"] if kind == "collm" else ["hybrid", "rank"]
+                flags = ["--rows", *rows, *self.collm_flags(s, kind)[2:]]
+                json.dump({"command": self.command(*flags), "cold_start": cold == "true"}, fh, indent=2)
+        self.run(rank_dir, "train_collm.py", _cfg("retrieve_rank_ml1m.yaml"),
+                 self.scoring_opts(row_dir, model, s) + self.data_opts() + [
+                     f"model.rec_model={s.cf}", f"model.cold_start.enabled={cold}", f"retrieval.k={RANK_K}",
+                     "run.evaluate=true", "run.valid_splits=[]", "run.test_splits=[test]"])
 
     def settings(self):
         a = self.args
-        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed, a.train_precision, a.batch_size)
+        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed, a.train_precision, a.batch_size, a.answer_score)
                 for cf, tok, tune, rows, ep, lr, seed in
                 itertools.product(a.cf, a.proj_tokens, a.tune, a.train_rows, a.epochs, a.lr, a.run_seed)]
-
-
-# ----- the table ----------------------------------------------------------------
-def load_rows(out):
-    """Every row found in <out>: its metrics from the scoring runs, training curve and CPU time."""
-    rows = []
-    if not os.path.isdir(out):
-        return rows
-    for entry in sorted(os.listdir(out)):
-        row_dir = os.path.join(out, entry)
-        path = os.path.join(row_dir, "row.json")
-        if not os.path.isfile(path):
-            continue
-        with open(path) as fh:
-            spec = json.load(fh)
-        row = _scored(row_dir, spec, out)
-        if row is not None:
-            rows.append(row)
-    return rows
-
-
-def _scored(row_dir, spec, out):
-    metrics, cpu_s, wall_s, test_rows_seen, commits = {}, 0.0, 0.0, None, {}
-    for step in ("eval_test", "eval_valid"):
-        m, rec = _step(os.path.join(row_dir, step))
-        if m is None:
-            continue
-        commits[step] = rec.get("commit")
-        cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
-        for split in ("test", "valid"):
-            if m.get(split):
-                metrics[split] = m[split]
-        if m.get("test"):
-            test_rows_seen = os.path.join(row_dir, step, "predictions_test.csv")
-    kind = spec["kind"]
-    if not metrics and kind not in ("collm", "stage1"):
-        return None
-    test, valid = metrics.get("test") or {}, metrics.get("valid") or {}
-    row = {"name": None, "kind": kind, "test_auc": test.get("auc"), "test_uauc": test.get("uauc"),
-           "test_warm_auc": (test.get("warm") or {}).get("auc"), "test_cold_auc": (test.get("cold") or {}).get("auc"),
-           "test_rows": test.get("n_rows"), "valid_auc": valid.get("auc"), "valid_uauc": valid.get("uauc"),
-           "valid_rows": valid.get("n_rows"), "train_rows": None, "epochs": None, "cpu_hours": None,
-           "wall_hours": None, "command": spec["command"], "run_dir": repo_path(row_dir),
-           "predictions_test": test_rows_seen and repo_path(test_rows_seen)}
-    if kind == "cf":
-        row["cf"] = spec["cf"]
-        baseline_dir = from_repo(spec["baseline_dir"])
-        row["train_rows"] = _train_rows(os.path.join(baseline_dir, "log.txt"))
-        m, _ = _step(baseline_dir, need_record=False)
-        row["epochs"] = None if not m or m.get("best_epoch") is None else m["best_epoch"] + 1
-    elif kind in ("stage1", "collm", "cold"):
-        s = spec["setting"]
-        train_dir = os.path.join(out, spec.get("trained_in", os.path.basename(row_dir)), "train")
-        m, rec = _step(train_dir)
-        curve = _curve(train_dir)
-        if m is None and not curve:
-            return None
-        if m is None or not metrics:  # training, or trained and not scored yet: its learning curve only
-            row["kind"] = "unscored"
-        if rec is not None:
-            cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
-            commits = {"train": rec.get("commit"), **commits}
-        row.update(cf=spec.get("cf"), setting=s, train_rows=_train_rows(os.path.join(train_dir, "log.txt")),
-                   epochs=s["epochs"], rows_seen=curve[-1][0] if curve else None, curve=curve,
-                   best_point=(m or {}).get("best_epoch"), curve_valid_auc=(m or {}).get("best_valid_auc"),
-                   curve_valid_rows=_config_int(train_dir, "datasets.movielens_ood.sample_rows.valid"))
-    row["cpu_hours"] = round(cpu_s / 3600, 3)
-    row["wall_hours"] = round(wall_s / 3600, 3)
-    # None: a step recorded before commits were (or run outside a git checkout)
-    row["commits"] = commits
-    return row
-
-
-def _step(run_dir, need_record=True):
-    """(metrics.json, bench_step.json) of a finished step, else (None, None)."""
-    mpath, rpath = os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "bench_step.json")
-    if not os.path.isfile(mpath) or (need_record and not os.path.isfile(rpath)):
-        return None, None
-    with open(mpath) as fh:
-        m = json.load(fh)
-    rec = None
-    if os.path.isfile(rpath):
-        with open(rpath) as fh:
-            rec = json.load(fh)
-    return m, rec
-
-
-def _train_rows(log_path):
-    """Training rows the run loaded (its log's data line)."""
-    if not os.path.isfile(log_path):
-        return None
-    with open(log_path) as fh:
-        found = re.findall(r"INFO data .*?: train (\d+),", fh.read())
-    return int(found[-1]) if found else None
-
-
-def _config_int(run_dir, key):
-    """An integer of a run's resolved config.yaml (dotted key), or None."""
-    from omegaconf import OmegaConf
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    value = OmegaConf.select(OmegaConf.load(path), key)
-    return None if value is None else int(value)
-
-
-def _curve(train_dir):
-    """[[training rows seen, validation AUC on the curve sample], ...] from metrics.jsonl."""
-    path = os.path.join(train_dir, "metrics.jsonl")
-    batch = _config_int(train_dir, "run.batch_size_train")
-    if not os.path.isfile(path) or batch is None:
-        return []
-    with open(path) as fh:
-        return [[r["step"] * batch, round(r["auc"], 4)] for r in map(json.loads, fh) if r.get("auc") is not None]
-
-
-def name_rows(rows):
-    """Names: CF rows by registry name; per CF encoder the CoLLM setting with the best validation AUC
-    (full split first) is CoLLM-<cf> and its cold-start twin CoLLM-<cf>+cold; the best stage-1
-    setting is stage1; other settings keep theirs in the name ("selected": false)."""
-    def key(r):
-        return (r["valid_rows"] is not None and r["valid_auc"] is not None, r["valid_rows"] or 0,
-                r["valid_auc"] if r["valid_auc"] is not None else r.get("curve_valid_auc") or -1.0)
-
-    best = {}
-    for r in rows:
-        group = {"collm": ("collm", r.get("cf")), "stage1": ("stage1", None)}.get(r["kind"])
-        if group and (group not in best or key(r) > key(best[group])):
-            best[group] = r
-    chosen = {id(r) for r in best.values()}
-    chosen_settings = {(r.get("cf"), json.dumps(r["setting"], sort_keys=True)) for r in best.values()
-                       if r["kind"] == "collm"}
-    for r in rows:
-        if r["kind"] == "cf":
-            r["name"], r["selected"] = r["cf"], True
-        elif r["kind"] == "zero-shot":
-            r["name"], r["selected"] = "zero-shot", True
-        elif r["kind"] == "stage1":
-            r["selected"] = id(r) in chosen
-            r["name"] = "stage1" if r["selected"] else f"stage1 ({_label(r)})"
-        else:
-            base = f"CoLLM-{r['cf']}" + ("+cold" if r["kind"] == "cold" else "")
-            r["selected"] = (id(r) in chosen if r["kind"] == "collm" else
-                             (r["cf"], json.dumps(r["setting"], sort_keys=True)) in chosen_settings)
-            r["name"] = base if r["selected"] else f"{base} ({_label(r)})"
-    cf_rows = {r["cf"]: r for r in rows if r["kind"] == "cf"}
-    for r in rows:  # the CF model alone on the same rows, beside each CoLLM row
-        cf = cf_rows.get(r.get("cf"))
-        if r["kind"] in ("collm", "cold") and cf is not None:
-            same_test = cf["test_rows"] == r["test_rows"]
-            same_valid = cf["valid_rows"] == r["valid_rows"]
-            r["cf_test_auc"] = cf["test_auc"] if same_test else None
-            r["cf_test_uauc"] = cf["test_uauc"] if same_test else None
-            r["cf_valid_auc"] = cf["valid_auc"] if same_valid else None
-    order = {"zero-shot": (0,), "stage1": (1,)}
-
-    def sort_key(r):
-        if r["kind"] in order:
-            return order[r["kind"]] + (not r["selected"], r["name"])
-        cf = CF_NAMES.index(r["cf"]) if r["cf"] in CF_NAMES else 99
-        return (2, cf, not r["selected"], ("cf", "collm", "cold").index(r["kind"]), r["name"])
-
-    rows.sort(key=sort_key)
-    return rows
-
-
-def _label(r):
-    s = r["setting"]
-    return Setting(**s).label()
-
-
-def goals(rows):
-    named = {r["name"]: r for r in rows if r.get("selected")}
-
-    def test(name, key="test_auc"):
-        r = named.get(name)
-        return None if r is None else r.get(key)
-
-    out = {}
-    for cf in ("MF", "SASRec"):
-        if test(f"CoLLM-{cf}") is not None and test(cf) is not None:
-            same = named[f"CoLLM-{cf}"]["test_rows"] == named[cf]["test_rows"]
-            out[f"CoLLM-{cf} >= {cf} on the same test rows"] = same and test(f"CoLLM-{cf}") >= test(cf)
-    if test("CoLLM-MF") is not None:
-        out[f"CoLLM-MF >= {PAPER_COLLM_MF} (Vicuna-7B CoLLM-MF)"] = test("CoLLM-MF") >= PAPER_COLLM_MF
-    if test("stage1") is not None:
-        out["stage 1 >= 0.60"] = test("stage1") >= 0.60
-    llm = [r for r in rows if r["kind"] in ("collm", "cold") and r["test_auc"] is not None]
-    if llm:
-        top = max(llm, key=lambda r: r["test_auc"])
-        out[f"moonshot: best CoLLM row >= {FAISSRET_TUNED[0]} AUC and >= {FAISSRET_TUNED[1]} UAUC ({top['name']})"] = (
-            top["test_auc"] >= FAISSRET_TUNED[0] and top["test_uauc"] >= FAISSRET_TUNED[1])
-    return out
-
-
-def markdown(rows):
-    def f(x):
-        return f"{x:.4f}" if isinstance(x, float) else "-"
-
-    head = ("| row | test AUC | UAUC | warm AUC | cold AUC | test rows | valid AUC | CF alone test AUC | "
-            "train rows | epochs | CPU h |")
-    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
-    for r in rows:
-        valid_rows = "" if r["valid_rows"] in (None, 10401) else f" ({r['valid_rows']} rows)"
-        lines.append(f"| {r['name']} | {f(r['test_auc'])} | {f(r['test_uauc'])} | {f(r['test_warm_auc'])} | "
-                     f"{f(r['test_cold_auc'])} | {r['test_rows'] or '-'} | {f(r['valid_auc'])}{valid_rows} | "
-                     f"{f(r.get('cf_test_auc'))} | {r['train_rows'] or '-'} | {r['epochs'] or '-'} | "
-                     f"{r['cpu_hours']:.3f} |")
-    return "\n".join(lines)
-
-
-def keep_predictions(rows, folder):
-    """Each row's predictions_test.csv beside the JSON (gzipped, <folder>/<name>.csv.gz), so that
-    anyone can recompute its metrics without the run directories."""
-    import gzip
-    import shutil
-
-    os.makedirs(folder, exist_ok=True)
-    for r in rows:
-        if r.get("predictions_test"):
-            slug = re.sub(r"[^A-Za-z0-9+.-]+", "_", r["name"]).strip("_")
-            target = os.path.join(folder, f"{slug}.csv.gz")
-            with open(from_repo(r["predictions_test"]), "rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
-                shutil.copyfileobj(src, dst)
-            r["predictions_test"] = repo_path(target)
-
-
-def cf_on_curve_sample(rows, train_dir):
-    """Each CF row's validation AUC on the learning curves' validation sample (the seeded draw of
-    datasets.*.sample_rows.valid that the training runs scored), from its whole-split predictions."""
-    import pandas as pd
-    from omegaconf import OmegaConf
-    from sklearn.metrics import roc_auc_score
-
-    sys.path.insert(0, REPO)
-    from collm_faissret.datasets.collm_data import _read
-
-    cfg = OmegaConf.load(os.path.join(train_dir, "config.yaml")).datasets.movielens_ood
-    n = (cfg.get("sample_rows") or {}).get("valid")
-    if not n:
-        return
-    valid = _read(cfg.path, "valid_ood2")[0]
-    keep = np.sort(np.random.RandomState(cfg.sample_seed).choice(len(valid), n, replace=False))
-    sample = valid.iloc[keep][["uid", "iid"]].drop_duplicates()
-    for r in rows:
-        path = os.path.join(from_repo(r["run_dir"]), "eval_valid", "predictions_valid.csv")
-        if r["kind"] == "cf" and r["valid_rows"] == len(valid) and os.path.isfile(path):
-            scored = pd.read_csv(path).merge(sample, on=["uid", "iid"])
-            r["curve_sample_valid_auc"] = round(float(roc_auc_score(scored["label"], scored["score"])), 4)
-
-
-def plot(rows, path):
-    """Validation AUC (the curve sample) against training rows seen, one line per trained row;
-    each CF model alone as a dashed level (its full-validation AUC)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colors = {}
-    for r in rows:
-        if r["kind"] in ("collm", "stage1", "unscored") and r.get("curve"):
-            xs, ys = zip(*r["curve"])
-            line, = ax.plot(xs, ys, marker="o", label=r["name"], alpha=1.0 if r["selected"] else 0.5)
-            colors.setdefault(r.get("cf"), line.get_color())
-    for r in rows:
-        if r["kind"] == "cf" and r["valid_auc"] is not None:
-            on_sample = r.get("curve_sample_valid_auc") is not None
-            ax.axhline(r["curve_sample_valid_auc"] if on_sample else r["valid_auc"], ls="--", lw=1,
-                       color=colors.get(r["cf"], f"C{len(colors) + CF_NAMES.index(r['cf'])}"),
-                       label=f"{r['name']} alone ({'the same sample' if on_sample else 'whole validation split'})")
-    n = sorted({r.get("curve_valid_rows") for r in rows if r.get("curve")} - {None})
-    ax.set_xlabel("training rows seen")
-    ax.set_ylabel(f"validation AUC ({', '.join(map(str, n)) or 'all'}-row seeded sample)")
-    ax.set_title("SmolLM2-135M CoLLM on ML-1M: learning curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def collect(args) -> int:
-    out = os.path.abspath(args.out)
-    found = load_rows(out)
-    rows = name_rows([r for r in found if r["kind"] != "unscored"])
-    trained = [r for r in found if r.get("curve")]
-    if trained:  # the CF models on the learning curves' validation sample
-        cf_on_curve_sample(rows, os.path.join(from_repo(trained[0]["run_dir"]), "train"))
-    path = args.json or os.path.join(out, "results.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stem = os.path.splitext(path)[0]
-    keep_predictions(rows, stem + "_predictions")
-    with open(path, "w") as fh:
-        json.dump(rows, fh, indent=2)
-    table = markdown(rows)
-    with open(stem + ".md", "w") as fh:
-        fh.write(table + "\n")
-    unscored = [r for r in found if r["kind"] == "unscored"]
-    for r in unscored:  # drawn, not listed
-        r.update(name=f"{os.path.basename(r['run_dir'])} (not scored yet)", selected=False)
-    curves = [r for r in rows + unscored if r.get("curve")]
-    if curves:
-        plot(rows + unscored, stem + ".png")
-    print("\n" + table)
-    for r in curves:
-        print(f"learning curve {r['name']}: " + ", ".join(f"{n} rows {auc:.4f}" for n, auc in r["curve"]))
-    for goal, met in goals(rows).items():
-        print(f"goal {'met    ' if met else 'not met'}: {goal}")
-    print(f"wrote {path} ({len(rows)} rows)" + (f", {stem}.png" if curves else ""))
-    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.collect:
         return collect(args)
-    if not os.path.isdir(args.backbone) and {"zero-shot", "stage1", "collm", "cold"} & set(args.rows):
+    if not os.path.isdir(args.backbone) and set(args.rows) - {"cf"}:
         sys.path.insert(0, REPO)
         from collm_faissret.data_prep.backbone import build
 
@@ -794,24 +496,28 @@ def main(argv=None) -> int:
             bench.collm_row(s)
         if "cold" in kinds:
             bench.cold_row(s)
+        hybrid = replace(s, score="hybrid")
+        if "hybrid" in kinds:
+            bench.collm_row(hybrid)
+        if "rank" in kinds:
+            for t in [s] if "hybrid" not in kinds else [s, hybrid] if "collm" in kinds else [hybrid]:
+                bench.rank_row(t)
     return 0 if args.dry_run else collect(args)
+
+
+def cf_capabilities(name):
+    """(target_aware, supports_cold_start) of a registered CF model, as its class declares them."""
+    sys.path.insert(0, REPO)
+    import collm_faissret.models.cf  # noqa: F401  (fills the registry)
+    from collm_faissret import registry
+
+    cls = registry.get("cf_model", name)
+    return cls.target_aware, cls.supports_cold_start
 
 
 def _cfg(name):
     return os.path.join(REPO, "train_configs", name)
 
-
-# ----- paths that read the same from any checkout ------------------------------------
-def repo_path(path):
-    """``path`` relative to the repository root when it lies under it, else absolute: how the
-    results JSON and row.json name files, so that they read the same from another checkout."""
-    path = os.path.abspath(path)
-    return os.path.relpath(path, REPO) if _under(path, REPO) else path
-
-
-def from_repo(path):
-    """A path as ``repo_path`` wrote it (or an absolute one) -> absolute, for this checkout."""
-    return os.path.join(REPO, path)
 
 
 def same_command(recorded, argv):
@@ -821,10 +527,20 @@ def same_command(recorded, argv):
     checkpoints). Paths under that checkout's root are compared relative to it, and ``argv``'s
     under this repository relative to this one; the record does not name its root, so each
     root that its paths could share with ``argv``'s (this repository's among them) is tried.
-    A path outside the checkout compares as it is.
+    A path outside the checkout compares as it is; options that change no result
+    (NO_RESULT_OPTIONS: how often checkpoints are written) are left out of the comparison.
     """
+    recorded, argv = _results_only(recorded), _results_only(argv)
     mine = [_relative_in(t, REPO) for t in argv]
     return any([_relative_in(t, root) for t in recorded] == mine for root in _roots_of(recorded, argv))
+
+
+# options that change no number of a run: a step recorded with another value is the same command
+NO_RESULT_OPTIONS = ("run.save_every_minutes=",)
+
+
+def _results_only(argv):
+    return [t for t in argv if not t.startswith(NO_RESULT_OPTIONS)]
 
 
 def _roots_of(recorded, argv):
@@ -856,9 +572,6 @@ def _split_path(token):
         return token.partition("=")
     return "", "", token
 
-
-def _under(path, root):
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def git_commit(root):

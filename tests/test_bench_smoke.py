@@ -294,6 +294,7 @@ def test_real_backbone_collect_writes_paths_relative_to_the_repository(tmp_path,
     pd.DataFrame({"uid": [0, 0, 1, 1], "iid": [1, 2, 3, 4], "label": [1, 0, 1, 0],
                   "score": [0.9, 0.1, 0.4, 0.6]}).to_csv(step_dir / "predictions_test.csv", index=False)
     monkeypatch.setattr(bench, "REPO", str(root))
+    monkeypatch.setattr(sys.modules["study_table"], "REPO", str(root))  # the table's half of the script
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     results = root / "docs" / "results" / "study.json"
@@ -313,7 +314,7 @@ def test_real_backbone_help_lists_the_variants(capsys):
     described, _, options = text.partition("\noptions:\n")
     assert options, "no options section in the help"
     assert "full test split" in described
-    for kind in ("cf", "zero-shot", "stage1", "collm", "cold"):  # the row kinds, each on its own line
+    for kind in ("cf", "zero-shot", "stage1", "collm", "cold", "hybrid", "rank"):  # the row kinds, each on a line
         assert re.search(rf"^  {re.escape(kind)} {{2,}}\S", described, re.M), kind
     assert re.search(r"^  cold {2,}.*model\.cold_start", described, re.M), "the cold row kind"
     for flag in ("--proj-tokens", "--tune", "--train-rows", "--epochs", "--init"):  # the CoLLM variants
@@ -321,7 +322,8 @@ def test_real_backbone_help_lists_the_variants(capsys):
         assert re.search(rf"^ +{flag}\b", options, re.M), f"{flag} not an option"
     tune = re.search(r"^ +--tune {2,}(.*?)\n +--", described, re.M | re.S).group(1)  # its lines
     assert all(t in tune for t in ("proj (", "proj+lora", "proj+cf")), tune
-    for choices in ("{cf,zero-shot,stage1,collm,cold}", "{MF,LightGCN,SASRec,DIN}", "{proj,proj+lora,proj+cf}",
+    for choices in ("{cf,zero-shot,stage1,collm,cold,hybrid,rank}", "{MF,LightGCN,SASRec,DIN}",
+                    "{proj,proj+lora,proj+cf}",
                     "{base,stage1}"):
         assert choices in options, choices
     assert re.search(r"^ +--cf \{MF,LightGCN,SASRec,DIN\}", options, re.M), "--cf lists the four CF models"

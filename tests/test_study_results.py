@@ -80,3 +80,23 @@ def test_collm_rows_are_chosen_on_validation():
         best = max(trained, key=lambda r: r["valid_auc"])  # every row has one (the test above)
         assert best["name"] == f"CoLLM-{cf}" and best["selected"], cf
         assert all(r["name"].startswith(f"CoLLM-{cf} (") and not r["selected"] for r in trained if r is not best), cf
+
+
+def test_seeds_listed_on_a_row_are_its_settings_rows():
+    """A row's "seeds" are the rows of its setting that differ only in run seed (each listed with
+    its own test and validation AUC), the row is the one with the best validation AUC, and the
+    mean, minimum and maximum are those seeds' test AUCs."""
+    def family(r):
+        return r["kind"], r.get("cf"), json.dumps({k: v for k, v in r["setting"].items() if k != "seed"},
+                                                  sort_keys=True)
+
+    listed = [r for r in ROWS if r.get("seeds")]
+    assert listed, "the study has a setting run with several seeds"
+    for r in listed:
+        mates = {m["setting"]["seed"]: m for m in ROWS if m.get("setting") and family(m) == family(r)}
+        assert sorted(mates) == [s["seed"] for s in r["seeds"]], r["name"]
+        for s in r["seeds"]:
+            assert (s["test_auc"], s["valid_auc"]) == (mates[s["seed"]]["test_auc"], mates[s["seed"]]["valid_auc"])
+        assert r["valid_auc"] == max(s["valid_auc"] for s in r["seeds"]), r["name"]
+        aucs = [s["test_auc"] for s in r["seeds"]]
+        assert r["seeds_test_auc"] == {"mean": pytest.approx(np.mean(aucs)), "min": min(aucs), "max": max(aucs)}
