@@ -53,6 +53,9 @@ class RetrieveRankTask(RecTask):
             raise ConfigError(f"retrieval.metric_ks {list(r.metric_ks)} must lie in 1..retrieval.k ({r.k})")
         if cfg.model.arch in registry.names("cf_model") and r.embeddings == "fece":
             raise ConfigError(f"retrieval.embeddings fece needs a CoLLM model; model.arch is {cfg.model.arch}")
+        named = cfg.model.arch if cfg.model.arch in registry.names("cf_model") else cfg.model.get("rec_model")
+        if named in registry.names("cf_model"):  # else known once its weights are read: build_model checks
+            _check_retrievable(named)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -72,11 +75,7 @@ class RetrieveRankTask(RecTask):
         else:
             model = super().build_model(device)
             self.retriever = self._stage1_cf(model, device) if model.cf is None else model.cf
-        if registry.get("cf_model", self.retriever.name).target_aware:
-            raise ConfigError(f"retrieve_rank: {self.retriever.name}'s user vector depends on the target item, "
-                              "so it cannot query an item index; retrieve with one of "
-                              + ", ".join(n for n in registry.names("cf_model")
-                                          if not registry.get("cf_model", n).target_aware))
+        _check_retrievable(self.retriever.name)
         return model
 
     def _stage1_cf(self, model, device):
@@ -212,3 +211,13 @@ class RetrieveRankTask(RecTask):
                      " ".join(f"{key} {out[stage][key]:.4f}" for key in out[stage]
                               if "@" in key))
         return out
+
+
+def _check_retrievable(name):
+    """A CF model whose user vector depends on the target item (``target_aware``) cannot query an
+    item index."""
+    if registry.get("cf_model", name).target_aware:
+        raise ConfigError(f"retrieve_rank: {name}'s user vector depends on the target item, so it cannot "
+                          "query an item index; retrieve with one of "
+                          + ", ".join(n for n in registry.names("cf_model")
+                                      if not registry.get("cf_model", n).target_aware))
