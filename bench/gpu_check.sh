@@ -559,7 +559,8 @@ part_fsdp() {
 # smollm2: a real pretrained LM without a download: SmolLM2-135M built by `collm-prepare backbone smollm2`
 #   (--smollm2 DIR reuses one), bench/real_backbone.py on the full training split, validation and test
 #   splits (each CF model alone, zero-shot, stage 1, CoLLM on each of MF, LightGCN, SASRec and DIN with
-#   and without cold start; the CPU study's rows), then its speed against the bare loop.
+#   and without cold start, pure and hybrid, the K=50 re-ranking of each but DIN's; the CPU study's rows),
+#   then its speed against the bare loop.
 #   smollm2_ml1m.json (+ .png, .md), tp_smollm2.json.
 # quant: a random-weight 7B checkpoint written once into OUT/rand_7b (13 GB, bf16), stage 2 under
 #   model.quantization int8 and nf4 at batch 4 and 16 against the bare loop loading the same directory
@@ -594,12 +595,14 @@ part_smollm2() {
     need_ml1m || return 1
     run backbone "$PY" -m collm_faissret.data_prep backbone smollm2 --out "$SMOL" || { fail "collm-prepare backbone smollm2"; return 1; }
     # ---- bench/real_backbone.py: the SmolLM2 CoLLM study, full training, validation and test splits ----
-    # (--train-rows 0 = all 33,891 rows; every CF encoder, as on CPU; --real-backbone-args
-    # "--proj-tokens 1 8 --tune proj proj+lora --epochs 2" runs the whole grid, "--run-seed 42 43 44" three
-    # runs of each setting; a rerun with the same --out resumes)
+    # (--train-rows 0 = all 33,891 rows; every CF encoder, as on CPU, pure and hybrid, each with its K=50
+    # re-ranking (DIN skipped there); --real-backbone-args "--proj-tokens 1 8 --tune proj proj+lora --epochs 2"
+    # runs the whole grid, "--run-seed 42 43" two runs of each setting, "--rows ..." other kinds of rows;
+    # a rerun with the same --out resumes)
     # shellcheck disable=SC2086
     run study "$PY" "bench/real_backbone.py" --data "$DATA" --backbone "$SMOL" --cf-dir "$OUT/cf" \
         --out "$OUT/smollm2_runs" --json "$OUT/smollm2_ml1m.json" --device "$DEVICE" --train-rows 0 \
+        --rows cf zero-shot stage1 collm cold hybrid rank \
         --proj-tokens 8 --tune proj --epochs 1 --curve-every 8000 $RB_ARGS || { fail "bench/real_backbone.py"; return 1; }
     # ---- end of the bench/real_backbone.py call ----
     run tp "${BENCH[@]}" --shape "$SMOL" --warmup "$WARMUP" --batch-size 16 --eval-batch-size 64 \

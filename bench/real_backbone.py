@@ -439,10 +439,11 @@ class Bench:
                         self.scoring_opts(row_dir, model, s) + cold)
 
     def rank_row(self, s: Setting):
-        """Retrieve-then-rank at K=50 on the test users with setting ``s``'s checkpoint (trained
-        first when absent), in <row>/rank_k50/: the retriever's top 50 per user (the CF model's
-        item vectors; cold users borrow vectors where the CF model has a user table) reordered by
-        the LLM. Its metrics.json becomes the row's "ranking"."""
+        """Retrieve-then-rank at K=50 on the test users (those of the --test-rows sample when it is
+        given) with setting ``s``'s checkpoint (trained first when absent), in <row>/rank_k50/: the
+        retriever's top 50 per user (the CF model's item vectors; cold users borrow vectors where
+        the CF model has a user table) reordered by the LLM. Its metrics.json becomes the row's
+        "ranking"."""
         target_aware, cold_start = cf_capabilities(s.cf)
         if target_aware:
             print(f"== rank: skipped for {s.cf} (target-aware: its user vector cannot query an item index)")
@@ -461,7 +462,7 @@ class Bench:
                 flags = ["--rows", *rows, *self.collm_flags(s, kind)[2:]]
                 json.dump({"command": self.command(*flags), "cold_start": cold == "true"}, fh, indent=2)
         self.run(rank_dir, "train_collm.py", _cfg("retrieve_rank_ml1m.yaml"),
-                 self.scoring_opts(row_dir, model, s) + self.data_opts() + [
+                 self.scoring_opts(row_dir, model, s) + self.data_opts(test_rows=self.args.test_rows) + [
                      f"model.rec_model={s.cf}", f"model.cold_start.enabled={cold}", f"retrieval.k={RANK_K}",
                      "run.evaluate=true", "run.valid_splits=[]", "run.test_splits=[test]"])
 
