@@ -163,6 +163,24 @@ def cli_args(cfg_path: str, *options: str) -> list:
     return args
 
 
+def launch_in_process(monkeypatch, bench_module) -> list:
+    """Make bench/real_backbone.py's Bench start the entry points in this process (the script
+    starts them as subprocesses) to keep its tests short; returns the list each launch's argv is
+    appended to."""
+    import baseline_train
+    import train_collm
+
+    launched = []
+    mains = {"baseline_train.py": baseline_train.main, "train_collm.py": train_collm.main}
+
+    def in_process(argv, env_vars):
+        launched.append(argv)
+        return mains[argv[0]](argv[1:]), 0.0
+
+    monkeypatch.setattr(bench_module.Bench, "launch", staticmethod(in_process))
+    return launched
+
+
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> Env:
     import baseline_train

@@ -14,7 +14,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, make_collm_data
+from conftest import REPO, launch_in_process, make_collm_data
 
 ROW_KEYS = {"mode", "stage", "batch_size", "samples_per_s", "bare_samples_per_s", "ratio_vs_bare", "peak_mem_gib",
             "padding_fraction"}
@@ -126,18 +126,8 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
     process (the script starts them as subprocesses) to keep the test short."""
     from sklearn.metrics import roc_auc_score
 
-    import baseline_train
-    import train_collm
-
     bench = _real_backbone()
-    launched = []
-
-    def in_process(argv, env_vars):
-        launched.append(argv)
-        main = {"baseline_train.py": baseline_train.main, "train_collm.py": train_collm.main}[argv[0]]
-        return main(argv[1:]), 0.0
-
-    monkeypatch.setattr(bench.Bench, "launch", staticmethod(in_process))
+    launched = launch_in_process(monkeypatch, bench)
     out, results = tmp_path / "study", tmp_path / "results" / "smollm2.json"
     argv = ["--data", str(env.data_dir), "--backbone", str(env.backbone_dir), "--cf-dir", str(tmp_path / "cf"),
             "--out", str(out), "--json", str(results), "--cf", "MF", "--proj-tokens", "2", "--tune", "proj",

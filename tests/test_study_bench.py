@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, launch_in_process
 from sklearn.metrics import roc_auc_score
 
 
@@ -39,17 +39,7 @@ def test_hybrid_and_rank_rows_end_to_end(bench, env, tmp_path, capsys, monkeypat
     with model.answer_score hybrid in a directory of its own and is named CoLLM-MF (hybrid);
     retrieve-then-rank runs with each row's checkpoint and its figures become the row's
     "ranking" (the LLM's order and the retriever's, over the same users)."""
-    import baseline_train
-    import train_collm
-
-    launched = []
-
-    def in_process(argv, env_vars):
-        launched.append(argv)
-        main = {"baseline_train.py": baseline_train.main, "train_collm.py": train_collm.main}[argv[0]]
-        return main(argv[1:]), 0.0
-
-    monkeypatch.setattr(bench.Bench, "launch", staticmethod(in_process))
+    launched = launch_in_process(monkeypatch, bench)
     results = tmp_path / "results" / "study.json"
     argv = ["--data", str(env.data_dir), "--backbone", str(env.backbone_dir), "--cf-dir", str(tmp_path / "cf"),
             "--out", str(tmp_path / "study"), "--json", str(results), "--rows", "collm", "hybrid", "rank",
