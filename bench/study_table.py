@@ -308,6 +308,17 @@ def markdown(rows):
     def f(x):
         return f"{x:.4f}" if isinstance(x, float) else "-"
 
+    def trained(r):
+        """'33891' for a row that saw its whole subset x epochs; for one early stopping ended
+        first, also the rows it saw and those of its kept (best) checkpoint."""
+        if not r["train_rows"]:
+            return "-"
+        seen, curve, best = r.get("rows_seen"), r.get("curve") or [], r.get("best_point")
+        if not seen or seen >= r["train_rows"] * (r["epochs"] or 1):
+            return str(r["train_rows"])
+        best = f", best at {curve[best][0]}" if best is not None and 0 <= best < len(curve) else ""
+        return f"{r['train_rows']} (stopped at {seen}{best})"
+
     def seeds(r):
         if not r.get("seeds"):
             return "-"
@@ -321,7 +332,7 @@ def markdown(rows):
         valid_rows = "" if r["valid_rows"] in (None, 10401) else f" ({r['valid_rows']} rows)"
         lines.append(f"| {r['name']} | {f(r['test_auc'])} | {f(r['test_uauc'])} | {f(r['test_warm_auc'])} | "
                      f"{f(r['test_cold_auc'])} | {r['test_rows'] or '-'} | {f(r['valid_auc'])}{valid_rows} | "
-                     f"{f(r.get('cf_test_auc'))} | {r['train_rows'] or '-'} | {r['epochs'] or '-'} | "
+                     f"{f(r.get('cf_test_auc'))} | {trained(r)} | {r['epochs'] or '-'} | "
                      f"{r['cpu_hours']:.3f} | {seeds(r)} |")
     ranked = [r for r in rows if r.get("ranking")]
     if ranked:  # a table of its own: the LLM's order against the retriever's on the same candidates

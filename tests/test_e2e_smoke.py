@@ -83,6 +83,8 @@ def test_log_and_metrics_jsonl(pipeline, stage):
             assert key in r
     log = (out / "log.txt").read_text()
     assert "epoch 0 valid: AUC" in log and "best checkpoint" in log
+    # the prompt paths are logged for LLM runs only (a CF model alone has no prompt to run whole)
+    assert ("training: " in log) == (stage != "mf") and ("every prompt whole" in log) == (stage == "stage1")
 
 
 @pytest.mark.parametrize("stage", ["mf", "stage1", "stage2", "evaluate"])

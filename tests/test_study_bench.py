@@ -129,6 +129,7 @@ def test_names_seeds_and_goals(table):
             _row("hybrid", "SASRec", 0.73, 0.74, score="hybrid", tokens=1)]
     rows[3]["run_dir"] = "out/cold"
     whole = rows[7]
+    whole.update(train_rows=33891, rows_seen=14544, curve=[[4848, 0.66], [9696, 0.64], [14544, 0.63]], best_point=0)
     named = {r["name"]: r for r in table.name_rows(rows)}
     assert named["CoLLM-MF"]["setting"]["train_rows"] == 0 and "seeds" not in named["CoLLM-MF"]
     seeded = named["CoLLM-MF (8 tok, proj, 1600 rows x 1, lr 0.001)"]
@@ -147,6 +148,9 @@ def test_names_seeds_and_goals(table):
     assert goals["CoLLM-SASRec >= SASRec on the same test rows (CoLLM-SASRec (hybrid))"]
     md = table.markdown(list(named.values()))
     assert f"| 3: {(0.72 + 0.69 + 0.70) / 3:.4f} (0.6900-0.7200) |" in md
+    # early stopping ended the whole-split row first: the rows it saw and its checkpoint's are shown
+    assert "| 33891 (stopped at 14544, best at 4848) | 1 |" in md
+    assert md.count("stopped at") == 1 and md.count("| 1600 | 1 |") == 8  # the others saw theirs whole
 
 
 def _frame(seed):

@@ -56,7 +56,7 @@ class EvaluationMixin:
         ds.pack_ratio = attention_ratio(model.llm.config) if groups is not None else 0.0
         kv_min, kv_reason = kv_min_group(model) if groups is not None else (0, "")
         ds.kv_min_group = kv_min
-        if split not in self._paths_logged:
+        if split not in self._paths_logged and getattr(ds, "builder", None):  # a CF model alone has no prompt
             self._paths_logged.add(split)
             if groups is None:
                 log.info("scoring %s: every prompt whole (%s)", split, reason)

@@ -85,8 +85,9 @@ class TrainLoopMixin:
         loop.model = self.parallel.prepare(self.model)
         reason = why_whole(self.model, rc.frozen_prefix, self.cfg.model.gradient_checkpointing)
         loop.frozen = not reason
-        log.info("training: %s", "the prompt part before the first ID slot runs once per batch without "
-                 "gradients (frozen prefix)" if loop.frozen else f"every prompt whole ({reason})")
+        if hasattr(self.model, "use_slots"):  # a CF model alone has no prompt to say anything of
+            log.info("training: %s", "the prompt part before the first ID slot runs once per batch without "
+                     "gradients (frozen prefix)" if loop.frozen else f"every prompt whole ({reason})")
         self._compile()
         loop.guard = NonFiniteGuard(rc.nonfinite, self.device, self.out)
         loop.saved_at, loop.saved_t = loop.state.step, time.time()
