@@ -313,10 +313,10 @@ def markdown(rows):
         first, also the rows it saw and those of its kept (best) checkpoint."""
         if not r["train_rows"]:
             return "-"
-        seen, curve, best = r.get("rows_seen"), r.get("curve") or [], r.get("best_point")
+        seen, curve, point = r.get("rows_seen"), r.get("curve") or [], r.get("best_point")
         if not seen or seen >= r["train_rows"] * (r["epochs"] or 1):
             return str(r["train_rows"])
-        best = f", best at {curve[best][0]}" if best is not None and 0 <= best < len(curve) else ""
+        best = f", best at {curve[point][0]}" if point is not None and 0 <= point < len(curve) else ""
         return f"{r['train_rows']} (stopped at {seen}{best})"
 
     def seeds(r):

@@ -44,7 +44,8 @@ class EvaluationMixin:
     def _prefix_groups(self, split, ds, model, max_rows):
         """Prefix group per row when this split's rows are scored with shared prefixes, else None
         (``ds.share_prefix`` set accordingly); the path taken is logged once per split."""
-        reason = why_plain(model, self.run_cfg.shared_prefix) if getattr(ds, "builder", None) else "no prompt"
+        prompted = getattr(ds, "builder", None) is not None  # a CF model alone scores no prompt
+        reason = why_plain(model, self.run_cfg.shared_prefix) if prompted else "no prompt"
         groups = None
         if not reason:
             groups = ds.prefix_groups()
@@ -56,7 +57,7 @@ class EvaluationMixin:
         ds.pack_ratio = attention_ratio(model.llm.config) if groups is not None else 0.0
         kv_min, kv_reason = kv_min_group(model) if groups is not None else (0, "")
         ds.kv_min_group = kv_min
-        if split not in self._paths_logged and getattr(ds, "builder", None):  # a CF model alone has no prompt
+        if prompted and split not in self._paths_logged:
             self._paths_logged.add(split)
             if groups is None:
                 log.info("scoring %s: every prompt whole (%s)", split, reason)
