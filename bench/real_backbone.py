@@ -146,6 +146,9 @@ def parse_args(argv=None):
                     help="training precision: fp32 (run.amp=false; every CPU row made before 6 December 2026) or "
                          "bf16 (run.amp=true run.cpu_amp=true: autocast on CUDA and on CPUs with bf16 units); "
                          "default bf16 on CUDA, fp32 on CPU; scoring as --eval-dtype / --eval-amp say")
+    ap.add_argument("--train-negatives", type=int, default=0,
+                    help="datasets.*.train_negatives of the CoLLM rows' training: per training row, this many "
+                         "extra rows labelled 0 of items the user never rated (0: the rated rows only, as CoLLM)")
     ap.add_argument("--eval-amp", default="auto", choices=["auto", "off", "on"],
                     help="run.amp_scoring of the scoring runs: auto (bf16 autocast on CUDA, fp32 on CPU), on, off")
     ap.add_argument("--frozen-prefix", default="auto", choices=["auto", "off"],
@@ -284,7 +287,7 @@ class Bench:
         the final scoring is a separate evaluate-only run."""
         a = self.args
         if a.curve_every:
-            rows = s.train_rows or self.full_train_rows()
+            rows = (s.train_rows or self.full_train_rows()) * (1 + s.negatives)  # each row and its negatives
             iters = max(1, math.ceil(a.curve_every / a.batch_size))
             points = max(1, math.ceil(rows * s.epochs / (iters * a.batch_size)))
             schedule = [f"run.max_epoch={points}", f"run.iters_per_epoch={iters}"]
@@ -417,7 +420,8 @@ class Bench:
         model = self.collm_model_opts(s)
         self.run(os.path.join(row_dir, "train"), "train_collm.py", cfg,
                  self.llm_opts(s.seed, s.score) + model + self.data_opts(s.train_rows, a.curve_valid_rows)
-                 + self.train_opts(s))
+                 + self.train_opts(s)
+                 + ([f"datasets.movielens_ood.train_negatives={s.negatives}"] if s.negatives else []))
         self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model, s))
 
     def scoring_opts(self, row_dir, model, s: Setting):
@@ -468,7 +472,8 @@ class Bench:
 
     def settings(self):
         a = self.args
-        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed, a.train_precision, a.batch_size, a.answer_score)
+        return [Setting(cf, tok, tune, rows, ep, lr, a.init, seed, a.train_precision, a.batch_size, a.answer_score,
+                        a.train_negatives)
                 for cf, tok, tune, rows, ep, lr, seed in
                 itertools.product(a.cf, a.proj_tokens, a.tune, a.train_rows, a.epochs, a.lr, a.run_seed)]
 

@@ -37,6 +37,7 @@ class Setting:
     precision: str = "fp32"  # training: fp32 (run.amp=false; every row before 6 December 2026) or bf16 autocast
     batch: int = 4  # training rows per optimizer step (the study's 4 unless --batch-size says otherwise)
     score: str = "yes_minus_no"  # model.answer_score (hybrid: the LLM's log-odds + a learned weight x the CF logit)
+    negatives: int = 0  # datasets.*.train_negatives: extra rows of unrated items per training row, labelled 0
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
@@ -44,6 +45,7 @@ class Setting:
         seed += ("" if self.precision == "fp32" else f"_{self.precision}") + ("" if self.batch == 4 else
                                                                               f"_b{self.batch}")
         seed += "" if self.score == "yes_minus_no" else f"_{self.score}"
+        seed += "" if not self.negatives else f"_neg{self.negatives}"
         if self.cf is None:
             return f"stage1_{rows}{seed}"
         return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
@@ -54,14 +56,16 @@ class Setting:
         seed = "" if self.seed == DEFAULT_RUN_SEED else f", seed {self.seed}"
         seed += ("" if self.precision == "fp32" else f", {self.precision} training") + (
             "" if self.batch == 4 else f", batch {self.batch}") + ("" if self.score == "yes_minus_no" else
-                                                                    f", {self.score}")
+                                                                    f", {self.score}") + (
+            "" if not self.negatives else f", {self.negatives} neg per row")
         if self.cf is None:
             return rows + seed
         return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
 
     def seed_flags(self):
         return ([] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]) + (
-            [] if self.precision == "fp32" else ["--train-precision", self.precision])
+            [] if self.precision == "fp32" else ["--train-precision", self.precision]) + (
+            [] if not self.negatives else ["--train-negatives", str(self.negatives)])
 
 
 def load_rows(out):

@@ -79,7 +79,12 @@ class DatasetConfig:
     sample_rows: Dict[str, int] = setting(help="`{split: N}`: train / evaluate on a seeded random sample of N rows "
                                                "of that split (kept in time order); sizes, graph CF models and cold "
                                                "start still read the whole split", factory=dict)
-    sample_seed: int = setting(0, "seed of the `sample_rows` draw (the same subset whatever `run.seed`)")
+    sample_seed: int = setting(0, "seed of the `sample_rows` draw (the same subset whatever `run.seed`) and "
+                                  "of `train_negatives`")
+    train_negatives: int = setting(0, "per training row, this many extra rows labelled 0: the same user and "
+                                      "history with an item the user never rated in the training split (drawn "
+                                      "uniformly from the titled items, after `sample_rows`); 0 trains on the "
+                                      "rated rows only, as CoLLM does")
 
 
 class Optimizer(Choice):

@@ -113,6 +113,9 @@ def validate(cfg, label: str) -> None:
             raise ConfigError(f"{label}: datasets.*.sample_rows: no split {split!r} (have {', '.join(SPLITS)})")
         if n < 1:
             raise ConfigError(f"{label}: datasets.*.sample_rows.{split} must be >= 1, got {n}")
+    negatives = next(iter(cfg.datasets.values())).get("train_negatives", 0)
+    if negatives < 0:
+        raise ConfigError(f"{label}: datasets.*.train_negatives must be >= 0, got {negatives}")
     try:
         index_settings(cfg.retrieval)
     except ConfigError as err:

@@ -184,6 +184,29 @@ def test_real_backbone_run_seeds_are_rows_of_their_own(tmp_path, capsys):
     assert seeded.label().endswith(", seed 43") and bench.Setting("MF").label().find("seed") < 0
 
 
+def test_real_backbone_train_negatives_are_a_setting(tmp_path, capsys):
+    """--train-negatives 1: the training step gets datasets.*.train_negatives=1 and a schedule
+    over twice the rows, in a directory and a command of its own; 0 leaves the existing rows'
+    names and commands alone."""
+    bench = _real_backbone()
+    assert bench.main(["--rows", "collm", "--cf", "MF", "--train-rows", "1600", "--curve-every", "400",
+                       "--train-negatives", "1", "--dry-run", "--device", "cpu",
+                       "--cf-dir", str(tmp_path / "cf"), "--out", str(tmp_path / "study")]) == 0
+    (train,) = [line for line in capsys.readouterr().out.splitlines()
+                if "/train " in line and "train_collm.py" in line]
+    assert "collm-mf_t8_proj_n1600x1_lr0.001_neg1/train " in train
+    assert "datasets.movielens_ood.train_negatives=1" in train
+    assert "datasets.movielens_ood.sample_rows.train=1600" in train  # the sample is drawn first
+    assert "run.max_epoch=8 " in train and "run.iters_per_epoch=100 " in train  # 3,200 rows in points of 400
+    b = bench.Bench(bench.parse_args(["--train-negatives", "1", "--device", "cpu"]))
+    (neg,) = b.settings()[:1]
+    assert "--train-negatives 1" in b.command(*b.collm_flags(neg, "collm"))
+    assert neg.label().endswith(", 1 neg per row")
+    plain = bench.Setting("MF", 8, train_rows=1600)
+    assert plain.tag() == "collm-mf_t8_proj_n1600x1_lr0.001" and "--train-negatives" not in b.command(
+        *b.collm_flags(plain, "collm"))
+
+
 class _Launched(Exception):
     """Raised by a stub launch: the step would have run."""
 

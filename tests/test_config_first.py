@@ -40,6 +40,7 @@ CASES = [
     ("collm", {"answer_score": "maybe"}, [], "key model.answer_score: Invalid value 'maybe'"),
     ("collm", {}, ["datasets.ml100k_ood.sample_rows={dev: 5}"], "datasets.*.sample_rows: no split 'dev'"),
     ("collm", {}, ["datasets.ml100k_ood.sample_rows={train: 0}"], "sample_rows.train must be >= 1, got 0"),
+    ("collm", {}, ["datasets.ml100k_ood.train_negatives=-1"], "datasets.*.train_negatives must be >= 0, got -1"),
     ("collm", {}, ["run.task=retrieve_rank"], "run.task retrieve_rank only evaluates"),
     ("collm", {"rec_model": "DIN", "ckpt": f"{GONE}/ckpt.pth"}, ["run.task=retrieve_rank", "run.evaluate=true"],
      "retrieve_rank: DIN's user vector depends on the target item"),

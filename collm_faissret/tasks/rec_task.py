@@ -5,19 +5,25 @@ model alone (baseline_train.py). A task builds data and calls the model; what
 the model needs from a row (prompt builder, history length, collate function)
 the model states itself. A task never touches the optimizer.
 """
+import logging
+
 import numpy as np
 import torch
 
 from .. import registry
 from ..config import dataset_config
 from ..datasets import RecRows
+from ..datasets.negatives import rated_items, with_negatives
 from ..datasets.packing import tokens_in
 from ..dist import all_gather_objects
 from ..metrics import auc_report
 from ..models.cf import attach_scoring_view, build_cf
+from ..models.cf.text import item_titles
 from ..models.shared_prefix import PrefixMemo
 from ..registry import register
 from ..retrieval.index import index_settings
+
+log = logging.getLogger("collm_faissret")
 
 
 @register("task", "rec")
@@ -130,13 +136,22 @@ class CFTask(RecTask):
 
 
 def sampled_splits(data, ds_cfg) -> dict:
-    """split -> DataFrame, cut to ``ds_cfg.sample_rows[split]`` rows (seeded, time order kept)."""
+    """split -> DataFrame, cut to ``ds_cfg.sample_rows[split]`` rows (seeded, time order kept);
+    the training split then gains ``ds_cfg.train_negatives`` rows per row of items its user never
+    rated (datasets/negatives.py)."""
     out = {}
     for split, df in data.splits.items():
         n = ds_cfg.sample_rows.get(split)  # keys and ranges checked with the config
         if n is not None and n < len(df):
             keep = np.sort(np.random.RandomState(ds_cfg.sample_seed).choice(len(df), n, replace=False))
             df = df.iloc[keep].reset_index(drop=True)
+        if split == "train" and ds_cfg.get("train_negatives", 0) > 0:
+            whole = data.splits["train"]  # what a user rated: the whole split, not the sample
+            rated_rows = len(df)
+            df = with_negatives(df, ds_cfg.train_negatives, item_titles(data), rated_items(whole),
+                                set(int(i) for i in whole["iid"]), ds_cfg.sample_seed)
+            log.info("training rows: %d rated + %d sampled negatives (items the user never rated, label 0; "
+                     "train_negatives %d)", rated_rows, len(df) - rated_rows, ds_cfg.train_negatives)
         out[split] = df
     return out
 
