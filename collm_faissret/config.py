@@ -83,8 +83,9 @@ class DatasetConfig:
                                   "of `train_negatives`")
     train_negatives: int = setting(0, "per training row, this many extra rows labelled 0: the same user and "
                                       "history with an item the user never rated in the training split (drawn "
-                                      "uniformly from the titled items, after `sample_rows`); 0 trains on the "
-                                      "rated rows only, as CoLLM does")
+                                      "uniformly from the items of the training split, never from items first "
+                                      "seen in validation or test; after `sample_rows`); 0 trains on the rated "
+                                      "rows only, as CoLLM does")
 
 
 class Optimizer(Choice):

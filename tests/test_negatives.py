@@ -66,6 +66,8 @@ def test_a_run_trains_on_the_negatives(env, tmp_path):
     whole = task.data.splits["train"]
     rated = rated_items(whole)
     assert all(int(i) not in rated[int(u)] for u, i in zip(train.uid[1::2], train.iid[1::2]))
+    known = set().union(*rated.values())  # never an item first seen after the training split
+    assert set(int(i) for i in train.iid[1::2]) <= known
     assert len(sets["valid"].label) == len(plain["valid"].label)  # evaluation rows are untouched
 
 
@@ -83,3 +85,15 @@ def test_a_stage2_run_with_negatives_finishes(env, tmp_path):
     line = next(x for x in log.splitlines() if "training rows:" in x)
     assert f"training rows: {rated} rated + {rated} sampled negatives" in line, line
     assert (out / "checkpoint_best.pth").is_file()
+
+
+def test_negatives_follow_the_sample_and_avoid_what_the_whole_split_rated(env, tmp_path):
+    """With sample_rows.train, the sampled rows each get a negative, and a negative avoids every
+    item its user rated anywhere in the training split, not only in the sample."""
+    _, task, _, sets = load_model(env.config("stage2", tmp_path / "neg"), "datasets.ml100k_ood.train_negatives=2",
+                                  "datasets.ml100k_ood.sample_rows.train=40")
+    train = sets["train"]
+    assert len(train.label) == 40 * 3 and int(train.label[0::3].sum()) == int(train.label.sum())
+    rated = rated_items(task.data.splits["train"])
+    negatives = [(int(u), int(i)) for r, (u, i) in enumerate(zip(train.uid, train.iid)) if r % 3]
+    assert all(i not in rated[u] for u, i in negatives)

@@ -147,9 +147,14 @@ def sampled_splits(data, ds_cfg) -> dict:
             df = df.iloc[keep].reset_index(drop=True)
         if split == "train" and ds_cfg.get("train_negatives", 0) > 0:
             whole = data.splits["train"]  # what a user rated: the whole split, not the sample
+            rated = rated_items(whole)
+            # negatives come from items the training split knows (targets and histories): an item
+            # first seen in validation or test would carry held-out information into training
+            known = set().union(*rated.values())
+            titles = {i: t for i, t in item_titles(data).items() if i in known}
             rated_rows = len(df)
-            df = with_negatives(df, ds_cfg.train_negatives, item_titles(data), rated_items(whole),
-                                set(int(i) for i in whole["iid"]), ds_cfg.sample_seed)
+            df = with_negatives(df, ds_cfg.train_negatives, titles, rated, set(int(i) for i in whole["iid"]),
+                                ds_cfg.sample_seed)
             log.info("training rows: %d rated + %d sampled negatives (items the user never rated, label 0; "
                      "train_negatives %d)", rated_rows, len(df) - rated_rows, ds_cfg.train_negatives)
         out[split] = df
