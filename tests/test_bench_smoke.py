@@ -428,3 +428,19 @@ def test_real_backbone_resumes_an_unfinished_training_step(tmp_path, monkeypatch
     with pytest.raises(_Launched) as rerun:
         b.run(*step)
     assert not any(t.startswith("run.resume_ckpt_path=") for t in rerun.value.args[0])
+
+
+def test_rank_breakdown_by_hand():
+    """Four candidates of user 1 (liked, disliked, two unrated) and one of user 2 (liked)."""
+    spec = importlib.util.spec_from_file_location("rank_breakdown", os.path.join(REPO, "bench", "rank_breakdown.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cand = pd.DataFrame({"uid": [1, 1, 1, 1, 2], "iid": [10, 11, 12, 13, 10], "score": [0.9, 0.1, 0.5, 0.3, 0.2]})
+    held = pd.DataFrame({"uid": [1, 1, 2, 3], "iid": [10, 11, 10, 12], "label": [1, 0, 1, 1]})
+    got = mod.breakdown(cand, held)
+    assert (got["candidates"], got["liked"], got["disliked"], got["unrated"]) == (5, 2, 1, 2)
+    assert got["mean_score_liked"] == pytest.approx(0.55) and got["mean_score_unrated"] == pytest.approx(0.4)
+    # liked (0.9, 0.2) against disliked (0.1): both above -> 1.0
+    assert got["auc_liked_vs_disliked"] == pytest.approx(1.0)
+    # rated (0.9, 0.1, 0.2) against unrated (0.5, 0.3): pairs won 2 of 6 -> 1/3
+    assert got["auc_rated_vs_unrated"] == pytest.approx(2 / 6)
