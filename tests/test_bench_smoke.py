@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -444,3 +445,14 @@ def test_rank_breakdown_by_hand():
     assert got["auc_liked_vs_disliked"] == pytest.approx(1.0)
     # rated (0.9, 0.1, 0.2) against unrated (0.5, 0.3): pairs won 2 of 6 -> 1/3
     assert got["auc_rated_vs_unrated"] == pytest.approx(2 / 6)
+    # Orders at k=2. Training rows: item 13 x3, 10 and 12 x1 (a tie), 11 none. User 1: retriever
+    # [10, 11, ...] and LLM [10, 12, ...] put the liked 10 first; popularity [13, 10, 12, 11] (the
+    # tie 10/12 keeps the retriever's order) puts it second. User 2 has one candidate, liked.
+    train = pd.DataFrame({"uid": [5, 6, 7, 5, 6], "iid": [13, 13, 13, 10, 12], "label": [1, 0, 1, 1, 0]})
+    orders = mod.orders(cand, held, train, k=2)
+    assert orders["retriever"] == pytest.approx({"recall": 1.0, "ndcg": 1.0, "hit_rate": 1.0})
+    assert orders["llm"] == pytest.approx({"recall": 1.0, "ndcg": 1.0, "hit_rate": 1.0})
+    assert orders["train_popularity"] == pytest.approx({"recall": 1.0, "ndcg": (1 / np.log2(3) + 1) / 2,
+                                                        "hit_rate": 1.0})
+    # At k=1 user 1's popularity top is 13 (unrated): recall and hit rate halve.
+    assert mod.orders(cand, held, train, k=1)["train_popularity"]["recall"] == pytest.approx(0.5)
