@@ -119,6 +119,14 @@ def _real_backbone():
     return bench
 
 
+def _sibling(name):
+    """A module of bench/ that real_backbone.py imports beside it, loaded with it: study_rows (Setting,
+    the rows' paths), study_runner (Bench), study_provenance (same_command, git_commit)."""
+    if name not in sys.modules:
+        _real_backbone()
+    return sys.modules[name]
+
+
 def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
     """bench/real_backbone.py end to end at its smallest sizes, on the session's tiny data and
     backbone (the real study uses SmolLM2 and ML-1M): the CF baseline trained when absent, every
@@ -151,7 +159,7 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
         frame = pd.read_csv(r["predictions_test"])  # kept beside the JSON: the metrics can be recomputed
         assert r["predictions_test"].endswith(".csv.gz") and len(frame) == 24
         assert abs(roc_auc_score(frame["label"], frame["score"]) - r["test_auc"]) < 1e-9, name
-    commit = bench.git_commit(bench.REPO)  # each run records the code it ran
+    commit = _sibling("study_provenance").git_commit(bench.REPO)  # each run records the code it ran
     assert commit and all(set(r["commits"].values()) == {commit} for r in rows.values())
     assert set(rows["CoLLM-MF"]["commits"]) == {"train", "eval_test", "eval_valid"}
     collm = rows["CoLLM-MF"]
@@ -171,7 +179,7 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
 def test_real_backbone_run_seeds_are_rows_of_their_own(tmp_path, capsys):
     """--run-seed 42 43: a training run per seed with its run.seed, in its own directory, and a
     command that names the seed unless it is the default (so the committed commands stay valid)."""
-    bench = _real_backbone()
+    bench, Setting = _real_backbone(), _sibling("study_rows").Setting
     assert bench.main(["--rows", "collm", "--cf", "MF", "--run-seed", "42", "43", "--dry-run", "--device", "cpu",
                        "--cf-dir", str(tmp_path / "cf"), "--out", str(tmp_path / "study")]) == 0
     trains = [line for line in capsys.readouterr().out.splitlines() if "/train " in line and "train_collm.py" in line]
@@ -181,15 +189,15 @@ def test_real_backbone_run_seeds_are_rows_of_their_own(tmp_path, capsys):
     b = bench.Bench(bench.parse_args(["--run-seed", "43", "--device", "cpu"]))
     (seeded,) = b.settings()[:1]
     assert "--run-seed 43" in b.command(*b.collm_flags(seeded, "collm"))
-    assert "--run-seed" not in b.command(*b.collm_flags(bench.Setting("MF", 8, train_rows=1600), "collm"))
-    assert seeded.label().endswith(", seed 43") and bench.Setting("MF").label().find("seed") < 0
+    assert "--run-seed" not in b.command(*b.collm_flags(Setting("MF", 8, train_rows=1600), "collm"))
+    assert seeded.label().endswith(", seed 43") and Setting("MF").label().find("seed") < 0
 
 
 def test_real_backbone_train_negatives_are_a_setting(tmp_path, capsys):
     """--train-negatives 1: the training step gets datasets.*.train_negatives=1 and a schedule
     over twice the rows, in a directory and a command of its own; 0 leaves the existing rows'
     names and commands alone."""
-    bench = _real_backbone()
+    bench, Setting = _real_backbone(), _sibling("study_rows").Setting
     assert bench.main(["--rows", "collm", "--cf", "MF", "--train-rows", "1600", "--curve-every", "400",
                        "--train-negatives", "1", "--dry-run", "--device", "cpu",
                        "--cf-dir", str(tmp_path / "cf"), "--out", str(tmp_path / "study")]) == 0
@@ -203,7 +211,7 @@ def test_real_backbone_train_negatives_are_a_setting(tmp_path, capsys):
     (neg,) = b.settings()[:1]
     assert "--train-negatives 1" in b.command(*b.collm_flags(neg, "collm"))
     assert neg.label().endswith(", 1 neg per row")
-    plain = bench.Setting("MF", 8, train_rows=1600)
+    plain = Setting("MF", 8, train_rows=1600)
     assert plain.tag() == "collm-mf_t8_proj_n1600x1_lr0.001" and "--train-negatives" not in b.command(
         *b.collm_flags(plain, "collm"))
 
@@ -215,7 +223,8 @@ class _Launched(Exception):
 def _bench_in(bench, root, monkeypatch, *flags):
     """A real_backbone Bench asked for from the checkout at ``root`` (its REPO; relative paths from there)."""
     root.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setattr(bench, "REPO", str(root))
+    for module in ("study_runner", "study_provenance"):  # Bench's root and same_command's
+        monkeypatch.setattr(_sibling(module), "REPO", str(root))
     monkeypatch.chdir(root)
 
     def launch(argv, env):
@@ -308,7 +317,7 @@ def test_real_backbone_collect_writes_paths_relative_to_the_repository(tmp_path,
     pd.DataFrame({"uid": [0, 0, 1, 1], "iid": [1, 2, 3, 4], "label": [1, 0, 1, 0],
                   "score": [0.9, 0.1, 0.4, 0.6]}).to_csv(step_dir / "predictions_test.csv", index=False)
     monkeypatch.setattr(bench, "REPO", str(root))
-    monkeypatch.setattr(sys.modules["study_table"], "REPO", str(root))  # the table's half of the script
+    monkeypatch.setattr(sys.modules["study_rows"], "REPO", str(root))  # the table's half of the script: its paths
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     results = root / "docs" / "results" / "study.json"
@@ -411,7 +420,7 @@ def test_real_backbone_resumes_an_unfinished_training_step(tmp_path, monkeypatch
     root = tmp_path / "clone"
     b = _bench_in(bench, root, monkeypatch)
     run_dir = str(root / "outputs" / "study" / "row" / "train")
-    opts = ["model.proj_token_num=8", *b.train_opts(bench.Setting("MF", train_rows=64))]
+    opts = ["model.proj_token_num=8", *b.train_opts(_sibling("study_rows").Setting("MF", train_rows=64))]
     assert "run.save_every_minutes=30" in opts
     step = (run_dir, "train_collm.py", "cfg.yaml", opts)
     with pytest.raises(_Launched) as first:

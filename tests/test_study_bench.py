@@ -90,9 +90,10 @@ def test_hybrid_rows_dry_run_and_commands(bench, tmp_path, capsys):
 def test_checkpoint_frequency_is_not_part_of_a_steps_identity(bench):
     """A step recorded with another run.save_every_minutes is the same command (reused, resumed);
     any other option value is not."""
+    same_command = sys.modules["study_provenance"].same_command  # loaded with bench/real_backbone.py
     argv = ["train_collm.py", "--options", "run.seed=42", "run.save_every_minutes=15"]
-    assert bench.same_command(argv, argv[:-1] + ["run.save_every_minutes=30"])
-    assert not bench.same_command(argv, ["train_collm.py", "--options", "run.seed=43", "run.save_every_minutes=15"])
+    assert same_command(argv, argv[:-1] + ["run.save_every_minutes=30"])
+    assert not same_command(argv, ["train_collm.py", "--options", "run.seed=43", "run.save_every_minutes=15"])
 
 
 def _row(kind, cf, valid, test, seed=42, rows=1600, run_dir=None, old=False, **setting):
@@ -183,7 +184,7 @@ def test_an_earlier_jsons_rows_are_kept(table, tmp_path, monkeypatch):
     same setting, wherever either was run."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr(table, "REPO", str(tmp_path))
+    monkeypatch.setattr(sys.modules["study_rows"], "REPO", str(tmp_path))  # the rows' paths (the table's)
     folder = tmp_path / "docs" / "study_predictions"
     folder.mkdir(parents=True)
     earlier = [_cf("MF", 0.65), _row("collm", "MF", 0.72, 0.72, old=True),
@@ -229,7 +230,8 @@ def test_resumed_steps_record_their_earlier_parts(bench, tmp_path, monkeypatch):
     from its start (bench_started.json) to its last checkpoint, plus the parts before."""
     import time
 
-    monkeypatch.setattr(bench, "REPO", str(tmp_path))
+    for module in ("study_runner", "study_provenance"):  # Bench's root and same_command's
+        monkeypatch.setattr(sys.modules[module], "REPO", str(tmp_path))
     b = bench.Bench(bench.parse_args(["--out", str(tmp_path / "study"), "--device", "cpu"]))
     run_dir = tmp_path / "study" / "row" / "train"
     step = (str(run_dir), "train_collm.py", "cfg.yaml", ["run.seed=42"])
