@@ -25,6 +25,11 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # the package, from a checkout that has not installed it
+    sys.path.insert(0, REPO)
+from collm_faissret.datasets.collm_data import _read  # noqa: E402
+from collm_faissret.retrieval.ranking import ranking_metrics  # noqa: E402
+
 K = 10
 
 
@@ -49,9 +54,6 @@ def orders(candidates: pd.DataFrame, held_out: pd.DataFrame, train: pd.DataFrame
     """{order: {"recall@k", "ndcg@k", "hit_rate@k"}} for the retriever's, the LLM's and the
     training-popularity order of each user's candidates (rows in retrieval order per user).
     A user's relevant items are their label-1 rows of ``held_out``, as the rank task's."""
-    sys.path.insert(0, REPO)
-    from collm_faissret.retrieval.ranking import ranking_metrics
-
     popularity = train.groupby("iid").size()
     liked = held_out[held_out["label"] == 1].groupby("uid")["iid"].apply(lambda s: {int(i) for i in s})
     groups = [(uid, g.reset_index(drop=True)) for uid, g in candidates.groupby("uid", sort=False)]
@@ -75,9 +77,6 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test_ood2", help="file stem of the held-out split the run ranked for")
     ap.add_argument("--train-split", default="train_ood2", help="file stem of the training split (popularity)")
     a = ap.parse_args(argv)
-    sys.path.insert(0, REPO)
-    from collm_faissret.datasets.collm_data import _read
-
     cand, held = pd.read_csv(a.predictions), _read(a.data, a.split)[0]
     out = breakdown(cand, held)
     out["orders"] = orders(cand, held, _read(a.data, a.train_split)[0])

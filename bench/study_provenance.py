@@ -9,9 +9,8 @@ resumes it when it was stopped.
 import os
 import subprocess
 
+import study_rows
 from study_rows import _under
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def same_command(recorded, argv):
@@ -25,7 +24,7 @@ def same_command(recorded, argv):
     (NO_RESULT_OPTIONS: how often checkpoints are written) are left out of the comparison.
     """
     recorded, argv = _results_only(recorded), _results_only(argv)
-    mine = [_relative_in(t, REPO) for t in argv]
+    mine = [_relative_in(t, study_rows.REPO) for t in argv]
     return any([_relative_in(t, root) for t in recorded] == mine for root in _roots_of(recorded, argv))
 
 
@@ -40,14 +39,14 @@ def _results_only(argv):
 def _roots_of(recorded, argv):
     """This repository's root and, for each element of ``argv`` holding a path under it at
     relative path p, the recorded element's path at the same place less a trailing /p."""
-    roots = {REPO}
+    roots = {study_rows.REPO}
     if len(recorded) != len(argv):
         return roots
     for old, new in zip(recorded, argv):
         key, eq, path = _split_path(new)
         old_key, old_eq, old_path = _split_path(old)
-        if _under(path, REPO) and (key, eq) == (old_key, old_eq):
-            rel = os.path.relpath(path, REPO)
+        if _under(path, study_rows.REPO) and (key, eq) == (old_key, old_eq):
+            rel = os.path.relpath(path, study_rows.REPO)
             if old_path.endswith(os.sep + rel):
                 roots.add(old_path[:-len(rel) - 1])
     return roots

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout; every study_* module reads it here
 CF_NAMES = ("MF", "LightGCN", "SASRec", "DIN")
 DEFAULT_RUN_SEED = 42  # run.seed of every trained row unless --run-seed says otherwise
 

@@ -18,10 +18,10 @@ import sys
 import time
 from dataclasses import asdict
 
+import study_rows
 from study_provenance import git_commit, same_command
 from study_rows import DEFAULT_RUN_SEED, Setting, repo_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what stage 2 tunes -> the model's freeze_* flags (CoLLM's tuning strategies)
 TUNES = {"proj": {"freeze_proj": "false", "freeze_lora": "true", "freeze_rec": "true"},
          "proj+lora": {"freeze_proj": "false", "freeze_lora": "false", "freeze_rec": "true"},
@@ -38,7 +38,7 @@ class Bench:
         self.data = os.path.abspath(args.data)
         self.backbone = os.path.abspath(args.backbone)
         self.cf_dir = os.path.abspath(args.cf_dir)
-        self.commit = git_commit(REPO)  # read once: the code every step of this invocation runs
+        self.commit = git_commit(study_rows.REPO)  # read once: the code every step of this invocation runs
 
     # ----- one step -----------------------------------------------------------
     def run(self, run_dir, script, cfg_path, opts):
@@ -118,7 +118,7 @@ class Bench:
     def launch(argv, env):
         """Run ``python argv`` from the repository root: (exit status, the child's user + system CPU seconds)."""
         before = _cpu_children()
-        proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env)
+        proc = subprocess.run([sys.executable, *argv], cwd=study_rows.REPO, env=env)
         return proc.returncode, _cpu_children() - before
 
     # ----- options shared by the steps ---------------------------------------
@@ -153,7 +153,7 @@ class Bench:
 
     def full_train_rows(self):
         """Rows of the whole training split (the schedule's size when --train-rows is 0)."""
-        sys.path.insert(0, REPO)
+        sys.path.insert(0, study_rows.REPO)
         from collm_faissret.datasets.collm_data import _read
 
         return len(_read(self.data, "train_ood2")[0])
@@ -330,7 +330,7 @@ class Bench:
 
 def cf_capabilities(name):
     """(target_aware, supports_cold_start) of a registered CF model, as its class declares them."""
-    sys.path.insert(0, REPO)
+    sys.path.insert(0, study_rows.REPO)
     import collm_faissret.models.cf  # noqa: F401  (fills the registry)
     from collm_faissret import registry
 
@@ -339,7 +339,7 @@ def cf_capabilities(name):
 
 
 def _cfg(name):
-    return os.path.join(REPO, "train_configs", name)
+    return os.path.join(study_rows.REPO, "train_configs", name)
 
 
 def _cpu_children():

@@ -223,8 +223,7 @@ class _Launched(Exception):
 def _bench_in(bench, root, monkeypatch, *flags):
     """A real_backbone Bench asked for from the checkout at ``root`` (its REPO; relative paths from there)."""
     root.mkdir(parents=True, exist_ok=True)
-    for module in ("study_runner", "study_provenance"):  # Bench's root and same_command's
-        monkeypatch.setattr(_sibling(module), "REPO", str(root))
+    monkeypatch.setattr(_sibling("study_rows"), "REPO", str(root))  # the root Bench and same_command read
     monkeypatch.chdir(root)
 
     def launch(argv, env):

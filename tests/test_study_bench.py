@@ -230,8 +230,7 @@ def test_resumed_steps_record_their_earlier_parts(bench, tmp_path, monkeypatch):
     from its start (bench_started.json) to its last checkpoint, plus the parts before."""
     import time
 
-    for module in ("study_runner", "study_provenance"):  # Bench's root and same_command's
-        monkeypatch.setattr(sys.modules[module], "REPO", str(tmp_path))
+    monkeypatch.setattr(sys.modules["study_rows"], "REPO", str(tmp_path))  # the root Bench and same_command read
     b = bench.Bench(bench.parse_args(["--out", str(tmp_path / "study"), "--device", "cpu"]))
     run_dir = tmp_path / "study" / "row" / "train"
     step = (str(run_dir), "train_collm.py", "cfg.yaml", ["run.seed=42"])
