@@ -21,7 +21,9 @@ rows) and the full validation split (10,401 rows) unless --test-rows /
   cold        the collm rows' checkpoints scored with model.cold_start on (cold users get
               vectors borrowed from their nearest warm users)
   hybrid      the collm settings trained and scored with model.answer_score hybrid (the LLM's
-              log-odds plus a learned weight times the CF model's own logit): CoLLM-<cf> (hybrid)
+              log-odds plus a learned weight times the CF model's own logit): CoLLM-<cf> (hybrid);
+              with --cf-oof K the training rows' CF logits come from K CF models, each trained
+              without a fold of them (<cf-dir>/<cf>-oof<K>), not from the one that saw them
   rank        retrieve-then-rank at K=50 (retrieve_rank_ml1m.yaml) with the checkpoint of each
               setting's row (collm; hybrid with --rows hybrid; both with both): recall, NDCG and
               hit rate of the LLM's order against the retriever's, as the row's "ranking"; not
@@ -137,6 +139,10 @@ def parse_args(argv=None):
     ap.add_argument("--train-negatives", type=int, default=0,
                     help="datasets.*.train_negatives of the CoLLM rows' training: per training row, this many "
                          "extra rows labelled 0 of items the user never rated (0: the rated rows only, as CoLLM)")
+    ap.add_argument("--cf-oof", type=int, default=0,
+                    help="hybrid rows: the training rows' CF logits out of fold, from this many CF models each "
+                         "trained without one fold (baseline_train.py run.oof_folds; datasets.*.cf_logits); 0: "
+                         "the CF model's own")
     ap.add_argument("--eval-amp", default="auto", choices=["auto", "off", "on"],
                     help="run.amp_scoring of the scoring runs: auto (bf16 autocast on CUDA, fp32 on CPU), on, off")
     ap.add_argument("--frozen-prefix", default="auto", choices=["auto", "off"],
@@ -162,6 +168,8 @@ def parse_args(argv=None):
                     help="run nothing: rebuild the JSON, PNG and table from every row in --out")
     args = ap.parse_args(argv)
     args.cuda = cuda
+    if args.cf_oof and (args.cf_oof < 2 or "hybrid" not in args.rows):
+        ap.error("--cf-oof: 2 or more folds, for --rows hybrid (the logits a hybrid score trains on)")
     for flag in ("train_rows", "epochs", "proj_tokens", "lr"):
         if any(v < 0 or (v == 0 and flag != "train_rows") for v in getattr(args, flag)):
             ap.error(f"--{flag.replace('_', '-')} values must be positive")
@@ -192,7 +200,7 @@ def main(argv=None) -> int:
             bench.collm_row(s)
         if "cold" in kinds:
             bench.cold_row(s)
-        hybrid = replace(s, score="hybrid")
+        hybrid = replace(s, score="hybrid", oof=args.cf_oof)
         if "hybrid" in kinds:
             bench.collm_row(hybrid)
         if "rank" in kinds:

@@ -35,6 +35,7 @@ class Setting:
     batch: int = 4  # training rows per optimizer step (the study's 4 unless --batch-size says otherwise)
     score: str = "yes_minus_no"  # model.answer_score (hybrid: the LLM's log-odds + a learned weight x the CF logit)
     negatives: int = 0  # datasets.*.train_negatives: extra rows of unrated items per training row, labelled 0
+    oof: int = 0  # hybrid: folds of the training rows' out-of-fold CF logits (datasets.*.cf_logits); 0: none
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
@@ -43,6 +44,7 @@ class Setting:
                                                                               f"_b{self.batch}")
         seed += "" if self.score == "yes_minus_no" else f"_{self.score}"
         seed += "" if not self.negatives else f"_neg{self.negatives}"
+        seed += "" if not self.oof else f"_oof{self.oof}"
         if self.cf is None:
             return f"stage1_{rows}{seed}"
         return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
@@ -54,7 +56,8 @@ class Setting:
         seed += ("" if self.precision == "fp32" else f", {self.precision} training") + (
             "" if self.batch == 4 else f", batch {self.batch}") + ("" if self.score == "yes_minus_no" else
                                                                     f", {self.score}") + (
-            "" if not self.negatives else f", {self.negatives} neg per row")
+            "" if not self.negatives else f", {self.negatives} neg per row") + (
+            "" if not self.oof else f", CF logits out of fold ({self.oof} folds)")
         if self.cf is None:
             return rows + seed
         return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
@@ -62,7 +65,8 @@ class Setting:
     def seed_flags(self):
         return ([] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]) + (
             [] if self.precision == "fp32" else ["--train-precision", self.precision]) + (
-            [] if not self.negatives else ["--train-negatives", str(self.negatives)])
+            [] if not self.negatives else ["--train-negatives", str(self.negatives)]) + (
+            [] if not self.oof else ["--cf-oof", str(self.oof)])
 
 
 def load_rows(out):

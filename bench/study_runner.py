@@ -196,12 +196,16 @@ class Bench:
                 str(a.patience), "--batch-size", str(a.batch_size), "--eval-batch-size", str(a.eval_batch_size)]
 
     # ----- rows ----------------------------------------------------------------
-    def cf_run(self, name):
-        """<cf-dir>/<name>/: the baseline trained on the whole training split (trained here when absent)."""
-        run_dir = os.path.join(self.cf_dir, name.lower())
-        if not os.path.isfile(os.path.join(run_dir, "cf_model.pth")):
+    def cf_run(self, name, folds=0):
+        """<cf-dir>/<name>/: the baseline trained on the whole training split (trained here when absent);
+        with ``folds``, <cf-dir>/<name>-oof<folds>/: the same baseline plus its training rows' logits out
+        of fold (run.oof_folds: oof_logits.csv)."""
+        run_dir = os.path.join(self.cf_dir, name.lower() + (f"-oof{folds}" if folds else ""))
+        wanted = ["cf_model.pth"] + (["oof_logits.csv"] if folds else [])
+        if not all(os.path.isfile(os.path.join(run_dir, f)) for f in wanted):
             self.run(run_dir, "baseline_train.py", _cfg(f"baseline_{name.lower()}_ml1m.yaml"),
-                     [f"datasets.movielens_ood.path={self.data}", "run.test_splits=[]"])
+                     [f"datasets.movielens_ood.path={self.data}", "run.test_splits=[]"]
+                     + ([f"run.oof_folds={folds}"] if folds else []))
         return run_dir
 
     def cf_row(self, name):
@@ -240,7 +244,7 @@ class Bench:
 
     def collm_model_opts(self, s: Setting):
         """The model keys of one CoLLM setting (training and scoring runs alike)."""
-        opts = [f"model.rec_config.pretrained_path={os.path.join(self.cf_run(s.cf), 'cf_model.pth')}",
+        opts = [f"model.rec_config.pretrained_path={os.path.join(self.cf_run(s.cf, s.oof), 'cf_model.pth')}",
                 f"model.proj_token_num={s.tokens}"] + [f"model.{k}={v}" for k, v in TUNES[s.tune].items()]
         if s.init == "stage1":
             ckpt = os.path.join(self.out, self.stage1_setting().tag(), "train", "checkpoint_best.pth")
@@ -271,7 +275,9 @@ class Bench:
         self.run(os.path.join(row_dir, "train"), "train_collm.py", cfg,
                  self.llm_opts(s.seed, s.score) + model + self.data_opts(s.train_rows, a.curve_valid_rows)
                  + self.train_opts(s)
-                 + ([f"datasets.movielens_ood.train_negatives={s.negatives}"] if s.negatives else []))
+                 + ([f"datasets.movielens_ood.train_negatives={s.negatives}"] if s.negatives else [])
+                 + ([f"datasets.movielens_ood.cf_logits={os.path.join(self.cf_run(s.cf, s.oof), 'oof_logits.csv')}"]
+                    if s.oof else []))
         self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model, s))
 
     def scoring_opts(self, row_dir, model, s: Setting):

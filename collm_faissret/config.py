@@ -78,14 +78,21 @@ class DatasetConfig:
     test_file: str = setting("test_ood2", "file stem of the test split")
     sample_rows: Dict[str, int] = setting(help="`{split: N}`: train / evaluate on a seeded random sample of N rows "
                                                "of that split (kept in time order); sizes, graph CF models and cold "
-                                               "start still read the whole split", factory=dict)
-    sample_seed: int = setting(0, "seed of the `sample_rows` draw (the same subset whatever `run.seed`) and "
-                                  "of `train_negatives`")
+                                               "start still read the whole split (the fold models of "
+                                               "`run.oof_folds` read all but their fold)", factory=dict)
+    sample_seed: int = setting(0, "seed of the `sample_rows` draw (the same subset whatever `run.seed`), "
+                                  "of `train_negatives` and of the folds of `run.oof_folds`")
     train_negatives: int = setting(0, "per training row, this many extra rows labelled 0: the same user and "
                                       "history with an item the user never rated in the training split (drawn "
                                       "uniformly from the items of the training split, never from items first "
                                       "seen in validation or test; after `sample_rows`); 0 trains on the rated "
                                       "rows only, as CoLLM does")
+    cf_logits: Optional[str] = setting(None, "with `model.answer_score: hybrid`: a CF run's `oof_logits.csv` "
+                                             "(baseline_train.py with `run.oof_folds`): each training row's CF "
+                                             "logit is read from it, made by a model trained without that row, "
+                                             "instead of computed by the CF model, which saw the row in training; "
+                                             "validation and test rows keep the CF model's. null: every row's from "
+                                             "the CF model")
 
 
 class Optimizer(Choice):
@@ -171,6 +178,10 @@ class RunConfig:
     patience: int = setting(3, "early stop after this many epochs without a better validation AUC")
     evaluate: bool = setting(False, "evaluate-only: score valid/test with `model.ckpt`, no training")
     resume_ckpt_path: Optional[str] = setting(None, "resume a killed run from its `checkpoint_last.pth`")
+    oof_folds: int = setting(0, "baseline_train.py: after the model, train this many more, each without one "
+                                "fold of the training split (same settings and early stopping), and write "
+                                "`oof_logits.csv`: each training row's logit from the model that did not see it "
+                                "(what `datasets.*.cf_logits` reads for a hybrid score). 0: none; else 2 or more")
     log_freq: int = setting(50, "log line (loss, lr, samples/s, ETA) every this many micro-batches")
     length_bucketing: bool = setting(True, "batch rows of similar prompt length together (less padding)")
     valid_splits: List[str] = setting(help="splits evaluated each epoch (the first drives early stopping) and at "

@@ -18,7 +18,9 @@ on a prompt with <UserID>/<TargetItemID>).
 BASELINE_DOC = """Train a collaborative model (model.arch: MF, LightGCN, SASRec, DIN) on CoLLM data.
 
 Writes the usual run directory plus ``cf_model.pth``: the best-validation
-weights that stage 2 loads through ``model.rec_config.pretrained_path``.
+weights that stage 2 loads through ``model.rec_config.pretrained_path``. With
+run.oof_folds=K also oof_logits.csv: every training row's logit from one of K
+more models trained without it (for a hybrid score's datasets.*.cf_logits).
 
   collm-baseline --cfg-path train_configs/baseline_mf_ml1m.yaml    (or: python baseline_train.py ...)
 """
@@ -37,6 +39,14 @@ def save_cf_weights(runner, result):
     save_atomic(runner.model.weights_payload(to_yaml(runner.cfg)), path)
 
 
+def after_baseline(runner, result):
+    """The baseline's weight file, then its out-of-fold logits when run.oof_folds asks."""
+    from .oof import write_out_of_fold  # deferred, as above
+
+    save_cf_weights(runner, result)
+    write_out_of_fold(runner, result)
+
+
 def train_main(argv=None) -> int:
     """``collm-train`` / ``python train_collm.py``."""
     return run_main(parse_args(TRAIN_DOC, argv))
@@ -44,4 +54,4 @@ def train_main(argv=None) -> int:
 
 def baseline_main(argv=None) -> int:
     """``collm-baseline`` / ``python baseline_train.py``: the CF task, plus ``cf_model.pth``."""
-    return run_main(parse_args(BASELINE_DOC, argv), forced_options=["run.task=cf_rec"], after=save_cf_weights)
+    return run_main(parse_args(BASELINE_DOC, argv), forced_options=["run.task=cf_rec"], after=after_baseline)

@@ -116,6 +116,7 @@ def validate(cfg, label: str) -> None:
     negatives = next(iter(cfg.datasets.values())).get("train_negatives", 0)
     if negatives < 0:
         raise ConfigError(f"{label}: datasets.*.train_negatives must be >= 0, got {negatives}")
+    check_out_of_fold(cfg, label)
     try:
         index_settings(cfg.retrieval)
     except ConfigError as err:
@@ -134,6 +135,35 @@ def validate(cfg, label: str) -> None:
         if rules is not None:
             _labelled(rules, cfg, label)
     _labelled(registry.get("task", cfg.run.task).check_config, cfg, label)
+
+
+def check_out_of_fold(cfg, label: str) -> None:
+    """run.oof_folds (a CF baseline writing out-of-fold logits) and datasets.*.cf_logits (a hybrid
+    score reading them): each where it means something."""
+    ds = next(iter(cfg.datasets.values()))
+    folds, cf_run = cfg.run.get("oof_folds", 0), cfg.model.arch in registry.names("cf_model")
+    weights = cfg.model.rec_config.get("pretrained_path")
+    if folds:
+        if folds < 2:
+            raise ConfigError(f"{label}: run.oof_folds must be 0 (none) or >= 2, got {folds}")
+        if not cf_run or cfg.run.evaluate:
+            raise ConfigError(f"{label}: run.oof_folds is for training a CF model with baseline_train.py, not "
+                              f"for model.arch {cfg.model.arch}{' with run.evaluate' if cf_run else ''}")
+        if "train" in ds.get("sample_rows", {}) or ds.get("train_negatives", 0):
+            raise ConfigError(f"{label}: run.oof_folds gives a logit to every row of the whole training split: "
+                              "drop datasets.*.sample_rows.train and datasets.*.train_negatives from this run")
+        if cfg.model.ckpt or weights:
+            # a fold model starting from weights (or, LightGCN, a graph) that saw its held-out rows
+            raise ConfigError(f"{label}: run.oof_folds trains every fold model from scratch: drop "
+                              f"{'model.ckpt' if cfg.model.ckpt else 'model.rec_config.pretrained_path'}")
+    if ds.get("cf_logits"):
+        if cf_run or str(cfg.model.answer_score) != "hybrid":
+            raise ConfigError(f"{label}: datasets.*.cf_logits is read by model.answer_score hybrid only "
+                              f"(model.arch {cfg.model.arch}, answer_score {cfg.model.answer_score})")
+        if not weights or not cfg.model.freeze_rec:
+            # scoring reads the CF model's own logits: the same, fixed model the file was made beside
+            raise ConfigError(f"{label}: datasets.*.cf_logits needs the CF weight file its logits were made "
+                              "beside in model.rec_config.pretrained_path, kept fixed (model.freeze_rec: true)")
 
 
 def _labelled(rules, cfg, label: str) -> None:

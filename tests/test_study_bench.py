@@ -87,6 +87,30 @@ def test_hybrid_rows_dry_run_and_commands(bench, tmp_path, capsys):
     assert all(x.score == "yes_logit" for x in logit.settings())  # its own directories, not yes_minus_no's
 
 
+def test_out_of_fold_hybrid_rows_dry_run(bench, tmp_path, capsys):
+    """--cf-oof K: the hybrid row's CF run writes out-of-fold logits (<cf>-oof<K>) and its training
+    reads them; the row has its own tag and command; the pure rows are untouched."""
+    cf = tmp_path / "cf"
+    assert bench.main(["--rows", "collm", "hybrid", "--cf", "MF", "--cf-oof", "5", "--dry-run", "--device", "cpu",
+                       "--cf-dir", str(cf), "--out", str(tmp_path / "study")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = {x for x in lines if "baseline_train.py" in x}  # printed once per use
+    (base,) = {x for x in runs if "oof" in x}
+    assert f"run.output_dir={cf / 'mf-oof5'}" in base and "run.oof_folds=5" in base
+    assert any(f"run.output_dir={cf / 'mf'} " in x for x in runs)  # the pure rows' CF run, without folds
+    hybrid = [x for x in lines if "_hybrid_oof5/" in x]
+    assert len(hybrid) == 3 and all(f"pretrained_path={cf / 'mf-oof5' / 'cf_model.pth'}" in x for x in hybrid)
+    assert f"datasets.movielens_ood.cf_logits={cf / 'mf-oof5' / 'oof_logits.csv'}" in hybrid[0]  # training
+    assert not any("cf_logits" in x for x in hybrid[1:])  # scoring: the CF model's own logits
+    pure = [x for x in lines if "collm-mf_t8_proj_n1600x1_lr0.001/" in x]
+    assert len(pure) == 3 and not any("oof5" in x or "cf_logits" in x for x in pure)
+    b = bench.Bench(bench.parse_args(["--device", "cpu", "--rows", "hybrid", "--cf-oof", "5"]))
+    h = bench.replace(b.settings()[0], score="hybrid", oof=5)
+    assert "--cf-oof 5" in b.command(*b.collm_flags(h, "hybrid")) and "out of fold (5 folds)" in h.label()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rows", "collm", "--cf-oof", "5"])  # no hybrid row to read them
+
+
 def test_checkpoint_frequency_is_not_part_of_a_steps_identity(bench):
     """A step recorded with another run.save_every_minutes is the same command (reused, resumed);
     any other option value is not."""

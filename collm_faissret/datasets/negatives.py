@@ -53,6 +53,8 @@ def with_negatives(rows: pd.DataFrame, per_row: int, titles: Dict[int, str], rat
     neg["label"] = 0
     neg["title"] = [titles[i] for i in items]
     neg["not_cold"] = neg["not_cold"].to_numpy() * np.array([int(i in warm_items) for i in items], dtype=np.int64)
+    if "cf_logit" in neg:  # the source row's item's (datasets/cf_logits.py): none for the drawn item
+        neg["cf_logit"] = np.nan
     # stable sort on (source row, 0 for the row itself / 1 for its negatives): each row, then its negatives
     order = np.concatenate([np.arange(len(rows)), np.asarray(src, dtype=np.int64)])
     kind = np.concatenate([np.zeros(len(rows), np.int64), np.ones(len(src), np.int64)])

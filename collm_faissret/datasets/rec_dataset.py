@@ -17,7 +17,8 @@ class RecRows(Dataset):
 
     Each item: uid, iid, label, not_cold, row (index in the split), his [his_len]
     (last liked item ids, oldest first, 0-padded on the left; his_len defaults
-    to max_his, the number of titles in the prompt) and, with a
+    to max_his, the number of titles in the prompt), cf_logit when the split has that
+    column (out-of-fold CF logits: datasets/cf_logits.py) and, with a
     prompt builder, input_ids / slot lists. Tokenisation happens here, so it
     runs in DataLoader workers when num_workers > 0.
     """
@@ -30,6 +31,7 @@ class RecRows(Dataset):
         self.label = df["label"].to_numpy(np.int64)
         self.not_cold = df["not_cold"].to_numpy(np.int64)
         self.title = df["title"].astype(str).tolist()
+        self.cf_logit = df["cf_logit"].to_numpy(np.float32) if "cf_logit" in df else None
         self.max_his = max_his
         self.builder = builder
         his_len = max_his if his_len is None else his_len
@@ -117,6 +119,8 @@ class RecRows(Dataset):
         rows = np.asarray(rows, dtype=np.int64)
         batch = {"uid": self.uid[rows], "iid": self.iid[rows], "label": self.label[rows],
                  "not_cold": self.not_cold[rows], "row": rows, "his": self.his[rows]}
+        if self.cf_logit is not None:
+            batch["cf_logit"] = self.cf_logit[rows]
         if self.builder is not None:
             if self._ids is None:
                 self._prompts()
@@ -137,7 +141,8 @@ class RecRows(Dataset):
 def collate(batch, pad_id: int = 0):
     """Tensors from one ``RecRows.__getitems__`` batch; prompts are right-padded.
 
-    Returns uid/iid/label/not_cold/row [B], his [B, his_len] and, with prompts,
+    Returns uid/iid/label/not_cold/row [B], his [B, his_len], cf_logit [B] float32 when the
+    rows carry one and, with prompts,
     input_ids/attention_mask/slot [B, L] (each row's tokens in columns 0 .. n_b - 1),
     read_pos [B] (n_b - 1: where each row's answer is read) and slot_pos [B, 2k] when
     every row has k user and k item slots (``slot_positions``).
@@ -147,7 +152,7 @@ def collate(batch, pad_id: int = 0):
     whatever batch it lands in (models/collm.py ``body_mask``).
     """
     out = {k: torch.from_numpy(np.ascontiguousarray(batch[k]))
-           for k in ("uid", "iid", "label", "not_cold", "row", "his")}
+           for k in ("uid", "iid", "label", "not_cold", "row", "his", "cf_logit") if k in batch}
     packed = pack_prefixes(batch, pad_id) if "group" in batch else None
     if packed is not None:  # rows of one prompt prefix in one sequence (datasets/packing.py)
         out.update(packed)

@@ -293,11 +293,17 @@ class CoLLM(nn.Module):
     def final_scores(self, hidden, batch):
         """hidden [B, H] at each row's answer position -> [B] fp32 scores: ``answer_logits``, plus
         under answer_score hybrid ``cf_weight`` x the CF model's own logit of the row (batch's
-        uid / iid / his, in the batch's row order), computed in fp32."""
+        uid / iid / his, in the batch's row order), computed in fp32; a row with a finite
+        ``cf_logit`` [B] in the batch (a training row's out-of-fold logit, datasets/cf_logits.py)
+        takes that one instead."""
         logits = self.answer_logits(hidden)
         if self.cf_weight is not None:
             with torch.autocast(logits.device.type, enabled=False):
-                logits = logits + self.cf_weight.float() * self.cf.score(batch).float()
+                cf = self.cf.score(batch).float()
+                given = batch.get("cf_logit")
+                if given is not None:  # NaN: none given (a sampled negative): the CF model's own
+                    cf = torch.where(torch.isnan(given), cf, given.float())
+                logits = logits + self.cf_weight.float() * cf
         return logits
 
     def forward(self, batch):

@@ -13,6 +13,7 @@ import torch
 from .. import registry
 from ..config import dataset_config
 from ..datasets import RecRows
+from ..datasets.cf_logits import read_cf_logits
 from ..datasets.negatives import rated_items, with_negatives
 from ..datasets.packing import tokens_in
 from ..dist import all_gather_objects
@@ -56,7 +57,9 @@ class RecTask:
 
     def build_datasets(self, model):
         """split name -> RecRows."""
-        return {split: self.rows(df, split, model) for split, df in sampled_splits(self.data, self.ds_cfg).items()}
+        weights = self.cfg.model.rec_config.get("pretrained_path")
+        return {split: self.rows(df, split, model)
+                for split, df in sampled_splits(self.data, self.ds_cfg, weights).items()}
 
     @staticmethod
     def train_step(model, batch):
@@ -135,12 +138,16 @@ class CFTask(RecTask):
 
 
 
-def sampled_splits(data, ds_cfg) -> dict:
+def sampled_splits(data, ds_cfg, cf_weights=None) -> dict:
     """split -> DataFrame, cut to ``ds_cfg.sample_rows[split]`` rows (seeded, time order kept);
     the training split then gains ``ds_cfg.train_negatives`` rows per row of items its user never
-    rated (datasets/negatives.py)."""
+    rated (datasets/negatives.py). With ``ds_cfg.cf_logits`` the training split carries each
+    row's out-of-fold CF logit (``cf_logit``; NaN on sampled negatives: datasets/cf_logits.py),
+    made beside the CF weight file ``cf_weights``."""
     out = {}
     for split, df in data.splits.items():
+        if split == "train" and ds_cfg.get("cf_logits"):  # read for the whole split, then sampled with it
+            df = df.assign(cf_logit=read_cf_logits(ds_cfg.cf_logits, df, cf_weights))
         n = ds_cfg.sample_rows.get(split)  # keys and ranges checked with the config
         if n is not None and n < len(df):
             keep = np.sort(np.random.RandomState(ds_cfg.sample_seed).choice(len(df), n, replace=False))
