@@ -23,7 +23,9 @@ rows) and the full validation split (10,401 rows) unless --test-rows /
   hybrid      the collm settings trained and scored with model.answer_score hybrid (the LLM's
               log-odds plus a learned weight times the CF model's own logit): CoLLM-<cf> (hybrid);
               with --cf-oof K the training rows' CF logits come from K CF models, each trained
-              without a fold of them (<cf-dir>/<cf>-oof<K>), not from the one that saw them
+              without a fold of them (<cf-dir>/<cf>-oof<K>), not from the one that saw them;
+              with --hybrid-llm-weight W the LLM's log-odds are times a learned weight from W
+              (0: training starts from the CF model's scores)
   rank        retrieve-then-rank at K=50 (retrieve_rank_ml1m.yaml) with the checkpoint of each
               setting's row (collm; hybrid with --rows hybrid; both with both): recall, NDCG and
               hit rate of the LLM's order against the retriever's, as the row's "ranking"; not
@@ -143,6 +145,9 @@ def parse_args(argv=None):
                     help="hybrid rows: the training rows' CF logits out of fold, from this many CF models each "
                          "trained without one fold (baseline_train.py run.oof_folds; datasets.*.cf_logits); 0: "
                          "the CF model's own")
+    ap.add_argument("--hybrid-llm-weight", type=float, default=None,
+                    help="hybrid rows: model.hybrid_llm_weight, a learned weight on the LLM's log-odds starting at "
+                         "this value (0: training starts from the CF model's scores); default: none")
     ap.add_argument("--eval-amp", default="auto", choices=["auto", "off", "on"],
                     help="run.amp_scoring of the scoring runs: auto (bf16 autocast on CUDA, fp32 on CPU), on, off")
     ap.add_argument("--frozen-prefix", default="auto", choices=["auto", "off"],
@@ -170,6 +175,8 @@ def parse_args(argv=None):
     args.cuda = cuda
     if args.cf_oof and (args.cf_oof < 2 or "hybrid" not in args.rows):
         ap.error("--cf-oof: 2 or more folds, for --rows hybrid (the logits a hybrid score trains on)")
+    if args.hybrid_llm_weight is not None and "hybrid" not in args.rows:
+        ap.error("--hybrid-llm-weight: for --rows hybrid (the weight is on a hybrid score's LLM part)")
     for flag in ("train_rows", "epochs", "proj_tokens", "lr"):
         if any(v < 0 or (v == 0 and flag != "train_rows") for v in getattr(args, flag)):
             ap.error(f"--{flag.replace('_', '-')} values must be positive")
@@ -200,7 +207,7 @@ def main(argv=None) -> int:
             bench.collm_row(s)
         if "cold" in kinds:
             bench.cold_row(s)
-        hybrid = replace(s, score="hybrid", oof=args.cf_oof)
+        hybrid = replace(s, score="hybrid", oof=args.cf_oof, llm_weight=args.hybrid_llm_weight)
         if "hybrid" in kinds:
             bench.collm_row(hybrid)
         if "rank" in kinds:

@@ -36,6 +36,7 @@ class Setting:
     score: str = "yes_minus_no"  # model.answer_score (hybrid: the LLM's log-odds + a learned weight x the CF logit)
     negatives: int = 0  # datasets.*.train_negatives: extra rows of unrated items per training row, labelled 0
     oof: int = 0  # hybrid: folds of the training rows' out-of-fold CF logits (datasets.*.cf_logits); 0: none
+    llm_weight: float = None  # hybrid: model.hybrid_llm_weight (learned weight on the LLM part, from this); None: none
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
@@ -45,6 +46,7 @@ class Setting:
         seed += "" if self.score == "yes_minus_no" else f"_{self.score}"
         seed += "" if not self.negatives else f"_neg{self.negatives}"
         seed += "" if not self.oof else f"_oof{self.oof}"
+        seed += "" if self.llm_weight is None else f"_llmw{self.llm_weight:g}"
         if self.cf is None:
             return f"stage1_{rows}{seed}"
         return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
@@ -57,7 +59,8 @@ class Setting:
             "" if self.batch == 4 else f", batch {self.batch}") + ("" if self.score == "yes_minus_no" else
                                                                     f", {self.score}") + (
             "" if not self.negatives else f", {self.negatives} neg per row") + (
-            "" if not self.oof else f", CF logits out of fold ({self.oof} folds)")
+            "" if not self.oof else f", CF logits out of fold ({self.oof} folds)") + (
+            "" if self.llm_weight is None else f", LLM weight from {self.llm_weight:g}")
         if self.cf is None:
             return rows + seed
         return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
@@ -66,7 +69,8 @@ class Setting:
         return ([] if self.seed == DEFAULT_RUN_SEED else ["--run-seed", str(self.seed)]) + (
             [] if self.precision == "fp32" else ["--train-precision", self.precision]) + (
             [] if not self.negatives else ["--train-negatives", str(self.negatives)]) + (
-            [] if not self.oof else ["--cf-oof", str(self.oof)])
+            [] if not self.oof else ["--cf-oof", str(self.oof)]) + (
+            [] if self.llm_weight is None else ["--hybrid-llm-weight", f"{self.llm_weight:g}"])
 
 
 def load_rows(out):

@@ -196,11 +196,15 @@ class Bench:
                 str(a.patience), "--batch-size", str(a.batch_size), "--eval-batch-size", str(a.eval_batch_size)]
 
     # ----- rows ----------------------------------------------------------------
+    def cf_run_dir(self, name, folds=0):
+        """Where ``cf_run`` keeps that CF run (nothing is checked or trained)."""
+        return os.path.join(self.cf_dir, name.lower() + (f"-oof{folds}" if folds else ""))
+
     def cf_run(self, name, folds=0):
         """<cf-dir>/<name>/: the baseline trained on the whole training split (trained here when absent);
         with ``folds``, <cf-dir>/<name>-oof<folds>/: the same baseline plus its training rows' logits out
         of fold (run.oof_folds: oof_logits.csv)."""
-        run_dir = os.path.join(self.cf_dir, name.lower() + (f"-oof{folds}" if folds else ""))
+        run_dir = self.cf_run_dir(name, folds)
         wanted = ["cf_model.pth"] + (["oof_logits.csv"] if folds else [])
         if not all(os.path.isfile(os.path.join(run_dir, f)) for f in wanted):
             self.run(run_dir, "baseline_train.py", _cfg(f"baseline_{name.lower()}_ml1m.yaml"),
@@ -246,6 +250,8 @@ class Bench:
         """The model keys of one CoLLM setting (training and scoring runs alike)."""
         opts = [f"model.rec_config.pretrained_path={os.path.join(self.cf_run(s.cf, s.oof), 'cf_model.pth')}",
                 f"model.proj_token_num={s.tokens}"] + [f"model.{k}={v}" for k, v in TUNES[s.tune].items()]
+        if s.llm_weight is not None:
+            opts.append(f"model.hybrid_llm_weight={s.llm_weight:g}")
         if s.init == "stage1":
             ckpt = os.path.join(self.out, self.stage1_setting().tag(), "train", "checkpoint_best.pth")
             opts += ["model.lora_config.use_lora=true", f"model.ckpt={ckpt}"]
@@ -276,8 +282,8 @@ class Bench:
                  self.llm_opts(s.seed, s.score) + model + self.data_opts(s.train_rows, a.curve_valid_rows)
                  + self.train_opts(s)
                  + ([f"datasets.movielens_ood.train_negatives={s.negatives}"] if s.negatives else [])
-                 + ([f"datasets.movielens_ood.cf_logits={os.path.join(self.cf_run(s.cf, s.oof), 'oof_logits.csv')}"]
-                    if s.oof else []))
+                 + ([f"datasets.movielens_ood.cf_logits={os.path.join(self.cf_run_dir(s.cf, s.oof), 'oof_logits.csv')}"]
+                    if s.oof else []))  # (collm_model_opts ran cf_run: the file is there)
         self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model, s))
 
     def scoring_opts(self, row_dir, model, s: Setting):

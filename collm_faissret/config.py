@@ -59,6 +59,11 @@ class ModelConfig:
                                         "(yes_minus_no + w x the CF model's own logit, w a learned scalar starting "
                                         "at 1 and trained with the projector: the LLM learns a correction to the "
                                         "CF model; needs ID slots)")
+    hybrid_llm_weight: Optional[float] = setting(None, "with `answer_score: hybrid`: null: the LLM's log-odds enter "
+                                                 "the score as they are; a number: times a learned weight starting "
+                                                 "there and trained with the projector (0: the first score is the "
+                                                 "CF model's alone, and the LLM's part grows as far as training "
+                                                 "finds it helps)")
     quantization: Quantization = setting(Quantization.none, "LLM linear layers loaded by bitsandbytes: `none`, "
                                          "`int8` (8-bit) or `nf4` (4-bit, double quantization, bf16 compute on "
                                          "CUDA); LoRA, projector and CF model stay full precision")

@@ -60,7 +60,7 @@ def write_out_of_fold(runner, result) -> None:
     run's cf_model.pth) into the run."""
     cfg = runner.cfg
     folds = cfg.run.oof_folds
-    if not folds or cfg.run.evaluate:
+    if not folds:  # (validate.check_out_of_fold refuses it with run.evaluate)
         return
     train = runner.task.data.splits["train"]
     seed = next(iter(cfg.datasets.values())).sample_seed

@@ -34,7 +34,7 @@ def _loss_and_grads(model, batch, frozen):
 def _check_equal(model, ds, tol=1e-5):
     model.train()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(n.startswith(("proj.", "cf.")) or n == "cf_weight" for n in trainable)
+    assert trainable and all(n.startswith(("proj.", "cf.")) or n in ("cf_weight", "llm_weight") for n in trainable)
     assert why_whole(model, "auto") == ""
     for batch in _batches(model, ds):
         c = split_at(batch)
@@ -56,6 +56,7 @@ STAGE2 = ("model.freeze_lora=true", "model.lora_config.dropout=0.0")
     (),
     ("model.answer_score=yes_minus_no",),
     ("model.answer_score=hybrid",),  # the CF model's logit beside the LLM's: cf_weight's gradient too
+    ("model.answer_score=hybrid", "model.hybrid_llm_weight=0.5"),  # and llm_weight's
     ("model.proj_token_num=8",),
     ("model.lora_config.use_lora=false",),
     ("model.freeze_rec=false",),  # the CF model trains too: still nothing before the first slot

@@ -111,6 +111,23 @@ def test_out_of_fold_hybrid_rows_dry_run(bench, tmp_path, capsys):
         bench.parse_args(["--rows", "collm", "--cf-oof", "5"])  # no hybrid row to read them
 
 
+def test_hybrid_llm_weight_rows_dry_run(bench, tmp_path, capsys):
+    """--hybrid-llm-weight W: the hybrid row trains and scores with model.hybrid_llm_weight=W, in a
+    directory and under a label of its own; the pure rows are untouched."""
+    assert bench.main(["--rows", "collm", "hybrid", "--cf", "SASRec", "--hybrid-llm-weight", "0", "--dry-run",
+                       "--device", "cpu", "--cf-dir", str(tmp_path / "cf"), "--out", str(tmp_path / "study")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "train_collm.py" in x]
+    gated = [x for x in lines if "collm-sasrec_t8_proj_n1600x1_lr0.001_hybrid_llmw0/" in x]
+    assert len(gated) == 3 and all("model.hybrid_llm_weight=0 " in x + " " for x in gated)
+    assert not any("model.hybrid_llm_weight" in x for x in lines if x not in gated)
+    b = bench.Bench(bench.parse_args(["--device", "cpu", "--rows", "hybrid", "--hybrid-llm-weight", "0"]))
+    h = bench.replace(b.settings()[0], score="hybrid", llm_weight=0.0)
+    assert "--hybrid-llm-weight 0" in b.command(*b.collm_flags(h, "hybrid")) and h.label().endswith(
+        ", LLM weight from 0")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rows", "collm", "--hybrid-llm-weight", "0"])  # no hybrid row to weigh
+
+
 def test_checkpoint_frequency_is_not_part_of_a_steps_identity(bench):
     """A step recorded with another run.save_every_minutes is the same command (reused, resumed);
     any other option value is not."""

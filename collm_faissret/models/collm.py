@@ -52,7 +52,8 @@ class CoLLM(nn.Module):
 
     def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
                  proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,
-                 answer_score: str = "yes_logit", template: str = None, max_txt_len: int = 1024):
+                 answer_score: str = "yes_logit", template: str = None, max_txt_len: int = 1024,
+                 hybrid_llm_weight: float = None):
         """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
         super().__init__()
         self.llm = llm
@@ -78,6 +79,12 @@ class CoLLM(nn.Module):
                 raise StageError("model.answer_score hybrid adds the CF model's logit, but the prompt has no "
                                  "<UserID>/<TargetItemID> slot and so no CF model")
             self.cf_weight = nn.Parameter(torch.ones(()))
+        # hybrid_llm_weight: a learned weight on the LLM's log-odds (0-d, "fece" group). From 0 the
+        # first scores are the CF model's; its gradient (the LLM's log-odds x the residual) grows it
+        # only as far as the LLM's part helps. None: no such weight (the LLM's part enters as is).
+        self.llm_weight = None
+        if hybrid_llm_weight is not None:  # with hybrid only (check_config)
+            self.llm_weight = nn.Parameter(torch.tensor(float(hybrid_llm_weight)))
         self._answer_cache = None  # _answer_parts' lookups (a plain tuple: nn.Module registers none of it)
 
     @classmethod
@@ -98,6 +105,10 @@ class CoLLM(nn.Module):
             raise ConfigError(f"run.distributed fsdp with model.quantization {quantization}: bitsandbytes' "
                               "quantized weights cannot be sharded by FSDP2 here; use run.distributed=ddp (each "
                               "rank holds the quantized model) or quantization none with fsdp")
+        if m.hybrid_llm_weight is not None and str(m.answer_score) != "hybrid":
+            raise ConfigError(f"model.hybrid_llm_weight {m.hybrid_llm_weight} weighs the LLM's part of a hybrid "
+                              f"score, but model.answer_score is {m.answer_score}; set answer_score hybrid or "
+                              "hybrid_llm_weight null")
         if m.cold_start.enabled and not m.freeze_rec and not cfg.run.evaluate:
             raise ConfigError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
                               "computed once from the CF weights, which must not change while training)")
@@ -122,7 +133,7 @@ class CoLLM(nn.Module):
         """{"lora": [(name, param)], "fece": [...], "rec": [...]} — every tunable part by group."""
         groups = {"lora": [], "fece": [], "rec": []}
         for name, p in self.named_parameters():
-            if name.startswith("proj.") or name == "cf_weight":
+            if name.startswith("proj.") or name in ("cf_weight", "llm_weight"):
                 groups["fece"].append((name, p))
             elif name.startswith("cf."):
                 groups["rec"].append((name, p))
@@ -291,12 +302,15 @@ class CoLLM(nn.Module):
         return out[..., 0]
 
     def final_scores(self, hidden, batch):
-        """hidden [B, H] at each row's answer position -> [B] fp32 scores: ``answer_logits``, plus
+        """hidden [B, H] at each row's answer position -> [B] fp32 scores: ``answer_logits`` (times
+        ``llm_weight`` where model.hybrid_llm_weight gives one), plus
         under answer_score hybrid ``cf_weight`` x the CF model's own logit of the row (batch's
         uid / iid / his, in the batch's row order), computed in fp32; a row with a finite
         ``cf_logit`` [B] in the batch (a training row's out-of-fold logit, datasets/cf_logits.py)
         takes that one instead."""
         logits = self.answer_logits(hidden)
+        if self.llm_weight is not None:
+            logits = self.llm_weight.float() * logits
         if self.cf_weight is not None:
             with torch.autocast(logits.device.type, enabled=False):
                 cf = self.cf.score(batch).float()
@@ -377,10 +391,14 @@ def build_collm(cfg, data, device, backbone=None):
     answer_ids = answer_token_ids(tok, template)
     log.info(describe_answer_tokens(tok, template, *answer_ids))
     model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots,
-                  m.answer_score, template, m.max_txt_len)
+                  m.answer_score, template, m.max_txt_len, m.hybrid_llm_weight)
     model.to(load_device)
     if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
-        load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
+        loaded = load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
+        if cfg.run.evaluate and model.llm_weight is not None and "llm_weight" not in loaded:
+            # scoring would use the weight's starting value, not a trained one
+            raise StageError(f"{m.ckpt}: no llm_weight in this checkpoint (trained without "
+                             "model.hybrid_llm_weight); score it with model.hybrid_llm_weight=null")
     if m.cold_start.enabled:
         attach_cold_start(model, data, cfg)
     model.set_stage(*stage)
