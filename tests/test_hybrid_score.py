@@ -25,19 +25,24 @@ def test_with_the_llm_at_zero_the_scores_are_the_cf_models(env, tmp_path, monkey
     assert model.cf_weight is not None and float(model.cf_weight) == 1.0
     assert ("cf_weight", model.cf_weight) in model.param_groups()["fece"]
     _zero_llm(model, monkeypatch)
+    _assert_scores_are_the_cf_models(task, model, datasets["test"])  # 1 x the CF logit, the LLM adding 0
+
+
+def _assert_scores_are_the_cf_models(task, model, ds):
+    """The model's scores of ``ds`` equal its CF model's logits, whole-batch and through the
+    shared-prefix scoring path batch by batch; returns (the whole batch, the CF logits [N])."""
     model.eval()
-    ds = datasets["test"]
     batch = model.collate_fn(ds.__getitems__(list(range(len(ds)))))
     with torch.no_grad():
         got = model(batch)["logits"]
         want = model.cf.score(batch).float()
-    assert torch.equal(got, want)  # 1 x the CF logit, the LLM adding 0
-    # the same through the shared-prefix scoring path, batch by batch
+    assert torch.equal(got, want)
     ds.share_prefix, ds.pack_ratio, ds.kv_min_group = True, attention_ratio(model.llm.config), 2
     rows, scores = task.predict(model, ds, eval_batches(ds.lengths(), 16, groups=ds.prefix_groups()),
                                 torch.device("cpu"), contextlib.nullcontext)
     assert np.array_equal(np.argsort(scores, kind="stable"), np.argsort(want.numpy()[rows], kind="stable"))
     np.testing.assert_allclose(scores, want.numpy()[rows], rtol=0, atol=1e-6)
+    return batch, want
 
 
 def test_hybrid_needs_a_cf_model(env, tmp_path):
@@ -66,21 +71,10 @@ def test_a_zero_llm_weight_starts_from_the_cf_models_scores(env, tmp_path):
     _, task, model, datasets = load_model(env.config("stage2", tmp_path / "run"), "model.answer_score=hybrid",
                                           "model.hybrid_llm_weight=0")
     assert float(model.llm_weight) == 0.0 and ("llm_weight", model.llm_weight) in model.param_groups()["fece"]
-    model.eval()
-    ds = datasets["test"]
-    batch = model.collate_fn(ds.__getitems__(list(range(len(ds)))))
-    with torch.no_grad():
-        got = model(batch)["logits"]
-        want = model.cf.score(batch).float()
-    assert torch.equal(got, want)
+    batch, want = _assert_scores_are_the_cf_models(task, model, datasets["test"])
     with torch.no_grad():
         model.llm_weight.fill_(1.0)  # the LLM's part is there, held at zero by the weight only
         assert not torch.allclose(model(batch)["logits"], want)
-        model.llm_weight.fill_(0.0)
-    ds.share_prefix, ds.pack_ratio, ds.kv_min_group = True, attention_ratio(model.llm.config), 2
-    rows, scores = task.predict(model, ds, eval_batches(ds.lengths(), 16, groups=ds.prefix_groups()),
-                                torch.device("cpu"), contextlib.nullcontext)
-    np.testing.assert_allclose(scores, want.numpy()[rows], rtol=0, atol=1e-6)
 
 
 def test_a_tiny_run_trains_the_llm_weight_and_scoring_needs_it(env, tmp_path, capsys):
