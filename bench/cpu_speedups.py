@@ -166,7 +166,7 @@ def _score_model(args, tmp):
     build() makes it."""
     from collm_faissret import datasets, models, tasks  # noqa: F401  (fill the registries)
     from collm_faissret.models.backbone import load_tokenizer
-    from collm_faissret.models.collm import build_collm
+    from collm_faissret.models.collm import CoLLM
     from collm_faissret.tasks.rec_task import RecTask
 
     device = torch.device("cpu")
@@ -184,7 +184,7 @@ def _score_model(args, tmp):
         tok = S.build_tokenizer(data, sizes["vocab_size"])
         llm = S.random_backbone(sizes, tok, torch.float32, device)
     torch.manual_seed(0)
-    model = build_collm(cfg, data, device, backbone=(llm, tok))
+    model = CoLLM.from_config(cfg, data, device, backbone=(llm, tok))
     return task, model.eval(), data
 
 

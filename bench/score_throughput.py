@@ -72,7 +72,7 @@ def build(args, dtype_name, tmp):
     """(task, model, data) for a stage-2 model of the shape, in ``dtype_name``."""
     from collm_faissret import datasets, models, tasks  # noqa: F401  (fill the registries)
     from collm_faissret.models.backbone import load_tokenizer, resolve_dtype
-    from collm_faissret.models.collm import build_collm
+    from collm_faissret.models.collm import CoLLM
     from collm_faissret.tasks.rec_task import RecTask
 
     device = torch.device("cpu")
@@ -91,7 +91,7 @@ def build(args, dtype_name, tmp):
         tok = S.build_tokenizer(data, sizes["vocab_size"])
         llm = S.random_backbone(sizes, tok, dtype, device)
     torch.manual_seed(0)
-    model = build_collm(cfg, data, device, backbone=(llm, tok))
+    model = CoLLM.from_config(cfg, data, device, backbone=(llm, tok))
     model.eval()
     return task, model, data
 

@@ -18,7 +18,7 @@ import torch
 
 from collm_faissret.datasets import RecRows
 from collm_faissret.datasets.sampler import TrainBatchStream, eval_batches
-from collm_faissret.models.collm import build_collm
+from collm_faissret.models.collm import CoLLM
 from collm_faissret.runners.runner_base import RunnerBase
 from collm_faissret.tasks.rec_task import RecTask
 
@@ -86,7 +86,7 @@ class BenchTask(RecTask):
         return self.data  # loaded once for every stage of the benchmark
 
     def build_model(self, device):
-        return build_collm(self.cfg, self.data, device, backbone=self.backbone)
+        return CoLLM.from_config(self.cfg, self.data, device, backbone=self.backbone)
 
     def train_step(self, model, batch):
         if self.clock is not None:

@@ -14,25 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import dist
-from ..checkpoint import load, load_model_weights
-from ..compat.collm_checkpoint import checkpoint_state
 from ..datasets.rec_dataset import collate
 from ..errors import ConfigError
-from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder, has_id_slots, load_template
+from ..prompts import SLOT_ITEM, SLOT_USER, PromptBuilder
 from ..registry import register
 from .answer_head import final_norm_name, norm_fp32
-from .backbone import (
-    answer_token_ids,
-    attach_lora,
-    describe_answer_tokens,
-    load_backbone,
-    prepare_backbone,
-    resolve_dtype,
-    resolve_quantization,
-)
-from .cf import build_cf
-from .collm_build import StageError, attach_cold_start, check_stage, enable_checkpointing
+from .backbone import resolve_quantization
+from .collm_build import StageError, build_collm
 from .fece import Projector
 from .frozen_prefix import frozen_forward
 from .shared_prefix import shared_forward
@@ -89,8 +77,8 @@ class CoLLM(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, data, device, backbone=None):
-        """This model from the config for the loaded data: see ``build_collm``."""
-        return build_collm(cfg, data, device, backbone)
+        """This model from the config for the loaded data: see ``collm_build.build_collm``."""
+        return build_collm(cls, cfg, data, device, backbone)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -360,50 +348,3 @@ def fill_slots(emb, slot, tokens):
     order = torch.where(is_item, is_item.long().cumsum(-1) + (k - 1), is_user.long().cumsum(-1) - 1)  # [B, L]
     placed = torch.gather(tokens, 1, order.clamp(min=0).unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
     return torch.where((is_user | is_item).unsqueeze(-1), placed, emb)
-
-
-def build_collm(cfg, data, device, backbone=None):
-    """CoLLM from the config: backbone (+LoRA), CF model and projector for slot prompts, stage set.
-
-    backbone: an in-memory (causal LM, tokenizer) used instead of loading
-    model.llama_model (benchmarks build random-weight 7B shapes this way: no
-    13 GB save/load); it gets the same freezing, dtype and device as a loaded one.
-    """
-    m = cfg.model
-    template = load_template(m.prompt_path)
-    slots = has_id_slots(template)
-    stage = check_stage(m, slots, cfg.run.evaluate)
-    dtype = resolve_dtype(m.dtype, device)
-    quantization = resolve_quantization(m)
-    fsdp = cfg.run.distributed == "fsdp" and dist.is_dist()
-    # FSDP shards onto the GPU layer by layer: the backbone waits on the host (in its dtype) until then
-    load_device = torch.device("cpu") if fsdp else device
-    if backbone is None:
-        llm, tok = load_backbone(m.llama_model, dtype, device, quantization, load_device)
-    elif quantization != "none":
-        raise StageError(f"model.quantization {quantization} loads from model.llama_model (bitsandbytes "
-                         "quantizes while loading); an in-memory backbone cannot be quantized")
-    else:
-        llm, tok = prepare_backbone(backbone[0], dtype, load_device), backbone[1]
-    if m.lora_config.use_lora:
-        llm = attach_lora(llm, m.lora_config)
-    cf = build_cf(m.rec_config, data, device, name=m.rec_model) if slots else None
-    answer_ids = answer_token_ids(tok, template)
-    log.info(describe_answer_tokens(tok, template, *answer_ids))
-    model = CoLLM(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots,
-                  m.answer_score, template, m.max_txt_len, m.hybrid_llm_weight)
-    model.to(load_device)
-    if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
-        loaded = load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
-        if cfg.run.evaluate and model.llm_weight is not None and "llm_weight" not in loaded:
-            # scoring would use the weight's starting value, not a trained one
-            raise StageError(f"{m.ckpt}: no llm_weight in this checkpoint (trained without "
-                             "model.hybrid_llm_weight); score it with model.hybrid_llm_weight=null")
-    if m.cold_start.enabled:
-        attach_cold_start(model, data, cfg)
-    model.set_stage(*stage)
-    if cfg.run.evaluate:
-        model.freeze_for_scoring(m.lora_config.merge_for_scoring)
-    if m.gradient_checkpointing:
-        enable_checkpointing(llm)
-    return model

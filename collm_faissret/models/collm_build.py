@@ -1,13 +1,31 @@
-"""The checks and steps ``build_collm`` (collm.py) runs around making a CoLLM: which parameter
+"""Making a CoLLM from its config (``build_collm``) and the steps around it: which parameter
 groups a stage trains (``check_stage``, ``StageError`` for contradictory settings), gradient
 checkpointing of the backbone, and the cold-start wrapper around the CF model.
 
-``build_collm`` itself stays in collm.py: ``CoLLM.from_config`` calls it and it constructs a
-CoLLM, so apart from the class the two modules would import each other. Nothing here needs
-the class.
+``build_collm`` takes the class as an argument (``CoLLM.from_config`` passes itself) so that
+this module never imports collm.py, which imports it.
 """
+import logging
+
+import torch
+
+from .. import dist
+from ..checkpoint import load, load_model_weights
+from ..compat.collm_checkpoint import checkpoint_state
+from ..prompts import has_id_slots, load_template
 from ..retrieval.index import index_settings
-from .cf import cold_start_view
+from .backbone import (
+    answer_token_ids,
+    attach_lora,
+    describe_answer_tokens,
+    load_backbone,
+    prepare_backbone,
+    resolve_dtype,
+    resolve_quantization,
+)
+from .cf import build_cf, cold_start_view
+
+log = logging.getLogger(__name__)
 
 
 class StageError(ValueError):
@@ -57,3 +75,50 @@ def attach_cold_start(model, data, cfg):
         raise StageError(f"model.cold_start.enabled is true but {mcfg.prompt_path} has no ID slot: "
                          "no CF embedding enters the prompt")
     model.cf = cold_start_view(model.cf, data, mcfg.cold_start, index_settings(cfg.retrieval))
+
+
+def build_collm(model_cls, cfg, data, device, backbone=None):
+    """A model_cls (CoLLM) from the config: backbone (+LoRA), CF model and projector for slot prompts, stage set.
+
+    backbone: an in-memory (causal LM, tokenizer) used instead of loading
+    model.llama_model (benchmarks build random-weight 7B shapes this way: no
+    13 GB save/load); it gets the same freezing, dtype and device as a loaded one.
+    """
+    m = cfg.model
+    template = load_template(m.prompt_path)
+    slots = has_id_slots(template)
+    stage = check_stage(m, slots, cfg.run.evaluate)
+    dtype = resolve_dtype(m.dtype, device)
+    quantization = resolve_quantization(m)
+    fsdp = cfg.run.distributed == "fsdp" and dist.is_dist()
+    # FSDP shards onto the GPU layer by layer: the backbone waits on the host (in its dtype) until then
+    load_device = torch.device("cpu") if fsdp else device
+    if backbone is None:
+        llm, tok = load_backbone(m.llama_model, dtype, device, quantization, load_device)
+    elif quantization != "none":
+        raise StageError(f"model.quantization {quantization} loads from model.llama_model (bitsandbytes "
+                         "quantizes while loading); an in-memory backbone cannot be quantized")
+    else:
+        llm, tok = prepare_backbone(backbone[0], dtype, load_device), backbone[1]
+    if m.lora_config.use_lora:
+        llm = attach_lora(llm, m.lora_config)
+    cf = build_cf(m.rec_config, data, device, name=m.rec_model) if slots else None
+    answer_ids = answer_token_ids(tok, template)
+    log.info(describe_answer_tokens(tok, template, *answer_ids))
+    model = model_cls(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots,
+                  m.answer_score, template, m.max_txt_len, m.hybrid_llm_weight)
+    model.to(load_device)
+    if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
+        loaded = load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
+        if cfg.run.evaluate and model.llm_weight is not None and "llm_weight" not in loaded:
+            # scoring would use the weight's starting value, not a trained one
+            raise StageError(f"{m.ckpt}: no llm_weight in this checkpoint (trained without "
+                             "model.hybrid_llm_weight); score it with model.hybrid_llm_weight=null")
+    if m.cold_start.enabled:
+        attach_cold_start(model, data, cfg)
+    model.set_stage(*stage)
+    if cfg.run.evaluate:
+        model.freeze_for_scoring(m.lora_config.merge_for_scoring)
+    if m.gradient_checkpointing:
+        enable_checkpointing(llm)
+    return model
