@@ -464,3 +464,24 @@ def test_rank_breakdown_by_hand():
                                                         "hit_rate": 1.0})
     # At k=1 user 1's popularity top is 13 (unrated): recall and hit rate halve.
     assert mod.orders(cand, held, train, k=1)["train_popularity"]["recall"] == pytest.approx(0.5)
+
+
+def test_blend_bound_by_hand(tmp_path):
+    """Two scorers of four rows (labels 1, 0, 1, 0), each with AUC 0.75, whose sum ranks all right."""
+    spec = importlib.util.spec_from_file_location("blend_bound", os.path.join(REPO, "bench", "blend_bound.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = {"uid": [1, 1, 1, 1], "iid": [10, 11, 12, 13], "label": [1, 0, 1, 0]}
+    a = pd.DataFrame({**rows, "score": [3.0, 0.0, 1.0, 2.0]})  # loses (row 2 < row 3): 3 of 4 pairs
+    b = pd.DataFrame({**rows, "score": [1.0, 2.0, 3.0, 0.0]})  # loses (row 0 < row 1): 3 of 4 pairs
+    got = mod.bound(mod.paired(a, b), steps=2)  # w in {0, 0.5, 1}
+    assert got["a"]["auc"] == pytest.approx(0.75) and got["b"]["auc"] == pytest.approx(0.75)
+    # same mean and spread, so w = 0.5 is the plain sum (4, 2, 4, 2) up to scale: every pair won
+    assert got["best_blend"] == pytest.approx({"weight_a": 0.5, "auc": 1.0, "uauc": 1.0})
+    # centred A (1.5, -1.5, -0.5, 0.5), B (-0.5, 0.5, 1.5, -1.5): -3 / 5
+    assert got["pearson"] == pytest.approx(-0.6)
+    with pytest.raises(SystemExit, match="do not hold the same rows"):
+        mod.paired(a, b.iloc[:3])
+    a.to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(SystemExit, match="no such file"):
+        mod.main([str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")])
