@@ -21,12 +21,18 @@ ROW_KEYS = {"mode", "stage", "batch_size", "samples_per_s", "bare_samples_per_s"
             "padding_fraction"}
 
 
+def _bench_module(name):
+    """bench/<name>.py loaded as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _bench_main(monkeypatch):
     """The script's main(), with a simulated CUDA out-of-memory error for memory-search
     trials above batch 2 (the search's OOM path, which a CPU run never reaches)."""
-    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "bench" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module("train_throughput")
     runner_cls = sys.modules["tp_harness"].BenchRunner
     timed_train = runner_cls.timed_train
 
@@ -81,9 +87,7 @@ def test_act_memory_smoke(tmp_path, capsys):
     data.mkdir()
     make_collm_data(data)
     out = tmp_path / "mem.json"
-    spec = importlib.util.spec_from_file_location("act_memory", REPO / "bench" / "act_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module("act_memory")
     rc = module.main(["--shape", "tiny", "--data", str(data), "--batch-size", "2", "4", "--stages", "1", "2",
                       "--threads", "1", "--json", str(out)])
     assert rc == 0
@@ -102,9 +106,7 @@ def test_act_memory_smoke(tmp_path, capsys):
 
 
 def test_act_memory_extrapolation():
-    spec = importlib.util.spec_from_file_location("act_memory", REPO / "bench" / "act_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module("act_memory")
     one = {"saved": 110, "weights": 1000, "trainable": 10}
     two = {"saved": 210, "weights": 1500, "trainable": 14}
     full = module.extrapolate(one, two, 32)
@@ -113,10 +115,7 @@ def test_act_memory_extrapolation():
 
 
 def _real_backbone():
-    spec = importlib.util.spec_from_file_location("real_backbone", REPO / "bench" / "real_backbone.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return _bench_module("real_backbone")
 
 
 def _sibling(name):
@@ -441,9 +440,7 @@ def test_real_backbone_resumes_an_unfinished_training_step(tmp_path, monkeypatch
 
 def test_rank_breakdown_by_hand():
     """Four candidates of user 1 (liked, disliked, two unrated) and one of user 2 (liked)."""
-    spec = importlib.util.spec_from_file_location("rank_breakdown", os.path.join(REPO, "bench", "rank_breakdown.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("rank_breakdown")
     cand = pd.DataFrame({"uid": [1, 1, 1, 1, 2], "iid": [10, 11, 12, 13, 10], "score": [0.9, 0.1, 0.5, 0.3, 0.2]})
     held = pd.DataFrame({"uid": [1, 1, 2, 3], "iid": [10, 11, 10, 12], "label": [1, 0, 1, 1]})
     got = mod.breakdown(cand, held)
@@ -468,9 +465,7 @@ def test_rank_breakdown_by_hand():
 
 def test_blend_bound_by_hand(tmp_path):
     """Two scorers of four rows (labels 1, 0, 1, 0), each with AUC 0.75, whose sum ranks all right."""
-    spec = importlib.util.spec_from_file_location("blend_bound", os.path.join(REPO, "bench", "blend_bound.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("blend_bound")
     rows = {"uid": [1, 1, 1, 1], "iid": [10, 11, 12, 13], "label": [1, 0, 1, 0]}
     a = pd.DataFrame({**rows, "score": [3.0, 0.0, 1.0, 2.0]})  # loses (row 2 < row 3): 3 of 4 pairs
     b = pd.DataFrame({**rows, "score": [1.0, 2.0, 3.0, 0.0]})  # loses (row 0 < row 1): 3 of 4 pairs
