@@ -25,7 +25,8 @@ rows) and the full validation split (10,401 rows) unless --test-rows /
               with --cf-oof K the training rows' CF logits come from K CF models, each trained
               without a fold of them (<cf-dir>/<cf>-oof<K>), not from the one that saw them;
               with --hybrid-llm-weight W the LLM's log-odds are times a learned weight from W
-              (0: training starts from the CF model's scores)
+              (0: training starts from the CF model's scores); with --hybrid-cf X the logit is
+              CF model X's, while the LLM reads the --cf encoder's vectors: CoLLM-<cf> (hybrid on X)
   rank        retrieve-then-rank at K=50 (retrieve_rank_ml1m.yaml) with the checkpoint of each
               setting's row (collm; hybrid with --rows hybrid; both with both): recall, NDCG and
               hit rate of the LLM's order against the retriever's, as the row's "ranking"; not
@@ -145,6 +146,10 @@ def parse_args(argv=None):
                     help="hybrid rows: the training rows' CF logits out of fold, from this many CF models each "
                          "trained without one fold (baseline_train.py run.oof_folds; datasets.*.cf_logits); 0: "
                          "the CF model's own")
+    ap.add_argument("--hybrid-cf", choices=CF_NAMES, default=None,
+                    help="hybrid rows: the score adds this CF model's logit (model.hybrid_cf_path; its out-of-fold "
+                         "logits with --cf-oof) instead of the --cf encoder's, whose vectors the LLM reads: "
+                         "CoLLM-<cf> (hybrid on <this>)")
     ap.add_argument("--hybrid-llm-weight", type=float, default=None,
                     help="hybrid rows: model.hybrid_llm_weight, a learned weight on the LLM's log-odds starting at "
                          "this value (0: training starts from the CF model's scores); default: none")
@@ -175,6 +180,9 @@ def parse_args(argv=None):
     args.cuda = cuda
     if args.cf_oof and (args.cf_oof < 2 or "hybrid" not in args.rows):
         ap.error("--cf-oof: 2 or more folds, for --rows hybrid (the logits a hybrid score trains on)")
+    if args.hybrid_cf and ("hybrid" not in args.rows or args.hybrid_cf in args.cf):
+        ap.error("--hybrid-cf: for --rows hybrid, with --cf naming the encoders the LLM reads, all other than "
+                 "the --hybrid-cf model (with the same one it is the plain hybrid), e.g. --cf MF --hybrid-cf SASRec")
     if args.hybrid_llm_weight is not None and "hybrid" not in args.rows:
         ap.error("--hybrid-llm-weight: for --rows hybrid (the weight is on a hybrid score's LLM part)")
     for flag in ("train_rows", "epochs", "proj_tokens", "lr"):
@@ -207,7 +215,8 @@ def main(argv=None) -> int:
             bench.collm_row(s)
         if "cold" in kinds:
             bench.cold_row(s)
-        hybrid = replace(s, score="hybrid", oof=args.cf_oof, llm_weight=args.hybrid_llm_weight)
+        hybrid = replace(s, score="hybrid", oof=args.cf_oof, llm_weight=args.hybrid_llm_weight,
+                         hybrid_cf=args.hybrid_cf)
         if "hybrid" in kinds:
             bench.collm_row(hybrid)
         if "rank" in kinds:

@@ -4,7 +4,8 @@ A row is a directory of <out> holding row.json (its kind, setting and command) a
 that made it (train/, eval_test/, eval_valid/: each a metrics.json and the bench_step.json of
 the command that ran it): load_rows reads them into the rows of the results JSON (metrics,
 learning curve, CPU time, commits). Per CF encoder the pure setting with the best validation
-AUC is named CoLLM-<cf> and the best hybrid one CoLLM-<cf> (hybrid); settings that differ only
+AUC is named CoLLM-<cf> and the best hybrid one CoLLM-<cf> (hybrid) (CoLLM-<cf> (hybrid on <other>)
+where the score adds another CF model's logit); settings that differ only
 in run seed are seeds of one row, listed on it (name_rows). Paths are kept relative to the
 repository root (repo_path), so that rows read the same from another checkout.
 """
@@ -37,6 +38,7 @@ class Setting:
     negatives: int = 0  # datasets.*.train_negatives: extra rows of unrated items per training row, labelled 0
     oof: int = 0  # hybrid: folds of the training rows' out-of-fold CF logits (datasets.*.cf_logits); 0: none
     llm_weight: float = None  # hybrid: model.hybrid_llm_weight (learned weight on the LLM part, from this); None: none
+    hybrid_cf: str = None  # hybrid: the CF model whose logit the score adds (model.hybrid_cf_path); None: cf's
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
@@ -47,6 +49,7 @@ class Setting:
         seed += "" if not self.negatives else f"_neg{self.negatives}"
         seed += "" if not self.oof else f"_oof{self.oof}"
         seed += "" if self.llm_weight is None else f"_llmw{self.llm_weight:g}"
+        seed += "" if self.hybrid_cf is None else f"_on-{self.hybrid_cf.lower()}"
         if self.cf is None:
             return f"stage1_{rows}{seed}"
         return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
@@ -60,7 +63,8 @@ class Setting:
                                                                     f", {self.score}") + (
             "" if not self.negatives else f", {self.negatives} neg per row") + (
             "" if not self.oof else f", CF logits out of fold ({self.oof} folds)") + (
-            "" if self.llm_weight is None else f", LLM weight from {self.llm_weight:g}")
+            "" if self.llm_weight is None else f", LLM weight from {self.llm_weight:g}") + (
+            "" if self.hybrid_cf is None else f", {self.hybrid_cf}'s logit")
         if self.cf is None:
             return rows + seed
         return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
@@ -70,7 +74,8 @@ class Setting:
             [] if self.precision == "fp32" else ["--train-precision", self.precision]) + (
             [] if not self.negatives else ["--train-negatives", str(self.negatives)]) + (
             [] if not self.oof else ["--cf-oof", str(self.oof)]) + (
-            [] if self.llm_weight is None else ["--hybrid-llm-weight", f"{self.llm_weight:g}"])
+            [] if self.llm_weight is None else ["--hybrid-llm-weight", f"{self.llm_weight:g}"]) + (
+            [] if self.hybrid_cf is None else ["--hybrid-cf", self.hybrid_cf])
 
 
 def load_rows(out):
@@ -202,15 +207,16 @@ def _curve(train_dir):
 def name_rows(rows):
     """Names: CF rows by registry name; per CF encoder the CoLLM setting with the best validation AUC
     (full split first) is CoLLM-<cf> and its cold-start twin CoLLM-<cf>+cold, the best hybrid
-    setting CoLLM-<cf> (hybrid); the best stage-1 setting is stage1; other settings keep theirs
-    in the name ("selected": false). Then the seeds of each setting (add_seeds)."""
+    setting CoLLM-<cf> (hybrid), or CoLLM-<cf> (hybrid on <other>) where the score adds another CF
+    model's logit (the CF model alone beside it is then that one); the best stage-1 setting is stage1;
+    other settings keep theirs in the name ("selected": false). Then the seeds of each setting (add_seeds)."""
     def key(r):
         return (r["valid_rows"] is not None and r["valid_auc"] is not None, r["valid_rows"] or 0,
                 r["valid_auc"] if r["valid_auc"] is not None else r.get("curve_valid_auc") or -1.0)
 
     best = {}
     for r in rows:
-        group = {"collm": ("collm", r.get("cf")), "hybrid": ("hybrid", r.get("cf")),
+        group = {"collm": ("collm", r.get("cf")), "hybrid": ("hybrid", r.get("cf"), _score_cf(r)),
                  "stage1": ("stage1", None)}.get(r["kind"])
         if group and (group not in best or key(r) > key(best[group])):
             best[group] = r
@@ -230,12 +236,13 @@ def name_rows(rows):
             r["selected"] = (id(r) in chosen if r["kind"] in ("collm", "hybrid") else
                              (r["cf"], json.dumps(full_setting(r["setting"]), sort_keys=True)) in chosen_settings)
             if r["kind"] == "hybrid":
-                r["name"] = f"{base} (hybrid)" if r["selected"] else f"{base} ({_label(r)})"
+                on = "" if _score_cf(r) == r["cf"] else f" on {_score_cf(r)}"
+                r["name"] = f"{base} (hybrid{on})" if r["selected"] else f"{base} ({_label(r)})"
             else:
                 r["name"] = base if r["selected"] else f"{base} ({_label(r)})"
     cf_rows = {r["cf"]: r for r in rows if r["kind"] == "cf"}
-    for r in rows:  # the CF model alone on the same rows, beside each CoLLM row
-        cf = cf_rows.get(r.get("cf"))
+    for r in rows:  # the CF model alone on the same rows, beside each CoLLM row (a hybrid's: its score's)
+        cf = cf_rows.get(_score_cf(r) if r["kind"] == "hybrid" else r.get("cf"))
         if r["kind"] in ("collm", "hybrid", "cold") and cf is not None:
             same_test = cf["test_rows"] == r["test_rows"]
             same_valid = cf["valid_rows"] == r["valid_rows"]
@@ -276,6 +283,11 @@ def add_seeds(rows):
                           "valid_auc": r["valid_auc"]} for r in sorted(family, key=lambda r: r["setting"]["seed"])]
         aucs = [r["test_auc"] for r in family]
         best["seeds_test_auc"] = {"mean": float(np.mean(aucs)), "min": min(aucs), "max": max(aucs)}
+
+
+def _score_cf(r):
+    """The CF model whose logit a hybrid row's score adds: its hybrid_cf, else its own encoder."""
+    return (r.get("setting") or {}).get("hybrid_cf") or r.get("cf")
 
 
 def _label(r):

@@ -248,8 +248,12 @@ class Bench:
 
     def collm_model_opts(self, s: Setting):
         """The model keys of one CoLLM setting (training and scoring runs alike)."""
-        opts = [f"model.rec_config.pretrained_path={os.path.join(self.cf_run(s.cf, s.oof), 'cf_model.pth')}",
+        # the out-of-fold logits belong to the CF model whose logit the score adds: with hybrid_cf that one
+        own_oof = 0 if s.hybrid_cf else s.oof
+        opts = [f"model.rec_config.pretrained_path={os.path.join(self.cf_run(s.cf, own_oof), 'cf_model.pth')}",
                 f"model.proj_token_num={s.tokens}"] + [f"model.{k}={v}" for k, v in TUNES[s.tune].items()]
+        if s.hybrid_cf:
+            opts.append(f"model.hybrid_cf_path={os.path.join(self.cf_run(s.hybrid_cf, s.oof), 'cf_model.pth')}")
         if s.llm_weight is not None:
             opts.append(f"model.hybrid_llm_weight={s.llm_weight:g}")
         if s.init == "stage1":
@@ -278,11 +282,12 @@ class Bench:
             self.stage1_row()
         cfg = _cfg(f"collm_stage2_{s.cf.lower()}_ml1m.yaml")
         model = self.collm_model_opts(s)
+        oof_dir = self.cf_run_dir(s.hybrid_cf or s.cf, s.oof)  # the logits of the CF model the score adds
         self.run(os.path.join(row_dir, "train"), "train_collm.py", cfg,
                  self.llm_opts(s.seed, s.score) + model + self.data_opts(s.train_rows, a.curve_valid_rows)
                  + self.train_opts(s)
                  + ([f"datasets.movielens_ood.train_negatives={s.negatives}"] if s.negatives else [])
-                 + ([f"datasets.movielens_ood.cf_logits={os.path.join(self.cf_run_dir(s.cf, s.oof), 'oof_logits.csv')}"]
+                 + ([f"datasets.movielens_ood.cf_logits={os.path.join(oof_dir, 'oof_logits.csv')}"]
                     if s.oof else []))  # (collm_model_opts ran cf_run: the file is there)
         self.eval_steps(row_dir, "train_collm.py", cfg, self.scoring_opts(row_dir, model, s))
 

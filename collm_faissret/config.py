@@ -64,6 +64,13 @@ class ModelConfig:
                                                  "there and trained with the projector (0: the first score is the "
                                                  "CF model's alone, and the LLM's part grows as far as training "
                                                  "finds it helps)")
+    hybrid_cf_path: Optional[str] = setting(None, "with `answer_score: hybrid`: the CF logit of the score comes "
+                                            "from this baseline_train.py `cf_model.pth` (the file decides its "
+                                            "model and shape; kept fixed, in eval mode) instead of from the CF "
+                                            "model the projector reads: the LLM reads one CF model's vectors and "
+                                            "corrects another's score (MF's tokens, SASRec's logit). "
+                                            "`datasets.*.cf_logits` must then be this model's. null: the "
+                                            "projector's CF model")
     quantization: Quantization = setting(Quantization.none, "LLM linear layers loaded by bitsandbytes: `none`, "
                                          "`int8` (8-bit) or `nf4` (4-bit, double quantization, bf16 compute on "
                                          "CUDA); LoRA, projector and CF model stay full precision")

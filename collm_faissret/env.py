@@ -102,7 +102,7 @@ def config_problems(cfg, facts: dict, versions: dict) -> list:
             problems.append(f"model.llama_model {m.llama_model}: no such save_pretrained directory (config.json)")
     files = {"model.prompt_path": m.prompt_path, "model.ckpt": m.ckpt,
              "model.rec_config.pretrained_path": m.rec_config.get("pretrained_path"),
-             "run.resume_ckpt_path": run.resume_ckpt_path}
+             "model.hybrid_cf_path": m.get("hybrid_cf_path"), "run.resume_ckpt_path": run.resume_ckpt_path}
     problems += [f"{key} {path}: no such file" for key, path in files.items() if path and not os.path.isfile(path)]
     for name, ds in cfg.datasets.items():
         if not os.path.isdir(ds.path):

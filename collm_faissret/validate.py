@@ -160,10 +160,11 @@ def check_out_of_fold(cfg, label: str) -> None:
         if cf_run or str(cfg.model.answer_score) != "hybrid":
             raise ConfigError(f"{label}: datasets.*.cf_logits is read by model.answer_score hybrid only "
                               f"(model.arch {cfg.model.arch}, answer_score {cfg.model.answer_score})")
-        if not weights or not cfg.model.freeze_rec:
+        if not cfg.model.get("hybrid_cf_path") and (not weights or not cfg.model.freeze_rec):
             # scoring reads the CF model's own logits: the same, fixed model the file was made beside
             raise ConfigError(f"{label}: datasets.*.cf_logits needs the CF weight file its logits were made "
-                              "beside in model.rec_config.pretrained_path, kept fixed (model.freeze_rec: true)")
+                              "beside in model.rec_config.pretrained_path, kept fixed (model.freeze_rec: true), "
+                              "or in model.hybrid_cf_path")
 
 
 def _labelled(rules, cfg, label: str) -> None:

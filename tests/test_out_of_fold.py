@@ -129,6 +129,16 @@ def test_the_hybrid_score_of_a_training_row_reads_its_given_logit(env, oof_run, 
     assert not np.allclose(own[0::2], given, atol=1e-3)  # the CF model's own would differ
 
 
+def test_with_a_second_cf_model_the_logits_must_be_its(env, oof_run, tmp_path):
+    """model.hybrid_cf_path: the out-of-fold file must come from that model, whatever the projector reads."""
+    cf_logits = f"datasets.ml100k_ood.cf_logits={oof_run / 'oof_logits.csv'}"
+    _, _, model, sets = load_model(env.config("stage2", tmp_path / "ok"), "model.answer_score=hybrid", cf_logits,
+                                   f"model.hybrid_cf_path={oof_run / 'cf_model.pth'}")
+    assert model.hybrid_cf is not None and sets["train"].cf_logit is not None
+    with pytest.raises(DataError, match="made beside another CF weight file than the hybrid score's"):
+        load_model(env.config("stage2", tmp_path / "bad"), *_hybrid(oof_run), f"model.hybrid_cf_path={env.mf_weights}")
+
+
 def _hybrid(oof_run):
     """Options of a hybrid score on the out-of-fold logits of ``oof_run`` and its own CF weights."""
     return ("model.answer_score=hybrid", f"model.rec_config.pretrained_path={oof_run / 'cf_model.pth'}",

@@ -128,6 +128,43 @@ def test_hybrid_llm_weight_rows_dry_run(bench, tmp_path, capsys):
         bench.parse_args(["--rows", "collm", "--hybrid-llm-weight", "0"])  # no hybrid row to weigh
 
 
+def test_hybrid_on_another_cf_models_logit_dry_run(bench, tmp_path, capsys):
+    """--hybrid-cf X: the LLM reads the --cf encoder's vectors (its whole-split run) and the score adds
+    X's logit (model.hybrid_cf_path), trained on X's out-of-fold logits, in a directory of its own."""
+    cf = tmp_path / "cf"
+    assert bench.main(["--rows", "hybrid", "--cf", "MF", "--hybrid-cf", "SASRec", "--cf-oof", "5", "--dry-run",
+                       "--device", "cpu", "--cf-dir", str(cf), "--out", str(tmp_path / "study")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "train_collm.py" in x]
+    assert len(lines) == 3 and all("collm-mf_t8_proj_n1600x1_lr0.001_hybrid_oof5_on-sasrec/" in x for x in lines)
+    assert all(f"pretrained_path={cf / 'mf' / 'cf_model.pth'} " in x for x in lines)
+    assert all(f"model.hybrid_cf_path={cf / 'sasrec-oof5' / 'cf_model.pth'} " in x for x in lines)
+    assert f"datasets.movielens_ood.cf_logits={cf / 'sasrec-oof5' / 'oof_logits.csv'}" in lines[0]
+    b = bench.Bench(bench.parse_args(["--device", "cpu", "--rows", "hybrid", "--cf", "MF", "--hybrid-cf", "SASRec"]))
+    h = bench.replace(b.settings()[0], score="hybrid", hybrid_cf="SASRec")
+    assert "--hybrid-cf SASRec" in b.command(*b.collm_flags(h, "hybrid")) and h.label().endswith(", SASRec's logit")
+    for argv in (["--rows", "collm", "--cf", "MF", "--hybrid-cf", "SASRec"],  # no hybrid row
+                 ["--rows", "hybrid", "--cf", "MF", "SASRec", "--hybrid-cf", "SASRec"]):  # the plain hybrid
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+
+
+def test_a_hybrid_on_another_cf_model_is_named_and_compared_with_it(table):
+    """CoLLM-MF (hybrid on SASRec) is chosen among its own settings, apart from CoLLM-MF (hybrid),
+    and the CF model beside it is SASRec, whose score it corrects; it meets no CoLLM-<cf> goal."""
+    rows = [_cf("MF", 0.65), _cf("SASRec", 0.73), _row("collm", "MF", 0.72, 0.72),
+            _row("hybrid", "MF", 0.73, 0.70, score="hybrid"),
+            _row("hybrid", "MF", 0.75, 0.74, run_dir="out/on8", score="hybrid", hybrid_cf="SASRec"),
+            _row("hybrid", "MF", 0.74, 0.745, run_dir="out/on1", score="hybrid", hybrid_cf="SASRec", tokens=1)]
+    named = {r["name"]: r for r in table.name_rows(rows)}
+    assert named["CoLLM-MF (hybrid)"]["cf_test_auc"] == 0.65
+    on = named["CoLLM-MF (hybrid on SASRec)"]
+    assert on["setting"]["tokens"] == 8 and on["cf_test_auc"] == 0.73 and on["selected"]
+    assert "CoLLM-MF (1 tok, proj, 1600 rows x 1, lr 0.001, hybrid, SASRec's logit)" in named
+    goals = table.goals(list(named.values()))
+    assert goals["CoLLM-MF >= MF on the same test rows (CoLLM-MF)"]  # the pure row's, not the hybrid on SASRec's
+    assert not any("hybrid on" in g for g in goals if g.startswith("CoLLM-"))
+
+
 def test_checkpoint_frequency_is_not_part_of_a_steps_identity(bench):
     """A step recorded with another run.save_every_minutes is the same command (reused, resumed);
     any other option value is not."""

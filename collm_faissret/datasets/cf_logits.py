@@ -64,8 +64,9 @@ def read_cf_logits(path: str, train: pd.DataFrame, cf_weights: str) -> np.ndarra
         raise DataError(f"{meta_path}: cannot read which CF model made {os.path.basename(path)} ({err}); "
                         "baseline_train.py with run.oof_folds writes both files") from None
     if os.path.isfile(cf_weights) and made_beside != file_sha256(cf_weights):
-        raise DataError(f"{path}: made beside another CF weight file than model.rec_config.pretrained_path "
-                        f"{cf_weights}: training would read one CF model's logits and scoring another's")
+        raise DataError(f"{path}: made beside another CF weight file than the hybrid score's {cf_weights} "
+                        "(model.hybrid_cf_path, else model.rec_config.pretrained_path): training would read one "
+                        "CF model's logits and scoring another's")
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError) as err:

@@ -41,8 +41,10 @@ class CoLLM(nn.Module):
     def __init__(self, llm, tokenizer, answer_ids, cf_model=None, proj_token_num: int = 1,
                  proj_mid_times: int = 10, proj_drop: float = 0.0, use_slots: bool = False,
                  answer_score: str = "yes_logit", template: str = None, max_txt_len: int = 1024,
-                 hybrid_llm_weight: float = None):
-        """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker."""
+                 hybrid_llm_weight: float = None, hybrid_cf=None):
+        """answer_ids: (yes_id, no_id), the tokens the LM emits after the prompt's answer marker.
+        hybrid_cf: under answer_score hybrid, a fixed CF model whose logit the score adds instead of
+        ``cf_model``'s (model.hybrid_cf_path); None: cf_model's."""
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
@@ -73,6 +75,14 @@ class CoLLM(nn.Module):
         self.llm_weight = None
         if hybrid_llm_weight is not None:  # with hybrid only (check_config)
             self.llm_weight = nn.Parameter(torch.tensor(float(hybrid_llm_weight)))
+        # hybrid_cf: a second CF model, fixed, whose logit the hybrid score adds (model.hybrid_cf_path).
+        # A submodule so that it moves with the model; in no parameter group, so never trained or saved.
+        self.hybrid_cf = None
+        if hybrid_cf is not None:
+            if self.cf_weight is None:
+                raise StageError("model.hybrid_cf_path gives the CF logit of a hybrid score, but "
+                                 f"model.answer_score is {answer_score}")
+            self.hybrid_cf = hybrid_cf.requires_grad_(False).eval()
         self._answer_cache = None  # _answer_parts' lookups (a plain tuple: nn.Module registers none of it)
 
     @classmethod
@@ -93,6 +103,10 @@ class CoLLM(nn.Module):
             raise ConfigError(f"run.distributed fsdp with model.quantization {quantization}: bitsandbytes' "
                               "quantized weights cannot be sharded by FSDP2 here; use run.distributed=ddp (each "
                               "rank holds the quantized model) or quantization none with fsdp")
+        if m.hybrid_cf_path and str(m.answer_score) != "hybrid":
+            raise ConfigError(f"model.hybrid_cf_path {m.hybrid_cf_path} gives the CF logit of a hybrid score, but "
+                              f"model.answer_score is {m.answer_score}; set answer_score hybrid or "
+                              "hybrid_cf_path null")
         if m.hybrid_llm_weight is not None and str(m.answer_score) != "hybrid":
             raise ConfigError(f"model.hybrid_llm_weight {m.hybrid_llm_weight} weighs the LLM's part of a hybrid "
                               f"score, but model.answer_score is {m.answer_score}; set answer_score hybrid or "
@@ -109,8 +123,17 @@ class CoLLM(nn.Module):
 
     @property
     def history_len(self) -> int:
-        """History ids per row the CF model reads (0 without one)."""
-        return 0 if self.cf is None else self.cf.history_len
+        """History ids per row the CF models read (0 without one): the projector's and the hybrid score's."""
+        return max(0 if self.cf is None else self.cf.history_len,
+                   0 if self.hybrid_cf is None else self.hybrid_cf.history_len)
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train; a hybrid score's own CF model (hybrid_cf) stays in eval mode: its logit is
+        a fixed term of the score, with no dropout in training."""
+        super().train(mode)
+        if self.hybrid_cf is not None:
+            self.hybrid_cf.eval()
+        return self
 
     @property
     def collate_fn(self):
@@ -293,7 +316,8 @@ class CoLLM(nn.Module):
         """hidden [B, H] at each row's answer position -> [B] fp32 scores: ``answer_logits`` (times
         ``llm_weight`` where model.hybrid_llm_weight gives one), plus
         under answer_score hybrid ``cf_weight`` x the CF model's own logit of the row (batch's
-        uid / iid / his, in the batch's row order), computed in fp32; a row with a finite
+        uid / iid / his, in the batch's row order; ``hybrid_cf``'s where there is one, else the
+        projector's CF model's), computed in fp32; a row with a finite
         ``cf_logit`` [B] in the batch (a training row's out-of-fold logit, datasets/cf_logits.py)
         takes that one instead."""
         logits = self.answer_logits(hidden)
@@ -301,7 +325,7 @@ class CoLLM(nn.Module):
             logits = self.llm_weight.float() * logits
         if self.cf_weight is not None:
             with torch.autocast(logits.device.type, enabled=False):
-                cf = self.cf.score(batch).float()
+                cf = (self.cf if self.hybrid_cf is None else self.hybrid_cf).score(batch).float()
                 given = batch.get("cf_logit")
                 if given is not None:  # NaN: none given (a sampled negative): the CF model's own
                     cf = torch.where(torch.isnan(given), cf, given.float())

@@ -8,6 +8,8 @@ this module never imports collm.py, which imports it.
 import logging
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .. import dist
 from ..checkpoint import load, load_model_weights
@@ -75,6 +77,30 @@ def attach_cold_start(model, data, cfg):
         raise StageError(f"model.cold_start.enabled is true but {mcfg.prompt_path} has no ID slot: "
                          "no CF embedding enters the prompt")
     model.cf = cold_start_view(model.cf, data, mcfg.cold_start, index_settings(cfg.retrieval))
+    if model.hybrid_cf is not None:  # the hybrid score's CF model: borrowed vectors in its logit too
+        model.hybrid_cf = cold_start_view(model.hybrid_cf, data, mcfg.cold_start,
+                                          index_settings(cfg.retrieval)).requires_grad_(False).eval()
+
+
+def check_hybrid_cf(payload: dict, m) -> None:
+    """A hybrid score's cf_weight is fitted to one CF model's logit: a checkpoint trained with
+    model.hybrid_cf_path (its stored config says) is scored with one, and one trained without it
+    without one (the projector's CF model's logit)."""
+    text = payload.get("config") if isinstance(payload, dict) else None
+    if not text or str(m.answer_score) != "hybrid":
+        return
+    try:
+        trained = OmegaConf.create(text).model
+    except (OmegaConfBaseException, AttributeError, ValueError):
+        return  # a config that cannot be read back says nothing either way
+    if str(trained.get("answer_score")) != "hybrid":
+        return
+    was, now = trained.get("hybrid_cf_path"), m.hybrid_cf_path
+    if bool(was) != bool(now):
+        raise StageError(f"{m.ckpt}: its hybrid score was trained on "
+                         f"{'the logit of ' + str(was) if was else 'the CF model the projector reads'}, but "
+                         f"model.hybrid_cf_path is {now or 'null'}: set model.hybrid_cf_path="
+                         f"{was if was else 'null'} (the file, wherever it is now)")
 
 
 def build_collm(model_cls, cfg, data, device, backbone=None):
@@ -103,13 +129,18 @@ def build_collm(model_cls, cfg, data, device, backbone=None):
     if m.lora_config.use_lora:
         llm = attach_lora(llm, m.lora_config)
     cf = build_cf(m.rec_config, data, device, name=m.rec_model) if slots else None
+    hybrid_cf = None
+    if m.hybrid_cf_path:  # the file decides the model; no section of our own to agree with
+        hybrid_cf = build_cf({"pretrained_path": m.hybrid_cf_path}, data, device, path_key="model.hybrid_cf_path")
     answer_ids = answer_token_ids(tok, template)
     log.info(describe_answer_tokens(tok, template, *answer_ids))
     model = model_cls(llm, tok, answer_ids, cf, m.proj_token_num, m.proj_mid_times, m.proj_drop, slots,
-                  m.answer_score, template, m.max_txt_len, m.hybrid_llm_weight)
+                  m.answer_score, template, m.max_txt_len, m.hybrid_llm_weight, hybrid_cf)
     model.to(load_device)
     if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
-        loaded = load_model_weights(model, checkpoint_state(load(m.ckpt, "model.ckpt"), m.ckpt), m.ckpt)
+        payload = load(m.ckpt, "model.ckpt")
+        check_hybrid_cf(payload, m)
+        loaded = load_model_weights(model, checkpoint_state(payload, m.ckpt), m.ckpt)
         if cfg.run.evaluate and model.llm_weight is not None and "llm_weight" not in loaded:
             # scoring would use the weight's starting value, not a trained one
             raise StageError(f"{m.ckpt}: no llm_weight in this checkpoint (trained without "

@@ -60,6 +60,14 @@ class NewUsers(nn.Module):
         """[N] iid -> [N, d]"""
         return self.inner.item_embed(item_ids)
 
+    def score(self, batch) -> torch.Tensor:
+        """The wrapped model's logit [B] (a hybrid score adds it); a new user has none: its borrowed
+        vector stands in for the user in the prompt, not in the CF model's own scoring head."""
+        if bool((batch["uid"] < 0).any()):
+            raise RecommendError(f"this run's score adds {self.name}'s own logit (model.answer_score hybrid), "
+                                 "which a user outside the data does not have: ask for a known user")
+        return self.inner.score(batch)
+
     def borrower(self):
         """The run's cold-start view of the CF model (made on the first new user when the run's
         model has none: the neighbour indexes take a moment)."""

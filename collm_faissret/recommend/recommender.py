@@ -79,6 +79,10 @@ class Recommender:
         wrapped = NewUsers(task.retriever, data, cfg.model.cold_start, task.index_cfg, cf_class)
         if getattr(model, "cf", None) is task.retriever:  # stage 2: the same model fills the ID slots
             model.cf = wrapped
+        if getattr(model, "hybrid_cf", None) is not None:  # a hybrid score's own CF model: known users only
+            inner = model.hybrid_cf
+            model.hybrid_cf = NewUsers(inner, data, cfg.model.cold_start, task.index_cfg,
+                                       registry.get("cf_model", inner.name)).eval()
         if task.cf_only:
             model = wrapped
         task.retriever = wrapped

@@ -89,6 +89,7 @@ def check_paths(cfg, label: str) -> None:
         wanted += [("model.llama_model", m.llama_model, os.path.isdir),
                    ("model.prompt_path", m.prompt_path, os.path.isfile)]
     wanted += [("model.rec_config.pretrained_path", m.rec_config.get("pretrained_path"), os.path.isfile),
+               ("model.hybrid_cf_path", m.get("hybrid_cf_path"), os.path.isfile),
                ("model.ckpt", m.ckpt, os.path.isfile)]
     for key, value, exists in wanted:
         if value and not exists(value):

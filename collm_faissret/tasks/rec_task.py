@@ -57,7 +57,8 @@ class RecTask:
 
     def build_datasets(self, model):
         """split name -> RecRows."""
-        weights = self.cfg.model.rec_config.get("pretrained_path")
+        # the CF model whose logits datasets.*.cf_logits must have been made beside: the hybrid score's
+        weights = self.cfg.model.get("hybrid_cf_path") or self.cfg.model.rec_config.get("pretrained_path")
         return {split: self.rows(df, split, model)
                 for split, df in sampled_splits(self.data, self.ds_cfg, weights).items()}
 

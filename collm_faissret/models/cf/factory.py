@@ -17,7 +17,8 @@ from .weights import CFWeightsError, check_fits, load_into, read_cf_weights, res
 DEFAULT_CF = "MF"  # the projector's CF model when neither the config nor a weight file names one
 
 
-def build_cf(rec_cfg, data, device, name=None, name_key="model.rec_model", ckpt=None, need_weights=None):
+def build_cf(rec_cfg, data, device, name=None, name_key="model.rec_model", ckpt=None, need_weights=None,
+             path_key="model.rec_config.pretrained_path"):
     """A CF model for ``data`` on ``device``.
 
     rec_cfg: the ``model.rec_config`` section. With ``pretrained_path`` the file
@@ -29,13 +30,14 @@ def build_cf(rec_cfg, data, device, name=None, name_key="model.rec_model", ckpt=
     errors as ``name_key``. ckpt: a run checkpoint whose ``model`` entry holds
     this model's weights (a baseline's ``model.ckpt``), loaded last.
     need_weights: a reason why random weights are useless here; without
-    ``pretrained_path`` it becomes the ConfigError.
+    ``pretrained_path`` it becomes the ConfigError. path_key: the config key that gave
+    ``pretrained_path``, as errors reading the file name it.
     """
     path = rec_cfg.get("pretrained_path")
     if need_weights and not path:
         raise ConfigError(f"{need_weights}: set model.rec_config.pretrained_path (a baseline_train.py cf_model.pth)")
     if path:
-        weights = read_cf_weights(path)
+        weights = read_cf_weights(path, path_key)
         if name and name != weights.name:
             raise CFWeightsError(f"{name_key}: the config says {name}, {path} holds {weights.name} weights")
         cls = registry.get("cf_model", weights.name)

@@ -69,10 +69,11 @@ def saved_rec_config(payload: dict, path: str) -> Optional[dict]:
     return plain_section(rec)
 
 
-def read_cf_weights(path: str) -> CFWeights:
-    """A baseline_train.py cf_model.pth (or CoLLM's MF weight file), read safely."""
+def read_cf_weights(path: str, key: str = PATH_KEY) -> CFWeights:
+    """A baseline_train.py cf_model.pth (or CoLLM's MF weight file), read safely; errors name
+    ``key``, the config key that gave the path."""
     try:
-        payload = read_payload(path, PATH_KEY, "cf_model", CFWeightsError,
+        payload = read_payload(path, key, "cf_model", CFWeightsError,
                                origin="CF weight (baseline_train.py cf_model.pth)")
     except CFWeightsError:
         payload = collm_cf_payload(path)
