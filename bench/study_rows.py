@@ -242,7 +242,7 @@ def name_rows(rows):
                 r["name"] = base if r["selected"] else f"{base} ({_label(r)})"
     cf_rows = {r["cf"]: r for r in rows if r["kind"] == "cf"}
     for r in rows:  # the CF model alone on the same rows, beside each CoLLM row (a hybrid's: its score's)
-        cf = cf_rows.get(_score_cf(r) if r["kind"] == "hybrid" else r.get("cf"))
+        cf = cf_rows.get(_score_cf(r))
         if r["kind"] in ("collm", "hybrid", "cold") and cf is not None:
             same_test = cf["test_rows"] == r["test_rows"]
             same_valid = cf["valid_rows"] == r["valid_rows"]
@@ -286,7 +286,7 @@ def add_seeds(rows):
 
 
 def _score_cf(r):
-    """The CF model whose logit a hybrid row's score adds: its hybrid_cf, else its own encoder."""
+    """The CF model a row is set beside: a hybrid row's hybrid_cf (whose logit its score adds), else its encoder."""
     return (r.get("setting") or {}).get("hybrid_cf") or r.get("cf")
 
 

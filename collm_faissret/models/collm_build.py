@@ -78,15 +78,14 @@ def attach_cold_start(model, data, cfg):
                          "no CF embedding enters the prompt")
     model.cf = cold_start_view(model.cf, data, mcfg.cold_start, index_settings(cfg.retrieval))
     if model.hybrid_cf is not None:  # the hybrid score's CF model: borrowed vectors in its logit too
-        model.hybrid_cf = cold_start_view(model.hybrid_cf, data, mcfg.cold_start,
-                                          index_settings(cfg.retrieval)).requires_grad_(False).eval()
+        model.hybrid_cf = cold_start_view(model.hybrid_cf, data, mcfg.cold_start, index_settings(cfg.retrieval))
 
 
 def check_hybrid_cf(payload: dict, m) -> None:
     """A hybrid score's cf_weight is fitted to one CF model's logit: a checkpoint trained with
     model.hybrid_cf_path (its stored config says) is scored with one, and one trained without it
     without one (the projector's CF model's logit)."""
-    text = payload.get("config") if isinstance(payload, dict) else None
+    text = payload.get("config")
     if not text or str(m.answer_score) != "hybrid":
         return
     try:
