@@ -27,6 +27,10 @@ rows) and the full validation split (10,401 rows) unless --test-rows /
               with --hybrid-llm-weight W the LLM's log-odds are times a learned weight from W
               (0: training starts from the CF model's scores); with --hybrid-cf X the logit is
               CF model X's, while the LLM reads the --cf encoder's vectors: CoLLM-<cf> (hybrid on X)
+  blend       a hybrid score over each collm setting's checkpoint (trained first when absent) whose
+              two weights are fitted on the validation split after training (run.fit_blend valid;
+              the CF logit is --hybrid-cf's, else the encoder's): a hybrid row whose validation AUC
+              is in-sample (the rows the weights were fitted on); its test split is held out
   rank        retrieve-then-rank at K=50 (retrieve_rank_ml1m.yaml) with the checkpoint of each
               setting's row (collm; hybrid with --rows hybrid; both with both): recall, NDCG and
               hit rate of the LLM's order against the retriever's, as the row's "ranking"; not
@@ -82,7 +86,7 @@ from study_runner import TUNES, Bench  # noqa: E402
 from study_table import collect  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROW_KINDS = ("cf", "zero-shot", "stage1", "collm", "cold", "hybrid", "rank")
+ROW_KINDS = ("cf", "zero-shot", "stage1", "collm", "cold", "hybrid", "blend", "rank")
 DEFAULT_ROWS = ("cf", "zero-shot", "stage1", "collm", "cold")
 
 
@@ -180,9 +184,11 @@ def parse_args(argv=None):
     args.cuda = cuda
     if args.cf_oof and (args.cf_oof < 2 or "hybrid" not in args.rows):
         ap.error("--cf-oof: 2 or more folds, for --rows hybrid (the logits a hybrid score trains on)")
-    if args.hybrid_cf and ("hybrid" not in args.rows or args.hybrid_cf in args.cf):
-        ap.error("--hybrid-cf: for --rows hybrid, with --cf naming the encoders the LLM reads, all other than "
+    if args.hybrid_cf and (not {"hybrid", "blend"} & set(args.rows) or args.hybrid_cf in args.cf):
+        ap.error("--hybrid-cf: for --rows hybrid or blend, with --cf naming the encoders the LLM reads, all other than "
                  "the --hybrid-cf model (with the same one it is the plain hybrid), e.g. --cf MF --hybrid-cf SASRec")
+    if "blend" in args.rows and args.answer_score != "yes_minus_no":
+        ap.error("--rows blend weighs the log-odds of checkpoints trained with --answer-score yes_minus_no")
     if args.hybrid_llm_weight is not None and "hybrid" not in args.rows:
         ap.error("--hybrid-llm-weight: for --rows hybrid (the weight is on a hybrid score's LLM part)")
     for flag in ("train_rows", "epochs", "proj_tokens", "lr"):
@@ -219,6 +225,8 @@ def main(argv=None) -> int:
                          hybrid_cf=args.hybrid_cf)
         if "hybrid" in kinds:
             bench.collm_row(hybrid)
+        if "blend" in kinds:
+            bench.blend_row(s)
         if "rank" in kinds:
             for t in [s] if "hybrid" not in kinds else [s, hybrid] if "collm" in kinds else [hybrid]:
                 bench.rank_row(t)

@@ -39,6 +39,8 @@ class Setting:
     oof: int = 0  # hybrid: folds of the training rows' out-of-fold CF logits (datasets.*.cf_logits); 0: none
     llm_weight: float = None  # hybrid: model.hybrid_llm_weight (learned weight on the LLM part, from this); None: none
     hybrid_cf: str = None  # hybrid: the CF model whose logit the score adds (model.hybrid_cf_path); None: cf's
+    fit: str = None  # hybrid: the split its two weights were fitted on after training (run.fit_blend) over the
+    # checkpoint of the same setting with the pure score; None: trained with the projector
 
     def tag(self) -> str:
         rows = f"n{self.train_rows or 'all'}x{self.epochs}_lr{self.lr:g}"
@@ -50,6 +52,7 @@ class Setting:
         seed += "" if not self.oof else f"_oof{self.oof}"
         seed += "" if self.llm_weight is None else f"_llmw{self.llm_weight:g}"
         seed += "" if self.hybrid_cf is None else f"_on-{self.hybrid_cf.lower()}"
+        seed += "" if self.fit is None else f"_fit-{self.fit}"
         if self.cf is None:
             return f"stage1_{rows}{seed}"
         return (f"collm-{self.cf.lower()}_t{self.tokens}_{self.tune}_{rows}" + ("_s1" if self.init == "stage1" else "")
@@ -64,7 +67,8 @@ class Setting:
             "" if not self.negatives else f", {self.negatives} neg per row") + (
             "" if not self.oof else f", CF logits out of fold ({self.oof} folds)") + (
             "" if self.llm_weight is None else f", LLM weight from {self.llm_weight:g}") + (
-            "" if self.hybrid_cf is None else f", {self.hybrid_cf}'s logit")
+            "" if self.hybrid_cf is None else f", {self.hybrid_cf}'s logit") + (
+            "" if self.fit is None else f", weights fitted on {self.fit}")
         if self.cf is None:
             return rows + seed
         return f"{self.tokens} tok, {self.tune}, {rows}" + (", from stage 1" if self.init == "stage1" else "") + seed
@@ -98,10 +102,12 @@ def load_rows(out):
 
 def _scored(row_dir, spec, out):
     metrics, cpu_s, wall_s, test_rows_seen, commits = {}, 0.0, 0.0, None, {}
-    for step in ("eval_test", "eval_valid"):
+    blend = None
+    for step in ("fit", "eval_test", "eval_valid"):  # fit: run.fit_blend's run, scoring valid and test
         m, rec = _step(os.path.join(row_dir, step))
         if m is None:
             continue
+        blend = m.get("blend") or blend
         commits[step] = rec.get("commit")
         cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
         for split in ("test", "valid"):
@@ -119,6 +125,8 @@ def _scored(row_dir, spec, out):
            "valid_rows": valid.get("n_rows"), "train_rows": None, "epochs": None, "cpu_hours": None,
            "wall_hours": None, "command": spec["command"], "run_dir": repo_path(row_dir),
            "predictions_test": test_rows_seen and repo_path(test_rows_seen)}
+    if blend:  # the fitted weights; valid_auc is then in-sample (the weights were fitted on those rows)
+        row["blend"] = blend
     if kind == "cf":
         row["cf"] = spec["cf"]
         baseline_dir = from_repo(spec["baseline_dir"])
@@ -208,7 +216,9 @@ def name_rows(rows):
     """Names: CF rows by registry name; per CF encoder the CoLLM setting with the best validation AUC
     (full split first) is CoLLM-<cf> and its cold-start twin CoLLM-<cf>+cold, the best hybrid
     setting CoLLM-<cf> (hybrid), or CoLLM-<cf> (hybrid on <other>) where the score adds another CF
-    model's logit (the CF model alone beside it is then that one); the best stage-1 setting is stage1;
+    model's logit (the CF model alone beside it is then that one), and the best one whose weights
+    were fitted on validation after training CoLLM-<cf> (hybrid, fitted on valid), chosen apart
+    (its validation AUC is in-sample); the best stage-1 setting is stage1;
     other settings keep theirs in the name ("selected": false). Then the seeds of each setting (add_seeds)."""
     def key(r):
         return (r["valid_rows"] is not None and r["valid_auc"] is not None, r["valid_rows"] or 0,
@@ -216,7 +226,8 @@ def name_rows(rows):
 
     best = {}
     for r in rows:
-        group = {"collm": ("collm", r.get("cf")), "hybrid": ("hybrid", r.get("cf"), _score_cf(r)),
+        # a hybrid fitted after training has an in-sample validation AUC: chosen among its own kind
+        group = {"collm": ("collm", r.get("cf")), "hybrid": ("hybrid", r.get("cf"), _score_cf(r), _fit(r)),
                  "stage1": ("stage1", None)}.get(r["kind"])
         if group and (group not in best or key(r) > key(best[group])):
             best[group] = r
@@ -237,6 +248,7 @@ def name_rows(rows):
                              (r["cf"], json.dumps(full_setting(r["setting"]), sort_keys=True)) in chosen_settings)
             if r["kind"] == "hybrid":
                 on = "" if _score_cf(r) == r["cf"] else f" on {_score_cf(r)}"
+                on += "" if _fit(r) is None else f", fitted on {_fit(r)}"
                 r["name"] = f"{base} (hybrid{on})" if r["selected"] else f"{base} ({_label(r)})"
             else:
                 r["name"] = base if r["selected"] else f"{base} ({_label(r)})"
@@ -288,6 +300,11 @@ def add_seeds(rows):
 def _score_cf(r):
     """The CF model a row is set beside: a hybrid row's hybrid_cf (whose logit its score adds), else its encoder."""
     return (r.get("setting") or {}).get("hybrid_cf") or r.get("cf")
+
+
+def _fit(r):
+    """The split a hybrid row's weights were fitted on after training (run.fit_blend), else None."""
+    return (r.get("setting") or {}).get("fit")
 
 
 def _label(r):

@@ -16,7 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import study_rows
 from study_provenance import git_commit, same_command
@@ -308,6 +308,25 @@ class Bench:
         cold = [f"model.cold_start.{k}={v}" for k, v in COLD_START.items()]
         self.eval_steps(cold_dir, "train_collm.py", _cfg(f"collm_stage2_{s.cf.lower()}_ml1m.yaml"),
                         self.scoring_opts(row_dir, model, s) + cold)
+
+    def blend_row(self, s: Setting):
+        """A hybrid score over setting ``s``'s checkpoint (trained first when absent) whose two weights
+        are fitted on the validation split after training (run.fit_blend valid; the CF logit is
+        --hybrid-cf's, else the encoder's): one run, <row>/fit/, scores validation (in-sample: the
+        rows the weights were fitted on) and test. A hybrid row, chosen among its encoder's."""
+        a = self.args
+        row_dir = os.path.join(self.out, s.tag())
+        if "collm" not in a.rows:  # its training run (reused when finished)
+            self.collm_row(s)
+        b = replace(s, score="hybrid", fit="valid", hybrid_cf=a.hybrid_cf)
+        blend_dir = os.path.join(self.out, b.tag())
+        self.write_row(blend_dir, {"kind": "hybrid", "cf": s.cf, "setting": asdict(b), "trained_in": s.tag(),
+                                   "command": self.command(*self.collm_flags(b, "blend"))})
+        # the LLM's weight starts anywhere (the fit replaces it); the checkpoint is the pure setting's
+        model = self.collm_model_opts(b) + ["model.hybrid_llm_weight=1"]
+        self.run(os.path.join(blend_dir, "fit"), "train_collm.py", _cfg(f"collm_stage2_{s.cf.lower()}_ml1m.yaml"),
+                 self.scoring_opts(row_dir, model, b) + self.data_opts(valid_rows=a.valid_rows, test_rows=a.test_rows)
+                 + ["run.evaluate=true", f"run.fit_blend={b.fit}", "run.valid_splits=[]", "run.test_splits=[test]"])
 
     def rank_row(self, s: Setting):
         """Retrieve-then-rank at K=50 on the test users (those of the --test-rows sample when it is

@@ -27,8 +27,9 @@ def goals(rows):
         return None if r is None else r.get(key)
 
     out = {}
-    for cf in CF_NAMES:  # the pure row, or the hybrid one where there is one
-        llm = [n for n in (f"CoLLM-{cf}", f"CoLLM-{cf} (hybrid)") if test(n) is not None]
+    for cf in CF_NAMES:  # the pure row, or a hybrid one where there is one (trained, or fitted after)
+        llm = [n for n in (f"CoLLM-{cf}", f"CoLLM-{cf} (hybrid)", f"CoLLM-{cf} (hybrid, fitted on valid)")
+               if test(n) is not None]
         if llm and test(cf) is not None:
             met = [n for n in llm if named[n]["test_rows"] == named[cf]["test_rows"] and test(n) >= test(cf)]
             out[f"CoLLM-{cf} >= {cf} on the same test rows ({met[0] if met else ' or '.join(llm)})"] = bool(met)

@@ -190,6 +190,15 @@ class RunConfig:
     patience: int = setting(3, "early stop after this many epochs without a better validation AUC")
     evaluate: bool = setting(False, "evaluate-only: score valid/test with `model.ckpt`, no training")
     resume_ckpt_path: Optional[str] = setting(None, "resume a killed run from its `checkpoint_last.pth`")
+    fit_blend: Optional[str] = setting(None, "evaluate-only, `model.answer_score: hybrid` with "
+                                       "`model.hybrid_llm_weight`: score this split (e.g. `valid`) with "
+                                       "`model.ckpt`'s trained model as it is, fit the hybrid score's two weights "
+                                       "(`llm_weight` on the LLM's log-odds, `cf_weight` on the CF logit) by "
+                                       "logistic regression on its labels, write them with the rest of the "
+                                       "checkpoint to `checkpoint_best.pth`, then score `run.valid_splits` / "
+                                       "`run.test_splits` with them: a blend learned on held-out rows after "
+                                       "training (late fusion). That split's predictions and metrics are "
+                                       "written too, in-sample. null: off")
     oof_folds: int = setting(0, "baseline_train.py: after the model, train this many more, each without one "
                                 "fold of the training split (same settings and early stopping), and write "
                                 "`oof_logits.csv`: each training row's logit from the model that did not see it "

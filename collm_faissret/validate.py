@@ -130,6 +130,9 @@ def validate(cfg, label: str) -> None:
         if cfg.run.evaluate and not cfg.model.ckpt:
             raise ConfigError(f"{label}: run.evaluate is true but model.ckpt is not set: which checkpoint of "
                               f"{arch} to evaluate?")
+        if cfg.run.get("fit_blend"):
+            raise ConfigError(f"{label}: run.fit_blend fits the weights of an LLM's hybrid score (model.arch "
+                              f"collm); model.arch {arch} is a CF model alone")
     else:
         rules = getattr(registry.get("model", arch), "check_config", None)
         if rules is not None:

@@ -343,7 +343,7 @@ def test_real_backbone_help_lists_the_variants(capsys):
         assert re.search(rf"^ +{flag}\b", options, re.M), f"{flag} not an option"
     tune = re.search(r"^ +--tune {2,}(.*?)\n +--", described, re.M | re.S).group(1)  # its lines
     assert all(t in tune for t in ("proj (", "proj+lora", "proj+cf")), tune
-    for choices in ("{cf,zero-shot,stage1,collm,cold,hybrid,rank}", "{MF,LightGCN,SASRec,DIN}",
+    for choices in ("{cf,zero-shot,stage1,collm,cold,hybrid,blend,rank}", "{MF,LightGCN,SASRec,DIN}",
                     "{proj,proj+lora,proj+cf}",
                     "{base,stage1}"):
         assert choices in options, choices

@@ -128,6 +128,46 @@ def test_hybrid_llm_weight_rows_dry_run(bench, tmp_path, capsys):
         bench.parse_args(["--rows", "collm", "--hybrid-llm-weight", "0"])  # no hybrid row to weigh
 
 
+def test_blend_rows_end_to_end(bench, env, tmp_path, monkeypatch):
+    """--rows blend: the pure setting's checkpoint (trained first), then one evaluate-only run that
+    fits the hybrid score's two weights on validation (run.fit_blend) and scores validation and
+    test: a hybrid row named CoLLM-MF (hybrid, fitted on valid), chosen apart from the trained hybrids
+    (its validation AUC is in-sample), its fit in "blend", its test AUC its predictions'."""
+    launched = launch_in_process(monkeypatch, bench)
+    results = tmp_path / "results" / "study.json"
+    argv = ["--data", str(env.data_dir), "--backbone", str(env.backbone_dir), "--cf-dir", str(tmp_path / "cf"),
+            "--out", str(tmp_path / "study"), "--json", str(results), "--rows", "blend", "--cf", "MF",
+            "--proj-tokens", "2", "--train-rows", "16", "--curve-every", "16", "--curve-valid-rows", "16",
+            "--test-rows", "24", "--valid-rows", "20", "--batch-size", "4", "--eval-batch-size", "8",
+            "--device", "cpu"]
+    assert bench.main(argv) == 0
+    fits = [a for a in launched if "run.fit_blend=valid" in a]
+    assert len(fits) == 1 and fits[0][4].endswith("collm-mf_t2_proj_n16x1_lr0.001_hybrid_fit-valid/fit")
+    assert any(o.startswith("model.ckpt=") and o.endswith("collm-mf_t2_proj_n16x1_lr0.001/train/checkpoint_best.pth")
+               for o in fits[0])
+    rows = {r["name"]: r for r in json.loads(results.read_text())}
+    assert set(rows) == {"CoLLM-MF", "CoLLM-MF (hybrid, fitted on valid)"}  # the pure row it fitted over
+    h = rows["CoLLM-MF (hybrid, fitted on valid)"]
+    assert h["kind"] == "hybrid" and h["setting"]["fit"] == "valid" and "--rows blend" in h["command"]
+    assert h["blend"]["split"] == "valid" and h["blend"]["rows"] == h["valid_rows"] == 20 and h["test_rows"] == 24
+    assert h["train_rows"] == 16  # the pure setting's training, which the fit read
+    pure = rows["CoLLM-MF"]  # the LLM's part alone on the test rows is the pure row's score
+    assert abs(h["blend"]["parts_auc"]["test"]["llm"] - pure["test_auc"]) < 1e-6
+    frame = pd.read_csv(REPO / h["predictions_test"] if not os.path.isabs(h["predictions_test"])
+                        else h["predictions_test"])
+    assert abs(roc_auc_score(frame["label"], frame["score"]) - h["test_auc"]) < 1e-9
+
+
+def test_blend_on_another_cf_models_logit_dry_run(bench, tmp_path, capsys):
+    cf = tmp_path / "cf"
+    assert bench.main(["--rows", "blend", "--cf", "MF", "--hybrid-cf", "SASRec", "--dry-run", "--device", "cpu",
+                       "--cf-dir", str(cf), "--out", str(tmp_path / "study")]) == 0
+    fit = [x for x in capsys.readouterr().out.splitlines() if "run.fit_blend=valid" in x]
+    assert len(fit) == 1 and "collm-mf_t8_proj_n1600x1_lr0.001_hybrid_on-sasrec_fit-valid/fit " in fit[0]
+    assert f"model.hybrid_cf_path={cf / 'sasrec' / 'cf_model.pth'} " in fit[0]
+    assert "collm-mf_t8_proj_n1600x1_lr0.001/train/checkpoint_best.pth" in fit[0]
+
+
 def test_hybrid_on_another_cf_models_logit_dry_run(bench, tmp_path, capsys):
     """--hybrid-cf X: the LLM reads the --cf encoder's vectors (its whole-split run) and the score adds
     X's logit (model.hybrid_cf_path), trained on X's out-of-fold logits, in a directory of its own."""

@@ -83,6 +83,9 @@ class CoLLM(nn.Module):
                 raise StageError("model.hybrid_cf_path gives the CF logit of a hybrid score, but "
                                  f"model.answer_score is {answer_score}")
             self.hybrid_cf = hybrid_cf.requires_grad_(False).eval()
+        # run.fit_blend's scoring pass sets it: final_scores then returns [B, 2], the LLM's log-odds
+        # and the CF logit, unweighted (runners/blend.py fits the two weights on them)
+        self.blend_parts = False
         self._answer_cache = None  # _answer_parts' lookups (a plain tuple: nn.Module registers none of it)
 
     @classmethod
@@ -111,6 +114,7 @@ class CoLLM(nn.Module):
             raise ConfigError(f"model.hybrid_llm_weight {m.hybrid_llm_weight} weighs the LLM's part of a hybrid "
                               f"score, but model.answer_score is {m.answer_score}; set answer_score hybrid or "
                               "hybrid_llm_weight null")
+        check_fit_blend(cfg)
         if m.cold_start.enabled and not m.freeze_rec and not cfg.run.evaluate:
             raise ConfigError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
                               "computed once from the CF weights, which must not change while training)")
@@ -319,18 +323,26 @@ class CoLLM(nn.Module):
         uid / iid / his, in the batch's row order; ``hybrid_cf``'s where there is one, else the
         projector's CF model's), computed in fp32; a row with a finite
         ``cf_logit`` [B] in the batch (a training row's out-of-fold logit, datasets/cf_logits.py)
-        takes that one instead."""
+        takes that one instead. With ``blend_parts`` set: [B, 2], the log-odds and the CF logit
+        unweighted."""
         logits = self.answer_logits(hidden)
+        if self.blend_parts:  # run.fit_blend's scoring pass: each part alone, unweighted
+            return torch.stack([logits.float(), self.cf_logits(batch)], -1)
         if self.llm_weight is not None:
             logits = self.llm_weight.float() * logits
         if self.cf_weight is not None:
-            with torch.autocast(logits.device.type, enabled=False):
-                cf = (self.cf if self.hybrid_cf is None else self.hybrid_cf).score(batch).float()
-                given = batch.get("cf_logit")
-                if given is not None:  # NaN: none given (a sampled negative): the CF model's own
-                    cf = torch.where(torch.isnan(given), cf, given.float())
-                logits = logits + self.cf_weight.float() * cf
+            logits = logits + self.cf_weight.float() * self.cf_logits(batch)
         return logits
+
+    def cf_logits(self, batch):
+        """[B] fp32: the CF logit a hybrid score adds for the batch's rows (``hybrid_cf``'s where there
+        is one, else the projector's CF model's); a row's finite ``cf_logit`` in the batch instead."""
+        with torch.autocast(batch["uid"].device.type, enabled=False):
+            cf = (self.cf if self.hybrid_cf is None else self.hybrid_cf).score(batch).float()
+            given = batch.get("cf_logit")
+            if given is not None:  # NaN: none given (a sampled negative): the CF model's own
+                cf = torch.where(torch.isnan(given), cf, given.float())
+        return cf
 
     def forward(self, batch):
         """batch: input_ids/attention_mask/slot [B, L] (right-padded), read_pos/uid/iid/label [B], his [B, h].
@@ -353,6 +365,30 @@ class CoLLM(nn.Module):
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         return {"loss": loss, "logits": logits}
+
+
+def check_fit_blend(cfg) -> None:
+    """run.fit_blend's rules: it refits the two weights of a hybrid score over a trained checkpoint,
+    in an evaluate-only run, on a split it then does not report as a test."""
+    split, m, run = cfg.run.get("fit_blend"), cfg.model, cfg.run
+    if not split:
+        return
+    if str(m.answer_score) != "hybrid" or m.hybrid_llm_weight is None:
+        raise ConfigError(f"run.fit_blend {split} fits the weights of a hybrid score: set model.answer_score "
+                          "hybrid and model.hybrid_llm_weight (any number: the fit replaces it)")
+    if not run.evaluate or not m.ckpt:
+        raise ConfigError(f"run.fit_blend {split} fits over a trained model without training it: set "
+                          "run.evaluate true and model.ckpt (the trained checkpoint)")
+    if split not in ("valid", "test") or split in run.test_splits:
+        raise ConfigError(f"run.fit_blend {split}: fit on a split neither model trained on and that is not in "
+                          "run.test_splits (valid): on training rows the CF logit is in-sample, and test "
+                          "scores from weights fitted on the test rows would be too")
+    if run.task != "rec":
+        raise ConfigError(f"run.fit_blend {split} fits on the split's own rows (run.task rec), not on "
+                          f"run.task {run.task}'s")
+    if os.path.abspath(os.path.dirname(str(m.ckpt))) == os.path.abspath(run.output_dir):
+        raise ConfigError(f"run.fit_blend writes checkpoint_best.pth to run.output_dir {run.output_dir}, where "
+                          f"model.ckpt {m.ckpt} is: set another run.output_dir")
 
 
 _IDENTITY = nn.Identity()  # stands in for the body's final norm while hidden_states runs it

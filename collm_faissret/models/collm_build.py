@@ -81,18 +81,24 @@ def attach_cold_start(model, data, cfg):
         model.hybrid_cf = cold_start_view(model.hybrid_cf, data, mcfg.cold_start, index_settings(cfg.retrieval))
 
 
+def trained_model_config(payload: dict):
+    """The ``model`` section of the config a checkpoint stores, or None (a CoLLM checkpoint stores
+    none; one that cannot be read back says nothing either way)."""
+    text = payload.get("config")
+    if not text:
+        return None
+    try:
+        return OmegaConf.create(text).model
+    except (OmegaConfBaseException, AttributeError, ValueError):
+        return None
+
+
 def check_hybrid_cf(payload: dict, m) -> None:
     """A hybrid score's cf_weight is fitted to one CF model's logit: a checkpoint trained with
     model.hybrid_cf_path (its stored config says) is scored with one, and one trained without it
     without one (the projector's CF model's logit)."""
-    text = payload.get("config")
-    if not text or str(m.answer_score) != "hybrid":
-        return
-    try:
-        trained = OmegaConf.create(text).model
-    except (OmegaConfBaseException, AttributeError, ValueError):
-        return  # a config that cannot be read back says nothing either way
-    if str(trained.get("answer_score")) != "hybrid":
+    trained = trained_model_config(payload)
+    if trained is None or str(m.answer_score) != "hybrid" or str(trained.get("answer_score")) != "hybrid":
         return
     was, now = trained.get("hybrid_cf_path"), m.hybrid_cf_path
     if bool(was) != bool(now):
@@ -100,6 +106,17 @@ def check_hybrid_cf(payload: dict, m) -> None:
                          f"{'the logit of ' + str(was) if was else 'the CF model the projector reads'}, but "
                          f"model.hybrid_cf_path is {now or 'null'}: set model.hybrid_cf_path="
                          f"{was if was else 'null'} (the file, wherever it is now)")
+
+
+def check_blend_source(payload: dict, m) -> None:
+    """run.fit_blend weighs the log-odds logit(Yes) - logit(No): a checkpoint trained to score with
+    the Yes logit alone (answer_score yes_logit, its stored config says) is refused; one that
+    stores no config (CoLLM's own) is taken as it is."""
+    trained = trained_model_config(payload)
+    if trained is not None and str(trained.get("answer_score")) == "yes_logit":
+        raise StageError(f"{m.ckpt}: trained with model.answer_score yes_logit, but run.fit_blend weighs the "
+                         "log-odds logit(Yes) - logit(No) it was not trained to give; fit a checkpoint trained "
+                         "with answer_score yes_minus_no or hybrid")
 
 
 def build_collm(model_cls, cfg, data, device, backbone=None):
@@ -138,9 +155,13 @@ def build_collm(model_cls, cfg, data, device, backbone=None):
     model.to(load_device)
     if m.ckpt:  # ours, or a CoLLM checkpoint_best.pth under its own parameter names
         payload = load(m.ckpt, "model.ckpt")
-        check_hybrid_cf(payload, m)
+        fit = cfg.run.get("fit_blend")
+        if fit:  # the weights are fitted anew: what the checkpoint's score was trained as matters instead
+            check_blend_source(payload, m)
+        else:
+            check_hybrid_cf(payload, m)
         loaded = load_model_weights(model, checkpoint_state(payload, m.ckpt), m.ckpt)
-        if cfg.run.evaluate and model.llm_weight is not None and "llm_weight" not in loaded:
+        if cfg.run.evaluate and not fit and model.llm_weight is not None and "llm_weight" not in loaded:
             # scoring would use the weight's starting value, not a trained one
             raise StageError(f"{m.ckpt}: no llm_weight in this checkpoint (trained without "
                              "model.hybrid_llm_weight); score it with model.hybrid_llm_weight=null")

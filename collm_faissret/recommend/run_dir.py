@@ -61,7 +61,8 @@ def load_run_config(run_dir: str, options: List[str] = ()):
     raw = read_yaml(path)
     ckpt = checkpoint_of(run_dir, raw)
     # tensorboard off: nothing of this is a training curve, and the run's directory stays as it was
-    cfg = load_config(path, [f"model.ckpt={ckpt}", "run.evaluate=true", "run.tensorboard=false",
+    # run.fit_blend off: a fit run's checkpoint holds the fitted weights, to be scored as they are
+    cfg = load_config(path, [f"model.ckpt={ckpt}", "run.evaluate=true", "run.tensorboard=false", "run.fit_blend=null",
                              *cf_file_options(raw, options), *options])
     check_paths(cfg, path)
     return cfg, cfg.model.ckpt

@@ -21,11 +21,16 @@ log = logging.getLogger("collm_faissret")
 
 
 class EvaluationMixin:
-    """evaluate, _prefix_groups, _score_splits, _write and _append_metrics of RunnerBase; reads
+    """evaluate, score_split, _prefix_groups, _score_splits, _write and _append_metrics of RunnerBase; reads
     ``self.model``, ``self.datasets``, ``self.task``, ``self.parallel`` and ``self.run_cfg``."""
 
     def evaluate(self, split: str, max_rows=None):
         """(metrics dict, rows, scores) for one split; identical under any world size."""
+        rows, scores = self.score_split(split, max_rows)
+        return self.task.report(self.datasets[split], rows, scores), rows, scores
+
+    def score_split(self, split: str, max_rows=None):
+        """(rows [N], scores [N, ...]) of one split, sorted by row; identical under any world size."""
         ds = self.datasets[split]
         module = self.model
         module.eval()
@@ -39,7 +44,7 @@ class EvaluationMixin:
             lambda: self.task.predict(module, ds, batches, self.device, self.score_ctx, bar))
         self.parallel.after_eval(module)
         bar.close()
-        return self.task.report(ds, rows, scores), rows, scores
+        return rows, scores
 
     def _prefix_groups(self, split, ds, model, max_rows):
         """Prefix group per row when this split's rows are scored with shared prefixes, else None
@@ -72,10 +77,11 @@ class EvaluationMixin:
         """Every valid and test split scored: predictions_<split>.csv, ``result[split]``, metrics.json.
 
         known: {split: (metrics, rows, scores)} already computed with these weights over the
-        whole split (the best epoch's validation), used as they are instead of scoring again.
+        whole split (the best epoch's validation, run.fit_blend's split), used as they are instead of
+        scoring again, and written even where no valid/test split names them.
         """
         known = known or {}
-        for split in list(self.run_cfg.valid_splits) + list(self.run_cfg.test_splits):
+        for split in dict.fromkeys([*known, *self.run_cfg.valid_splits, *self.run_cfg.test_splits]):
             metrics, rows, scores = known[split] if split in known else self.evaluate(split)
             self._write(f"predictions_{split}.csv", predictions_csv(self.datasets[split], rows, scores))
             result[split] = metrics

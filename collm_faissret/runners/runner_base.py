@@ -2,7 +2,8 @@
 model and data, optimizer, and the run's entry (train, or evaluate-only).
 
 The rest of it lives in mixins, one file each: precision and compilation
-(``precision_setup.py``), evaluation and scoring (``evaluation.py``), checkpoints and resume
+(``precision_setup.py``), evaluation and scoring (``evaluation.py``), a hybrid score's weights
+fitted after training (``blend.py``), checkpoints and resume
 (``checkpointing.py``) and the training loop itself (``train_loop.py``).
 
 Output directory layout: config.yaml (resolved), log.txt, metrics.jsonl (one
@@ -18,6 +19,7 @@ import torch
 from .. import dist
 from ..config import to_yaml
 from ..registry import register
+from .blend import BlendMixin
 from .checkpointing import CheckpointMixin
 from .evaluation import EvaluationMixin
 from .parallel import strategy
@@ -30,7 +32,7 @@ log = logging.getLogger("collm_faissret")
 
 
 @register("runner", "runner_base")
-class RunnerBase(PrecisionMixin, EvaluationMixin, CheckpointMixin, TrainLoopMixin):
+class RunnerBase(PrecisionMixin, EvaluationMixin, BlendMixin, CheckpointMixin, TrainLoopMixin):
     def __init__(self, cfg, task, device):
         self.cfg, self.task, self.device = cfg, task, device
         self.run_cfg = cfg.run
@@ -98,4 +100,7 @@ class RunnerBase(PrecisionMixin, EvaluationMixin, CheckpointMixin, TrainLoopMixi
         else:
             log.info("evaluate-only, zero-shot: no checkpoint, the backbone as loaded")
         self.parallel.shard(self.model)
-        return self._score_splits({"best_epoch": None, "ckpt": self.cfg.model.ckpt})
+        result, known = {"best_epoch": None, "ckpt": self.cfg.model.ckpt}, {}
+        if self.run_cfg.fit_blend:
+            result["blend"], known = self.fit_blend()
+        return self._score_splits(result, known=known)

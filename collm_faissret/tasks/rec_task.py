@@ -99,7 +99,8 @@ class RecTask:
         parts = all_gather_objects(mine)
         dataset.tokens_computed = split_tokens([p[2] for p in parts])
         all_rows = np.concatenate([p[0] for p in parts])
-        all_scores = np.concatenate([p[1] for p in parts])
+        # a rank with no batch holds a 1-D empty array, whatever shape the others' scores have
+        all_scores = np.concatenate([p[1] for p in parts if len(p[1])])
         # Rows are dealt out whole, so each appears once; unique() also guards
         # against any sampler that pads by repeating rows.
         all_rows, first = np.unique(all_rows, return_index=True)
