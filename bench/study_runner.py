@@ -313,7 +313,8 @@ class Bench:
         """A hybrid score over setting ``s``'s checkpoint (trained first when absent) whose two weights
         are fitted on the validation split after training (run.fit_blend valid; the CF logit is
         --hybrid-cf's, else the encoder's): one run, <row>/fit/, scores validation (in-sample: the
-        rows the weights were fitted on) and test. A hybrid row, chosen among its encoder's."""
+        rows the weights were fitted on) and test. A hybrid row, chosen among its encoder's hybrids
+        fitted after training, never against trained ones (study_rows.name_rows)."""
         a = self.args
         row_dir = os.path.join(self.out, s.tag())
         if "collm" not in a.rows:  # its training run (reused when finished)
