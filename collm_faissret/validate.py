@@ -9,6 +9,8 @@ ranges of ``run``, then the model's and the task's own rules (their
 Nothing here imports a task or a runner: their classes are found through the
 registry, which the entry points have filled.
 """
+import os
+
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -137,6 +139,7 @@ def validate(cfg, label: str) -> None:
         rules = getattr(registry.get("model", arch), "check_config", None)
         if rules is not None:
             _labelled(rules, cfg, label)
+        _labelled(check_fit_blend, cfg, label)
     _labelled(registry.get("task", cfg.run.task).check_config, cfg, label)
 
 
@@ -168,6 +171,30 @@ def check_out_of_fold(cfg, label: str) -> None:
             raise ConfigError(f"{label}: datasets.*.cf_logits needs the CF weight file its logits were made "
                               "beside in model.rec_config.pretrained_path, kept fixed (model.freeze_rec: true), "
                               "or in model.hybrid_cf_path")
+
+
+def check_fit_blend(cfg) -> None:
+    """run.fit_blend's rules: it refits the two weights of a hybrid score over a trained checkpoint,
+    in an evaluate-only run, on a split it then does not report as a test."""
+    split, m, run = cfg.run.get("fit_blend"), cfg.model, cfg.run
+    if not split:
+        return
+    if str(m.answer_score) != "hybrid" or m.hybrid_llm_weight is None:
+        raise ConfigError(f"run.fit_blend {split} fits the weights of a hybrid score: set model.answer_score "
+                          "hybrid and model.hybrid_llm_weight (any number: the fit replaces it)")
+    if not run.evaluate or not m.ckpt:
+        raise ConfigError(f"run.fit_blend {split} fits over a trained model without training it: set "
+                          "run.evaluate true and model.ckpt (the trained checkpoint)")
+    if split not in ("valid", "test") or split in run.test_splits:
+        raise ConfigError(f"run.fit_blend {split}: fit on a split neither model trained on and that is not in "
+                          "run.test_splits (valid): on training rows the CF logit is in-sample, and test "
+                          "scores from weights fitted on the test rows would be too")
+    if run.task != "rec":
+        raise ConfigError(f"run.fit_blend {split} fits on the split's own rows (run.task rec), not on "
+                          f"run.task {run.task}'s")
+    if os.path.abspath(os.path.dirname(str(m.ckpt))) == os.path.abspath(run.output_dir):
+        raise ConfigError(f"run.fit_blend writes checkpoint_best.pth to run.output_dir {run.output_dir}, where "
+                          f"model.ckpt {m.ckpt} is: set another run.output_dir")
 
 
 def _labelled(rules, cfg, label: str) -> None:

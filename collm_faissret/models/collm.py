@@ -114,7 +114,6 @@ class CoLLM(nn.Module):
             raise ConfigError(f"model.hybrid_llm_weight {m.hybrid_llm_weight} weighs the LLM's part of a hybrid "
                               f"score, but model.answer_score is {m.answer_score}; set answer_score hybrid or "
                               "hybrid_llm_weight null")
-        check_fit_blend(cfg)
         if m.cold_start.enabled and not m.freeze_rec and not cfg.run.evaluate:
             raise ConfigError("model.cold_start.enabled needs model.freeze_rec: true (borrowed vectors are "
                               "computed once from the CF weights, which must not change while training)")
@@ -365,30 +364,6 @@ class CoLLM(nn.Module):
         if "label" in batch:
             loss = F.binary_cross_entropy_with_logits(logits, batch["label"].float())
         return {"loss": loss, "logits": logits}
-
-
-def check_fit_blend(cfg) -> None:
-    """run.fit_blend's rules: it refits the two weights of a hybrid score over a trained checkpoint,
-    in an evaluate-only run, on a split it then does not report as a test."""
-    split, m, run = cfg.run.get("fit_blend"), cfg.model, cfg.run
-    if not split:
-        return
-    if str(m.answer_score) != "hybrid" or m.hybrid_llm_weight is None:
-        raise ConfigError(f"run.fit_blend {split} fits the weights of a hybrid score: set model.answer_score "
-                          "hybrid and model.hybrid_llm_weight (any number: the fit replaces it)")
-    if not run.evaluate or not m.ckpt:
-        raise ConfigError(f"run.fit_blend {split} fits over a trained model without training it: set "
-                          "run.evaluate true and model.ckpt (the trained checkpoint)")
-    if split not in ("valid", "test") or split in run.test_splits:
-        raise ConfigError(f"run.fit_blend {split}: fit on a split neither model trained on and that is not in "
-                          "run.test_splits (valid): on training rows the CF logit is in-sample, and test "
-                          "scores from weights fitted on the test rows would be too")
-    if run.task != "rec":
-        raise ConfigError(f"run.fit_blend {split} fits on the split's own rows (run.task rec), not on "
-                          f"run.task {run.task}'s")
-    if os.path.abspath(os.path.dirname(str(m.ckpt))) == os.path.abspath(run.output_dir):
-        raise ConfigError(f"run.fit_blend writes checkpoint_best.pth to run.output_dir {run.output_dir}, where "
-                          f"model.ckpt {m.ckpt} is: set another run.output_dir")
 
 
 _IDENTITY = nn.Identity()  # stands in for the body's final norm while hidden_states runs it
