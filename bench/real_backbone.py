@@ -47,7 +47,9 @@ test_uauc, test_warm_auc, test_cold_auc, test_rows, valid_auc, train_rows, epoch
 cpu_hours (CPU time of the row's own runs: training and scoring; a CF row counts its
 scoring only), command (the real_backbone.py command line that reproduces it), commits
 (the git commit each of the row's runs was made with, "+dirty" when the checkout had
-uncommitted changes), the CF model's AUC on the same rows (cf_test_auc, cf_valid_auc)
+uncommitted changes), the CF model's AUC on the same rows (cf_test_auc, cf_valid_auc),
+cf_reads (the sha256 of the CF files the row's runs read) and cf_other_build (true when the row
+read another build of its CF model than its CF row was scored from),
 the learning curve, "seeds" (on a setting run with several run seeds: each seed's test and
 validation AUC) and "ranking" (rank rows); beside it <json stem>.png (validation AUC against
 training rows seen) and <json stem>.md (the table). Rows of an earlier --json whose run
@@ -56,7 +58,8 @@ when the same command asks for them again, also from another checkout with the s
 layout (--rerun: run anyway). A training step stopped before it finished (a session's end)
 resumes from its checkpoint_last.pth, written at least every --save-every-min minutes, when
 the same command runs again; --collect only rebuilds the JSON, PNG and table from
-<out>. Paths in the JSON are relative to the repository root (absolute when outside it).
+<out>. A finished or stopped step whose CF file has changed since is refused, not reused or
+resumed. Paths in the JSON are relative to the repository root (absolute when outside it).
 
 Time on 2 idle CPU cores, fp32 (SmolLM2, ML-1M prompts of ~150 tokens): training
 2.3 samples/s (2.1 with --proj-tokens 8). A full-split evaluation of SmolLM2 took, before

@@ -6,6 +6,7 @@ layout, it is the same command when the two argv agree with the paths under each
 root taken relative to it (same_command); bench/real_backbone.py's Bench then reuses it, or
 resumes it when it was stopped.
 """
+import hashlib
 import os
 import subprocess
 
@@ -26,6 +27,31 @@ def same_command(recorded, argv):
     recorded, argv = _results_only(recorded), _results_only(argv)
     mine = [_relative_in(t, study_rows.REPO) for t in argv]
     return any([_relative_in(t, root) for t in recorded] == mine for root in _roots_of(recorded, argv))
+
+
+# options naming the CF files a step reads (the CF model, the hybrid's CF model, out-of-fold logits)
+CF_FILE_OPTIONS = ("model.rec_config.pretrained_path=", "model.hybrid_cf_path=", "datasets.movielens_ood.cf_logits=")
+
+
+def cf_reads(opts, extra=()):
+    """{path as repo_path gives it: sha256 hex} of each CF file the options name (CF_FILE_OPTIONS)
+    and of each path in ``extra``, those that exist. A CF model rebuilt under the same path (a
+    retrain on another CPU) has another sha256: the study tells which build each row read."""
+    paths = [t.split("=", 1)[1] for t in opts if t.startswith(CF_FILE_OPTIONS)] + list(extra)
+    return {study_rows.repo_path(p): _sha256(p) for p in paths if os.path.isfile(p)}
+
+
+def changed_reads(recorded, now):
+    """The paths both name whose sha256 differs: sorted, empty when none."""
+    return sorted(p for p in set(recorded) & set(now) if recorded[p] != now[p])
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # options that change no number of a run: a step recorded with another value is the same command

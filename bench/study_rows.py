@@ -102,12 +102,13 @@ def load_rows(out):
 
 def _scored(row_dir, spec, out):
     metrics, cpu_s, wall_s, test_rows_seen, commits = {}, 0.0, 0.0, None, {}
-    blend = None
+    blend, reads = None, []  # each finished step's "reads" (None: it recorded none)
     for step in ("fit", "eval_test", "eval_valid"):  # fit: run.fit_blend's run, scoring valid and test
         m, rec = _step(os.path.join(row_dir, step))
         if m is None:
             continue
         blend = m.get("blend") or blend
+        reads.append(rec.get("reads"))
         commits[step] = rec.get("commit")
         cpu_s, wall_s = cpu_s + rec["cpu_s"], wall_s + rec["wall_s"]
         for split in ("test", "valid"):
@@ -147,6 +148,7 @@ def _scored(row_dir, spec, out):
             cpu_s += rec["cpu_s"] * (1 + earlier / rec["wall_s"]) if rec["wall_s"] else rec["cpu_s"]
             wall_s += rec["wall_s"] + earlier
             commits = {"train": rec.get("commit"), **commits}
+            reads.append(rec.get("reads"))
         row.update(cf=spec.get("cf"), setting=s, train_rows=_train_rows(os.path.join(train_dir, "log.txt")),
                    epochs=s["epochs"], rows_seen=curve[-1][0] if curve else None, curve=curve,
                    best_point=(m or {}).get("best_epoch"), curve_valid_auc=(m or {}).get("best_valid_auc"),
@@ -165,6 +167,9 @@ def _scored(row_dir, spec, out):
     row["wall_hours"] = round(wall_s / 3600, 3)
     # None: a step recorded before commits were (or run outside a git checkout)
     row["commits"] = commits
+    reads = _agreed(reads)
+    if reads:  # sha256 of the CF files its runs read
+        row["cf_reads"] = reads
     return row
 
 
@@ -255,7 +260,10 @@ def name_rows(rows):
     cf_rows = {r["cf"]: r for r in rows if r["kind"] == "cf"}
     for r in rows:  # the CF model alone on the same rows, beside each CoLLM row (a hybrid's: its score's)
         cf = cf_rows.get(_score_cf(r))
+        r.pop("cf_other_build", None)
         if r["kind"] in ("collm", "hybrid", "cold") and cf is not None:
+            if other_build(r, cf):
+                r["cf_other_build"] = True
             same_test = cf["test_rows"] == r["test_rows"]
             same_valid = cf["valid_rows"] == r["valid_rows"]
             r["cf_test_auc"] = cf["test_auc"] if same_test else None
@@ -295,6 +303,25 @@ def add_seeds(rows):
                           "valid_auc": r["valid_auc"]} for r in sorted(family, key=lambda r: r["setting"]["seed"])]
         aucs = [r["test_auc"] for r in family]
         best["seeds_test_auc"] = {"mean": float(np.mean(aucs)), "min": min(aucs), "max": max(aucs)}
+
+
+def _agreed(reads):
+    """The steps' CF files and sha256 merged when every step recorded them (steps recorded before
+    "reads" was, and the resumed parts of such steps, did not) and no two disagree; else None."""
+    merged = {}
+    for step in reads:
+        if step is None or any(merged.get(p, h) != h for p, h in step.items()):
+            return None
+        merged.update(step)
+    return merged or None
+
+
+def other_build(r, cf):
+    """Whether row ``r`` read another file than the CF row ``cf`` was scored from, under the same
+    path (a CF model rebuilt since): known only where both recorded the files' sha256 (a row
+    reading the CF model of another path, e.g. an out-of-fold training's, is not compared)."""
+    mine, theirs = r.get("cf_reads") or {}, cf.get("cf_reads") or {}
+    return any(mine[p] != theirs[p] for p in set(mine) & set(theirs))
 
 
 def _score_cf(r):

@@ -2,10 +2,12 @@
 
 A step is one of the framework's entry points (train_collm.py, baseline_train.py) run in a
 subprocess into a run directory of its row in <out>, with --options on the shipped ML-1M
-configs; it records its command, CPU and wall time and commit in bench_step.json. A finished
-step is reused when the same command asks for it again (study_provenance.py), and a stopped
-training step resumes from its checkpoint_last.pth. Each row directory gets a row.json (kind,
-setting, the real_backbone.py command that reproduces the row) that study_rows.py reads back.
+configs; it records its command, CPU and wall time, commit and the fingerprints of the CF
+files it reads in bench_step.json. A finished step is reused when the same command asks for it
+again (study_provenance.py), and a stopped training step resumes from its checkpoint_last.pth;
+neither when a CF file it read has changed since (a CF model rebuilt under the same path). Each
+row directory gets a row.json (kind, setting, the real_backbone.py command that reproduces the
+row) that study_rows.py reads back.
 """
 import itertools
 import json
@@ -19,7 +21,7 @@ import time
 from dataclasses import asdict, replace
 
 import study_rows
-from study_provenance import git_commit, same_command
+from study_provenance import cf_reads, changed_reads, git_commit, same_command
 from study_rows import DEFAULT_RUN_SEED, Setting, repo_path
 
 # what stage 2 tunes -> the model's freeze_* flags (CoLLM's tuning strategies)
@@ -41,28 +43,33 @@ class Bench:
         self.commit = git_commit(study_rows.REPO)  # read once: the code every step of this invocation runs
 
     # ----- one step -----------------------------------------------------------
-    def run(self, run_dir, script, cfg_path, opts):
+    def run(self, run_dir, script, cfg_path, opts, reads=()):
         """Run one entry point into ``run_dir`` unless a finished run of the same command is there
         (``same_command``: paths compared relative to the checkout that ran it); returns its
-        metrics.json (None on --dry-run). CPU seconds are the child's user + system time."""
+        metrics.json (None on --dry-run). CPU seconds are the child's user + system time.
+        ``reads``: CF files the step reads besides those its options name (cf_reads)."""
         a = self.args
         argv = self.step_argv(run_dir, script, cfg_path, opts)
         record_path = os.path.join(run_dir, "bench_step.json")
         if a.dry_run:
             print("python " + " ".join(shlex.quote(x) for x in argv))
             return None
+        reads = cf_reads(opts, reads)
         if not a.rerun and os.path.isfile(record_path):
             with open(record_path) as fh:
                 record = json.load(fh)
             if same_command(record.get("argv") or [], argv) and os.path.isfile(os.path.join(run_dir, "metrics.json")):
+                _refuse_changed(run_dir, "made", record, reads)
                 print(f"== {os.path.relpath(run_dir, self.out)}: finished earlier, reused", flush=True)
                 with open(os.path.join(run_dir, "metrics.json")) as fh:
                     return json.load(fh)
-        launch = argv + self.resume_opts(run_dir, argv)
+        launch = argv + self.resume_opts(run_dir, argv, reads)
         earlier = self.earlier_wall_s(run_dir) if launch != argv else 0.0
+        if launch != argv and _started(run_dir).get("reads") is None:
+            reads = None  # its earlier parts recorded none: what they read is not known
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "bench_started.json"), "w") as fh:  # what resume_opts compares with
-            json.dump({"argv": argv, "earlier_wall_s": earlier, "started_at": time.time()}, fh)
+            json.dump({"argv": argv, "earlier_wall_s": earlier, "started_at": time.time(), "reads": reads}, fh)
         print(f"\n== {os.path.relpath(run_dir, self.out)}: python {' '.join(launch)}", flush=True)
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
         start = time.time()
@@ -72,26 +79,29 @@ class Bench:
             raise SystemExit(f"error: step {run_dir} failed (exit {returncode}); its log: {run_dir}/log.txt")
         with open(record_path, "w") as fh:
             json.dump({"argv": argv, "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1), "commit": self.commit,
+                       "reads": reads,  # sha256 of the CF files it read, by repository-relative path
                        "resumed": launch != argv,  # cpu_s / wall_s: the resumed part only
                        "earlier_wall_s": round(earlier, 1),  # the parts before it, up to their last checkpoint
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, fh, indent=2)
         with open(os.path.join(run_dir, "metrics.json")) as fh:
             return json.load(fh)
 
-    def resume_opts(self, run_dir, argv):
+    def resume_opts(self, run_dir, argv, reads=None):
         """[run.resume_ckpt_path=...] when ``run_dir`` holds an unfinished training run of the same
         command (its bench_started.json, a checkpoint_last.pth, no metrics.json), else []. A row
         stopped with its session (training writes checkpoint_last.pth at least every
         --save-every-min minutes) goes on from there; a resumed run ends with an uninterrupted
-        one's weights (tests/test_resume.py)."""
+        one's weights (tests/test_resume.py). Refused when a CF file it read (``reads``, as
+        cf_reads gives them) has changed since it started."""
         last = os.path.join(run_dir, "checkpoint_last.pth")
         started = os.path.join(run_dir, "bench_started.json")
         if self.args.rerun or "run.evaluate=true" in argv or not os.path.isfile(last) or \
                 os.path.isfile(os.path.join(run_dir, "metrics.json")) or not os.path.isfile(started):
             return []
-        with open(started) as fh:
-            if not same_command(json.load(fh).get("argv") or [], argv):
-                return []
+        record = _started(run_dir)
+        if not same_command(record.get("argv") or [], argv):
+            return []
+        _refuse_changed(run_dir, "started", record, reads or {})
         print(f"== {os.path.relpath(run_dir, self.out)}: unfinished, resuming from {last}", flush=True)
         return [f"run.resume_ckpt_path={last}"]
 
@@ -103,8 +113,7 @@ class Bench:
         itself; what ran after its last checkpoint is not counted. Measured where the part ran:
         a directory copied elsewhere before resuming has new file times."""
         started = os.path.join(run_dir, "bench_started.json")
-        with open(started) as fh:
-            record = json.load(fh)
+        record = _started(run_dir)
         start = record.get("started_at", os.path.getmtime(started))
         part = os.path.getmtime(os.path.join(run_dir, "checkpoint_last.pth")) - start
         return record.get("earlier_wall_s", 0.0) + max(0.0, part)
@@ -158,7 +167,7 @@ class Bench:
 
         return len(_read(self.data, "train_ood2")[0])
 
-    def eval_steps(self, row_dir, script, cfg_path, opts):
+    def eval_steps(self, row_dir, script, cfg_path, opts, reads=()):
         """Evaluate-only scoring of --eval-splits (full splits unless --test-rows / --valid-rows), a run
         per split, test first: a study cut short still has its test rows."""
         a = self.args
@@ -166,7 +175,7 @@ class Bench:
             self.run(os.path.join(row_dir, f"eval_{split}"), script, cfg_path,
                      opts + self.data_opts(valid_rows=a.valid_rows, test_rows=a.test_rows)
                      + ["run.evaluate=true", f"run.valid_splits=[{split if split == 'valid' else ''}]",
-                        f"run.test_splits=[{split if split == 'test' else ''}]"])
+                        f"run.test_splits=[{split if split == 'test' else ''}]"], reads)
 
     def write_row(self, row_dir, row):
         if not self.args.dry_run:
@@ -219,7 +228,8 @@ class Bench:
                                  "command": self.command("--rows", "cf", "--cf", name)})
         # the run's own resolved config: a checkpoint's shape and settings are what it was trained with
         self.eval_steps(row_dir, "baseline_train.py", os.path.join(run_dir, "config.yaml"),
-                        [f"model.ckpt={os.path.join(run_dir, 'checkpoint_best.pth')}"])
+                        [f"model.ckpt={os.path.join(run_dir, 'checkpoint_best.pth')}"],
+                        reads=[os.path.join(run_dir, "cf_model.pth")])  # the file CoLLM rows read of it
 
     def zero_shot_row(self):
         row_dir = os.path.join(self.out, "zero-shot")
@@ -373,6 +383,24 @@ def cf_capabilities(name):
 
     cls = registry.get("cf_model", name)
     return cls.target_aware, cls.supports_cold_start
+
+
+def _started(run_dir):
+    """A step's bench_started.json (what its last start ran)."""
+    with open(os.path.join(run_dir, "bench_started.json")) as fh:
+        return json.load(fh)
+
+
+def _refuse_changed(run_dir, what, record, reads):
+    """Exit with one line when a CF file a step read (its record's "reads") has another sha256
+    now (``reads``): its results belong to the old file. Records without "reads" pass. Called
+    before the step writes anything."""
+    changed = changed_reads(record.get("reads") or {}, reads)
+    if changed:
+        path = changed[0]
+        raise SystemExit(f"error: {run_dir} was {what} with another {path} (sha256 {record['reads'][path][:12]}, "
+                         f"now {reads[path][:12]}); remove {run_dir} to run that step again with this file, "
+                         "or restore the file")
 
 
 def _cfg(name):

@@ -31,8 +31,11 @@ def goals(rows):
         llm = [n for n in (f"CoLLM-{cf}", f"CoLLM-{cf} (hybrid)", f"CoLLM-{cf} (hybrid, fitted on valid)")
                if test(n) is not None]
         if llm and test(cf) is not None:
-            met = [n for n in llm if named[n]["test_rows"] == named[cf]["test_rows"] and test(n) >= test(cf)]
-            out[f"CoLLM-{cf} >= {cf} on the same test rows ({met[0] if met else ' or '.join(llm)})"] = bool(met)
+            other = [n for n in llm if named[n].get("cf_other_build")]  # read a build of cf other than its row's
+            met = [n for n in llm if named[n]["test_rows"] == named[cf]["test_rows"] and test(n) >= test(cf)
+                   and n not in other]
+            out[f"CoLLM-{cf} >= {cf} on the same test rows ({met[0] if met else ' or '.join(llm)})"
+                + (f" ({', '.join(other)}: another build of {cf})" if other else "")] = bool(met)
     if test("CoLLM-MF") is not None:
         out[f"CoLLM-MF >= {PAPER_COLLM_MF} (Vicuna-7B CoLLM-MF)"] = test("CoLLM-MF") >= PAPER_COLLM_MF
     if test("stage1") is not None:
@@ -78,7 +81,8 @@ def markdown(rows):
         valid_rows = "" if r["valid_rows"] in (None, 10401) else f" ({r['valid_rows']} rows)"
         lines.append(f"| {r['name']} | {f(r['test_auc'])} | {f(r['test_uauc'])} | {f(r['test_warm_auc'])} | "
                      f"{f(r['test_cold_auc'])} | {r['test_rows'] or '-'} | {f(r['valid_auc'])}{valid_rows} | "
-                     f"{f(r.get('cf_test_auc'))} | {trained(r)} | {r['epochs'] or '-'} | "
+                     f"{f(r.get('cf_test_auc'))}{' (another build)' if r.get('cf_other_build') else ''} | "
+                     f"{trained(r)} | {r['epochs'] or '-'} | "
                      f"{r['cpu_hours']:.3f} | {seeds(r)} |")
     ranked = [r for r in rows if r.get("ranking")]
     if ranked:  # a table of its own: the LLM's order against the retriever's on the same candidates

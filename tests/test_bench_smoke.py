@@ -167,6 +167,9 @@ def test_real_backbone_smallest_study(env, tmp_path, capsys, monkeypatch):
     assert collm["cf_test_auc"] == rows["MF"]["test_auc"]  # the CF model alone on the same rows
     assert rows["CoLLM-MF+cold"]["train_rows"] == 16
     assert "--rows cold" in rows["CoLLM-MF+cold"]["command"]
+    # the CF file each row's runs read, fingerprinted: the same build as the MF row's, so unmarked
+    assert rows["MF"]["cf_reads"] == rows["CoLLM-MF"]["cf_reads"] == rows["CoLLM-MF+cold"]["cf_reads"]
+    assert len(rows["MF"]["cf_reads"]) == 1 and not any(r.get("cf_other_build") for r in rows.values())
     assert results.with_suffix(".png").stat().st_size > 0 and results.with_suffix(".md").is_file()
     assert "goal" in printed
     launched.clear()

@@ -1,10 +1,12 @@
 """bench/real_backbone.py's hybrid and rank rows, and bench/study_table.py's table: a row per
 answer score, the seeds of a setting listed on its row, an earlier JSON's rows kept when their
 run directories are elsewhere, the re-ranking figures, and the goals for all four encoders."""
+import hashlib
 import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -66,6 +68,9 @@ def test_hybrid_and_rank_rows_end_to_end(bench, env, tmp_path, capsys, monkeypat
         assert set(k["retrieval"]) >= {"recall@10", "ndcg@10", "hit_rate@10"} and set(k["reranked"]) >= {"recall@10"}
         assert k["retrieval"]["recall@50"] == k["reranked"]["recall@50"]  # the same 50 candidates, reordered
     assert "| CoLLM-MF (hybrid) | 50 |" in printed and "re-ranked recall@10 >= the retriever's" in printed
+    cf_model = tmp_path / "cf" / "mf" / "cf_model.pth"  # the CF file both rows' runs read, fingerprinted
+    for r in rows.values():
+        assert r["cf_reads"] == {str(cf_model): hashlib.sha256(cf_model.read_bytes()).hexdigest()}
 
 
 def test_hybrid_rows_dry_run_and_commands(bench, tmp_path, capsys):
@@ -368,3 +373,82 @@ def test_resumed_steps_record_their_earlier_parts(bench, tmp_path, monkeypatch):
     b.run(*step)
     record = json.loads((run_dir / "bench_step.json").read_text())
     assert record["resumed"] and record["earlier_wall_s"] == pytest.approx(700.0, abs=1.0)
+
+
+def test_a_step_is_not_reused_or_resumed_once_a_cf_file_it_read_changed(bench, tmp_path, monkeypatch):
+    """A finished step records the sha256 of the CF files it read; asked for again after the CF
+    model was rebuilt under the same path, it is refused in one line naming the file (--rerun runs
+    it again), and so is resuming a stopped one; with the file unchanged it is reused."""
+    monkeypatch.setattr(sys.modules["study_rows"], "REPO", str(tmp_path))
+    cf = tmp_path / "cf" / "sasrec" / "cf_model.pth"
+    cf.parent.mkdir(parents=True)
+    cf.write_bytes(b"first build")
+    launched = []
+
+    def launch(argv, env):
+        launched.append(argv)
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith("run.output_dir="))
+        (Path(out) / "metrics.json").write_text("{}")
+        return 0, 1.0
+
+    monkeypatch.setattr(bench.Bench, "launch", staticmethod(launch))
+    b = bench.Bench(bench.parse_args(["--out", str(tmp_path / "study"), "--device", "cpu"]))
+    run_dir = tmp_path / "study" / "row" / "eval_test"
+    step = (str(run_dir), "train_collm.py", "cfg.yaml", [f"model.rec_config.pretrained_path={cf}", "run.seed=42"])
+    b.run(*step)
+    record = json.loads((run_dir / "bench_step.json").read_text())
+    assert record["reads"] == {"cf/sasrec/cf_model.pth": hashlib.sha256(b"first build").hexdigest()}
+    b.run(*step)
+    assert len(launched) == 1  # the same file: reused
+    cf.write_bytes(b"second build")
+    with pytest.raises(SystemExit, match=r"was made with another cf/sasrec/cf_model.pth .*remove .*eval_test"):
+        b.run(*step)
+    rerun = bench.Bench(bench.parse_args(["--out", str(tmp_path / "study"), "--device", "cpu", "--rerun"]))
+    rerun.run(*step)
+    assert len(launched) == 2
+    # a stopped training step that started with the first build
+    train_dir = tmp_path / "study" / "row" / "train"
+    train = (str(train_dir), "train_collm.py", "cfg.yaml", step[3])
+    train_dir.mkdir()
+    (train_dir / "bench_started.json").write_text(json.dumps(
+        {"argv": b.step_argv(*train), "reads": record["reads"]}))
+    (train_dir / "checkpoint_last.pth").write_text("")
+    started = (train_dir / "bench_started.json").read_text()
+    with pytest.raises(SystemExit, match=r"was started with another cf/sasrec/cf_model.pth"):
+        b.run(*train)
+    assert len(launched) == 2 and (train_dir / "bench_started.json").read_text() == started  # nothing written
+    # steps recorded before "reads" was: reused, and resumed with what they read unknown
+    record.pop("reads")
+    (run_dir / "bench_step.json").write_text(json.dumps({**record, "argv": b.step_argv(*step)}))
+    b.run(*step)
+    assert len(launched) == 2
+    (train_dir / "bench_started.json").write_text(json.dumps({"argv": b.step_argv(*train)}))
+    b.run(*train)
+    assert launched[-1][-1].startswith("run.resume_ckpt_path=")
+    assert json.loads((train_dir / "bench_step.json").read_text())["reads"] is None
+
+
+def test_a_row_that_read_another_build_of_its_cf_model_is_marked(table):
+    """Where a CoLLM row and its CF row recorded different sha256 for the same CF file, the table's
+    CF-alone cell says "(another build)" and the goal names the row; the same sha256, or a row that
+    recorded none (older steps), stays unmarked."""
+    cf = _cf("SASRec", 0.7333)
+    cf["cf_reads"] = {"data/cf/sasrec/cf_model.pth": "aa"}
+    old = _row("collm", "SASRec", 0.70, 0.69)
+    old["cf_reads"] = {"data/cf/sasrec/cf_model.pth": "bb"}
+    same = _row("hybrid", "SASRec", 0.74, 0.7340, score="hybrid")
+    same["cf_reads"] = {"data/cf/sasrec/cf_model.pth": "aa"}
+    unknown = _row("collm", "SASRec", 0.60, 0.60, run_dir="out/unknown", tokens=1)
+    named = {r["name"]: r for r in table.name_rows([cf, old, same, unknown])}
+    assert named["CoLLM-SASRec"]["cf_other_build"] and "cf_other_build" not in named["CoLLM-SASRec (hybrid)"]
+    assert "cf_other_build" not in unknown
+    md = table.markdown(list(named.values()))
+    assert "| 0.7333 (another build) |" in md.split("| CoLLM-SASRec |")[1].split("\n")[0]
+    assert md.count("(another build)") == 1
+    goals = table.goals(list(named.values()))
+    assert goals["CoLLM-SASRec >= SASRec on the same test rows (CoLLM-SASRec (hybrid)) "
+                 "(CoLLM-SASRec: another build of SASRec)"]
+    old["test_auc"] = 0.80  # above SASRec, but against another build: not counted
+    goals = table.goals(table.name_rows([cf, old]))
+    assert goals == {**goals, "CoLLM-SASRec >= SASRec on the same test rows (CoLLM-SASRec) "
+                              "(CoLLM-SASRec: another build of SASRec)": False}
