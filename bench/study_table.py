@@ -162,7 +162,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(13, 5.5))
     colors = {}
     for r in rows:
         if r["kind"] in ("collm", "hybrid", "stage1", "unscored") and r.get("curve"):
@@ -180,7 +180,7 @@ def plot(rows, path):
     ax.set_ylabel(f"validation AUC ({', '.join(map(str, n)) or 'all'}-row seeded sample)")
     ax.set_title("SmolLM2-135M CoLLM on ML-1M: learning curves")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: it hid curves
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
