@@ -163,17 +163,25 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(13, 5.5))
-    colors = {}
+    # one colour per CF encoder (its rows and its level), so that rows of two encoders never
+    # share one; within an encoder the selected rows are solid (a hybrid dash-dotted), the others
+    # dotted, each with a marker of its own
+    colors = {cf: f"C{i}" for i, cf in enumerate(CF_NAMES)}
+    markers, seen = "osv^DPX*<>", {}
     for r in rows:
         if r["kind"] in ("collm", "hybrid", "stage1", "unscored") and r.get("curve"):
             xs, ys = zip(*r["curve"])
-            line, = ax.plot(xs, ys, marker="o", label=r["name"], alpha=1.0 if r["selected"] else 0.5)
-            colors.setdefault(r.get("cf"), line.get_color())
+            color = colors.get(r.get("cf"), "C7")
+            k = seen[color] = seen.get(color, -1) + 1
+            ax.plot(xs, ys, marker=markers[k % len(markers)], color=color, label=r["name"],
+                    ls=(":" if not r["selected"] else "-." if r["kind"] == "hybrid" else "-"),
+                    lw=2 if r["selected"] else 1,
+                    alpha=1.0 if r["selected"] else 0.6)
     for r in rows:
         if r["kind"] == "cf" and r["valid_auc"] is not None:
             on_sample = r.get("curve_sample_valid_auc") is not None
             ax.axhline(r["curve_sample_valid_auc"] if on_sample else r["valid_auc"], ls="--", lw=1,
-                       color=colors.get(r["cf"], f"C{len(colors) + CF_NAMES.index(r['cf'])}"),
+                       color=colors.get(r["cf"], "C7"),
                        label=f"{r['name']} alone ({'the same sample' if on_sample else 'whole validation split'})")
     n = sorted({r.get("curve_valid_rows") for r in rows if r.get("curve")} - {None})
     ax.set_xlabel("training rows seen")
