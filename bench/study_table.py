@@ -165,7 +165,7 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(13, 5.5))
     # one colour per CF encoder (its rows and its level), so that rows of two encoders never
     # share one; within an encoder the selected rows are solid (a hybrid dash-dotted), the others
-    # dotted, each with a marker of its own
+    # dotted; markers tell an encoder's rows apart (reused after ten)
     colors = {cf: f"C{i}" for i, cf in enumerate(CF_NAMES)}
     markers, seen = "osv^DPX*<>", {}
     for r in rows:
